@@ -1,0 +1,91 @@
+"""Harness shared by the benchmark suites (CONVENTIONS rule 10).
+
+- Same allocator for every provider: glibc is told never to serve big temporaries with fresh mmap()s
+  (M_MMAP_MAX=0) and never to trim (M_TRIM_THRESHOLD max), so page faults do not inflate any provider.
+- ``PROVIDERS``: eager, compile, reference, cpp, triton, cuda; ``provider_params(...)`` skips the ones
+  this machine cannot run (cuda/triton without a GPU).
+- ``saved_bytes(fn)``: bytes saved for backward by one forward, measured with saved_tensors_hooks
+  (storages counted once).
+- ``sync(device)``: synchronise inside the timed function.
+- ``bench(benchmark, fn, group, extra)``: runs pytest-benchmark with the group and extra_info filled in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+import pytest
+import torch
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def _pin_allocator() -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+ALLOCATOR_PINNED = _pin_allocator()
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "0")  # never benchmark the interpreter
+
+PROVIDERS = ("eager", "compile", "reference", "cpp", "triton", "cuda")
+
+
+def provider_params(*names: str, device: str = "cpu"):
+    """pytest params for providers, skipping the ones that cannot run on ``device`` here."""
+    import fer_kernels
+
+    status = fer_kernels.available_backends()
+    out = []
+    for name in names:
+        marks = []
+        if name in ("cpp", "triton", "cuda") and not status[name].available:
+            marks.append(pytest.mark.skip(reason=f"{name}: {status[name].reason}"))
+        elif name == "cpp" and device != "cpu":
+            marks.append(pytest.mark.skip(reason="cpp runs CPU tensors only"))
+        elif name in ("triton", "cuda") and device != "cuda":
+            marks.append(pytest.mark.skip(reason=f"{name} is benchmarked on GPU only"))
+        out.append(pytest.param(name, marks=marks, id=name))
+    return out
+
+
+def sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of distinct storages saved for backward while running ``fn()`` (a forward with grad)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(seen.values())
+
+
+def bench(benchmark, fn, *, group: str, device="cpu", rounds: int | None = None, **extra):
+    """Time ``fn`` (which must synchronise itself) under pytest-benchmark, recording ``extra_info``."""
+    benchmark.group = group
+    benchmark.extra_info.update({"device": str(device), "allocator_pinned": ALLOCATOR_PINNED,
+                                 "threads": torch.get_num_threads(), **extra})
+    fn()  # warm-up (and compile) outside the timing
+    if rounds:
+        return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    return benchmark(fn)

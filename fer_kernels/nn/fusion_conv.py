@@ -1,0 +1,52 @@
+"""Drop-in modules of the fusion_conv family."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from fer_kernels.ops.fusion_conv import fusion_conv
+
+
+class FusionConv(nn.Module):
+    """Concatenate feature maps, 1x1 convolution, ``AvgPool2d(pool)``: see :func:`fer_kernels.fusion_conv`.
+
+    ``.conv`` is a plain ``nn.Conv2d(sum(in_channels), out_channels, 1)``, so state dicts load from the
+    unfused layer.
+
+    Args:
+        in_channels (Sequence[int]): channels of each input, in concatenation order.
+        out_channels (int): output channels.
+        pool (int): average-pool kernel and stride; 1 means no pool.
+        bias (bool): whether the convolution has a bias.
+
+    Shape:
+        inputs ``(N, c_i, H, W)`` each -> ``(N, out_channels, H // pool, W // pool)``.
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, pool: int = 2, bias: bool = True):
+        super().__init__()
+        if isinstance(in_channels, int):
+            in_channels = (in_channels,)
+        self.in_channels = tuple(int(c) for c in in_channels)
+        if not self.in_channels or any(c < 1 for c in self.in_channels):
+            raise ValueError(f"in_channels: expected positive channel counts, got {in_channels!r}")
+        if pool < 1:
+            raise ValueError(f"pool: expected an int >= 1, got {pool!r}")
+        self.pool = int(pool)
+        self.conv = nn.Conv2d(sum(self.in_channels), out_channels, 1, bias=bias)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
+            xs = tuple(xs[0])
+        if len(xs) != len(self.in_channels):
+            raise ValueError(f"FusionConv expects {len(self.in_channels)} inputs, got {len(xs)}")
+        for i, (x, c) in enumerate(zip(xs, self.in_channels)):
+            if x.dim() == 4 and x.shape[1] != c:
+                raise ValueError(f"xs[{i}]: expected {c} channels, got shape {tuple(x.shape)}")
+        return fusion_conv(xs, self.conv.weight, self.conv.bias, self.pool)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, out_channels={self.conv.out_channels}, pool={self.pool}"

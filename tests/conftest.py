@@ -1,0 +1,25 @@
+"""Test set-up shared by every test file.
+
+Triton kernels run on CPU tensors through the interpreter: TRITON_INTERPRET must be set before triton is
+imported, so it is set here when no CUDA device is present.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_backend():
+    """Fresh seeded randomness per test, and the backend default restored after it."""
+    import fer_kernels.backends as b
+
+    torch.manual_seed(0)
+    saved = b._global
+    yield
+    b._global = saved
