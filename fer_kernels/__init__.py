@@ -13,7 +13,7 @@ from fer_kernels.backends import (
     set_backend,
     use_backend,
 )
-from fer_kernels.ops import fusion_conv
+from fer_kernels.ops import bilinear_classifier, bilinear_pool, dense_block, fusion_conv, transition
 
 __version__ = "0.1.0"
 
@@ -24,7 +24,11 @@ __all__ = [
     "get_backend",
     "set_backend",
     "use_backend",
+    "dense_block",
     "fusion_conv",
+    "transition",
+    "bilinear_pool",
+    "bilinear_classifier",
     "nn",
     "reference",
 ]

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from fer_kernels.ops.fusion_conv import fusion_conv
+from fer_kernels.nn.convert import register_converter
+from fer_kernels.ops.fusion_conv import fusion_conv, transition
 
 
 class FusionConv(nn.Module):
@@ -50,3 +51,43 @@ class FusionConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.conv.out_channels}, pool={self.pool}"
+
+
+class Transition(nn.Module):
+    """DenseNet transition (torchvision ``_Transition``): BN-ReLU, 1x1 conv (no bias), ``AvgPool2d(pool)``.
+
+    Keys ``norm`` and ``conv``. Runs as :func:`fer_kernels.transition`: the BN-ReLU is the prologue of the
+    pooled 1x1 convolution, so neither the activation nor the full-resolution conv output is written.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pool: int = 2):
+        super().__init__()
+        self.pool = int(pool)
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+    def forward(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+        from fer_kernels.nn._bn import bn_buffers, bn_momentum, bn_uses_batch_stats
+        from fer_kernels.ops.fusion_conv import _check
+
+        _check([x], self.conv.weight, self.conv.bias, self.pool)
+        if x.shape[1] != self.norm.num_features:
+            raise ValueError(f"x: Transition expects {self.norm.num_features} channels, got shape {tuple(x.shape)}")
+        mean, var = bn_buffers(self.norm)
+        momentum = bn_momentum(self.norm)
+        return transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
+                          bn_uses_batch_stats(self.norm), momentum, self.norm.eps, self.pool, backend=backend)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.norm.num_features}, out_channels={self.conv.out_channels}, pool={self.pool}"
+
+
+@register_converter
+def _convert_transition(m: nn.Module):
+    """torchvision ``_Transition`` (norm, relu, conv, pool=AvgPool2d) -> Transition."""
+    if type(m).__name__ != "_Transition" or isinstance(m, Transition):
+        return None
+    pool = m.pool.kernel_size if isinstance(m.pool.kernel_size, int) else m.pool.kernel_size[0]
+    new = Transition(m.conv.in_channels, m.conv.out_channels, pool)
+    new.load_state_dict(m.state_dict())
+    return new.to(m.conv.weight.device, m.conv.weight.dtype).train(m.training)

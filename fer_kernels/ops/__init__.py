@@ -2,12 +2,15 @@
 
 import importlib
 
-from fer_kernels.ops.fusion_conv import fusion_conv
+from fer_kernels.ops.bilinear import bilinear_classifier, bilinear_pool
+from fer_kernels.ops.dense_block import dense_block
+from fer_kernels.ops.fusion_conv import fusion_conv, transition
 
-__all__ = ["fusion_conv", "FAMILIES", "impls", "demo_cases"]
+__all__ = ["dense_block", "fusion_conv", "transition", "bilinear_pool", "bilinear_classifier",
+           "FAMILIES", "impls", "demo_cases"]
 
-# op family stem -> module; each module has IMPLS (backend -> callable) and demo_case().
-FAMILIES = ("fusion_conv",)
+# op family stem -> module; each module has IMPLS (backend -> callable of its main op) and demo_case().
+FAMILIES = ("dense_block", "fusion_conv", "bilinear")
 
 
 def _module(family: str):
@@ -15,7 +18,7 @@ def _module(family: str):
 
 
 def impls(family: str) -> dict:
-    """The backends that implement ``family`` (backend name -> callable)."""
+    """The backends that implement ``family``'s demo op (backend name -> callable)."""
     return _module(family).IMPLS
 
 

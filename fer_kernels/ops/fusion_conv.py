@@ -11,9 +11,10 @@ import torch
 
 from fer_kernels.backends import resolve
 from fer_kernels.ops._common import check_same_device_dtype, check_tensor
-from fer_kernels.reference.fusion_conv import fusion_conv_reference
+from fer_kernels.reference.fusion_conv import fusion_conv_reference, transition_reference
 
 IMPLS = {"reference": fusion_conv_reference}
+TRANSITION_IMPLS = {"reference": transition_reference}
 
 
 def _check(xs, weight, bias, pool):
@@ -69,6 +70,36 @@ def fusion_conv(xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Te
     xs = _check(xs, weight, bias, pool)
     name = resolve("fusion_conv", IMPLS, [*xs, weight, bias], backend)
     return IMPLS[name](xs, weight, bias, pool)
+
+
+def transition(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+               running_mean: torch.Tensor | None, running_var: torch.Tensor | None, conv_weight: torch.Tensor,
+               conv_bias: torch.Tensor | None = None, training: bool = True, momentum: float = 0.1,
+               eps: float = 1e-5, pool: int = 2, *, backend: str | None = None) -> torch.Tensor:
+    """DenseNet transition, fused: BN-ReLU applied as the prologue of the pooled 1x1 convolution.
+
+    Args:
+        x (Tensor[N, C, H, W]); norm_weight, norm_bias, running_mean, running_var (Tensor[C]);
+        conv_weight (Tensor[C_out, C, 1, 1]); conv_bias (Tensor[C_out] | None).
+        training, momentum, eps: as ``F.batch_norm`` (running buffers updated in place when training).
+        pool (int): average-pool size.
+
+    Returns:
+        Tensor[N, C_out, H // pool, W // pool]
+    """
+    _check([x], conv_weight, conv_bias, pool)
+    c = x.shape[1]
+    for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is None and name.startswith("running"):
+            continue
+        check_tensor(t, name, 1, f"({c},)")
+        if t.shape[0] != c:
+            raise ValueError(f"{name}: expected shape ({c},) for x with {c} channels, got {tuple(t.shape)}")
+        check_same_device_dtype(x, "x", **{name: t})
+    name = resolve("transition", TRANSITION_IMPLS, [x, conv_weight], backend)
+    return TRANSITION_IMPLS[name](x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias,
+                                  training, momentum, eps, pool)
 
 
 def demo_case():

@@ -57,3 +57,20 @@ def fusion_conv_backward_reference(grad_out: torch.Tensor, xs: Sequence[torch.Te
     grad_cat[:, :, : ho * pool, : wo * pool] = spread
     grad_xs = list(torch.split(grad_cat, [x.shape[1] for x in xs], dim=1))
     return grad_xs, grad_w, grad_b
+
+
+def transition_reference(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
+                         running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                         conv_weight: torch.Tensor, conv_bias: torch.Tensor | None = None, training: bool = True,
+                         momentum: float = 0.1, eps: float = 1e-5, pool: int = 2) -> torch.Tensor:
+    """DenseNet transition (torchvision ``_Transition``): BN-ReLU, 1x1 conv, ``AvgPool2d(pool)``.
+
+    Args:
+        x (Tensor[N, C, H, W]); norm_* (Tensor[C]); conv_weight (Tensor[C_out, C, 1, 1]).
+        training, momentum, eps: as ``F.batch_norm`` (running buffers updated in place when training).
+
+    Returns:
+        Tensor[N, C_out, H // pool, W // pool]
+    """
+    a = F.relu(F.batch_norm(x, running_mean, running_var, norm_weight, norm_bias, training, momentum, eps))
+    return fusion_conv_reference([a], conv_weight, conv_bias, pool)
