@@ -48,9 +48,9 @@ def self_constrained_identity_loss(logits: torch.Tensor, target: torch.Tensor, a
     """IDEnNet's self-constrained identity loss (eq. 4): ``L_id = -sum_j alpha (1 - p_j)^gamma y_j log p_j``.
 
     With one-hot ``y`` this is ``-alpha (1 - p_t)^gamma log p_t`` per sample (a multi-class focal loss). It
-    is computed in log space: ``log p_t = log_softmax(z)_t`` and
-    ``log(1 - p_t) = logsumexp_{j != t} z_j - logsumexp_j z_j``, so neither ``p_t -> 1`` (where ``1 - p_t``
-    cancels) nor very negative logits lose precision or give inf/NaN. The factor ``(1 - p_t)^gamma`` is not
+    is computed in log space from the margin ``d = z_t - logsumexp_{j != t} z_j``:
+    ``-log p_t = softplus(-d)`` and ``log(1 - p_t) = -softplus(d)``, so neither ``p_t -> 1`` (where
+    ``1 - p_t`` cancels) nor ``p_t -> 0`` loses precision or gives inf/NaN. The factor ``(1 - p_t)^gamma`` is not
     detached: as in focal loss, its gradient is part of the loss's.
 
     Args:
@@ -70,11 +70,14 @@ def self_constrained_identity_loss(logits: torch.Tensor, target: torch.Tensor, a
     if logits.shape[1] < 2:
         raise ValueError(f"logits: the identity loss needs at least 2 classes, got shape {tuple(logits.shape)}")
     t = torch.where(known, target, torch.zeros_like(target))
-    lse = torch.logsumexp(logits, dim=1)
-    log_p = logits.gather(1, t[:, None]).squeeze(1) - lse
+    # d = z_t - logsumexp_{j != t} z_j; then -log p_t = softplus(-d) and log(1 - p_t) = -softplus(d), both
+    # exact to rounding for any d (softplus(x) = logaddexp(x, 0)), so p_t ~ 1 keeps its tiny loss.
     is_t = F.one_hot(t, logits.shape[1]).bool()
-    log_1mp = torch.logsumexp(logits.masked_fill(is_t, float("-inf")), dim=1) - lse
-    per_sample = -alpha * torch.exp(gamma * log_1mp) * log_p
+    d = logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits.masked_fill(is_t, float("-inf")), dim=1)
+    zero = torch.zeros_like(d)
+    neg_log_p = torch.logaddexp(-d, zero)
+    log_1mp = -torch.logaddexp(d, zero)
+    per_sample = alpha * torch.exp(gamma * log_1mp) * neg_log_p
     per_sample = torch.where(known, per_sample, torch.zeros_like(per_sample))
     return _reduce(per_sample, known, reduction)
 

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     kwargs = {k: v for k, v in (("num_expressions", args.num_expressions),
                                 ("num_identities", args.num_identities)) if v is not None}
-    torch.set_grad_enabled(False)
-    rows = summarize(args.models, **kwargs)
+    with torch.no_grad():
+        rows = summarize(args.models, **kwargs)
     if not rows:
         print(f"no registered model matches {args.models!r}", file=sys.stderr)
         return 1
