@@ -8,12 +8,31 @@ the pre-training DenseNets ``densenet_bc_{16,22,40}`` (expressions) and ``densen
 from fer_models.registry import create_model, list_models, register_model  # noqa: I001  (first: the models register into it)
 from fer_models.eifn import EIFN, EIFNOutput
 from fer_models.idennet import DenseNetBC, IDEnNet, IDEnNetOutput
-from fer_models.losses import CenterLoss, SelfConstrainedIdentityLoss, center_loss, self_constrained_identity_loss
+from fer_models.losses import (
+    CenterLoss,
+    SelfConstrainedIdentityLoss,
+    center_loss,
+    self_constrained_identity_loss,
+)
 
 IDENNET_MODELS = tuple(list_models("idennet_*"))
 PRETRAIN_MODELS = tuple(list_models("densenet_bc_*"))
 EIFN_MODELS = ("efn", "eifn_star", "eifn")
 
-__all__ = ["create_model", "list_models", "register_model", "IDEnNet", "IDEnNetOutput", "DenseNetBC", "EIFN",
-           "EIFNOutput", "CenterLoss", "SelfConstrainedIdentityLoss", "center_loss",
-           "self_constrained_identity_loss", "IDENNET_MODELS", "PRETRAIN_MODELS", "EIFN_MODELS"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "IDEnNet",
+    "IDEnNetOutput",
+    "DenseNetBC",
+    "EIFN",
+    "EIFNOutput",
+    "CenterLoss",
+    "SelfConstrainedIdentityLoss",
+    "center_loss",
+    "self_constrained_identity_loss",
+    "IDENNET_MODELS",
+    "PRETRAIN_MODELS",
+    "EIFN_MODELS",
+]

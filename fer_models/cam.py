@@ -35,8 +35,12 @@ class CAMResult(NamedTuple):
     logits: torch.Tensor
 
 
-def class_activation_map(model: torch.nn.Module, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None,
-                         size: tuple[int, int] | None = None) -> CAMResult:
+def class_activation_map(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    target: int | Sequence[int] | torch.Tensor | None = None,
+    size: tuple[int, int] | None = None,
+) -> CAMResult:
     """Class activation maps after the Fusion Dense Block, for an input and class.
 
     The model runs in eval mode (restored afterwards), without gradients.
@@ -51,7 +55,9 @@ def class_activation_map(model: torch.nn.Module, x: torch.Tensor, target: int | 
         CAMResult
     """
     if not (hasattr(model, "forward_features") and hasattr(model, "cam_head")):
-        raise TypeError(f"{type(model).__name__} has no forward_features / cam_head; CAM needs a GAP + linear head")
+        raise TypeError(
+            f"{type(model).__name__} has no forward_features / cam_head; CAM needs a GAP + linear head"
+        )
     if x.dim() != 4:
         raise ValueError(f"x: expected (N, C, H, W), got shape {tuple(x.shape)}")
     was_training = model.training
@@ -69,7 +75,9 @@ def class_activation_map(model: torch.nn.Module, x: torch.Tensor, target: int | 
             if int(t.min()) < 0 or int(t.max()) >= head.out_features:
                 raise ValueError(f"target: classes must be in [0, {head.out_features}), got {t.tolist()}")
             raw = torch.einsum("nchw,nc->nhw", feats, head.weight[t])
-            up = F.interpolate(raw[:, None], size=size or tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+            up = F.interpolate(
+                raw[:, None], size=size or tuple(x.shape[-2:]), mode="bilinear", align_corners=False
+            )[:, 0]
             lo = up.flatten(1).min(1).values[:, None, None]
             hi = up.flatten(1).max(1).values[:, None, None]
             heat = torch.where(hi > lo, (up - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(up))
@@ -86,7 +94,11 @@ def jet(values: np.ndarray) -> np.ndarray:
 
 
 def _to_gray_uint8(image) -> np.ndarray:
-    a = image.detach().cpu().double().numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float64)
+    a = (
+        image.detach().cpu().double().numpy()
+        if isinstance(image, torch.Tensor)
+        else np.asarray(image, dtype=np.float64)
+    )
     if a.ndim == 3:
         a = a.mean(0) if a.shape[0] in (1, 3) else a.mean(-1)
     if a.ndim != 2:
@@ -102,7 +114,8 @@ def overlay(image, heatmap, alpha: float = 0.5, scale: int = 1) -> Image.Image:
     Args:
         image: the face, Tensor or array (H, W), (1 or 3, H, W) or (H, W, 3), any range (scaled to 0..255).
         heatmap: Tensor or array (h, w) in [0, 1] (resized to (H, W) if it differs).
-        alpha (float): heatmap opacity. scale (int): enlarge the result by this factor (48 px faces are small).
+        alpha (float): heatmap opacity.
+        scale (int): enlarge the result by this factor (48 px faces are small).
 
     Returns:
         PIL.Image.Image: RGB.
@@ -128,8 +141,14 @@ def save_overlay(image, heatmap, path: str | os.PathLike, alpha: float = 0.5, sc
     return path
 
 
-def save_cam_grid(model: torch.nn.Module, x: torch.Tensor, path: str | os.PathLike,
-                  class_names: Sequence[str] | None = None, alpha: float = 0.5, scale: int = 3) -> str:
+def save_cam_grid(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    path: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    alpha: float = 0.5,
+    scale: int = 3,
+) -> str:
     """The paper's Fig. 4 layout as one PNG: a row per input face, its image then one overlay per class.
 
     Args:

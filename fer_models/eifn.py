@@ -81,7 +81,7 @@ def vgg16_features(widths: Sequence[int] = VGG16_WIDTHS, in_chans: int = 3) -> n
         raise ValueError(f"widths: expected 5 stage widths, got {tuple(widths)}")
     layers: list[nn.Module] = []
     c = in_chans
-    for width, convs in zip(widths, _VGG16_CONVS_PER_STAGE):
+    for width, convs in zip(widths, _VGG16_CONVS_PER_STAGE, strict=True):
         for _ in range(convs):
             layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
             c = width
@@ -141,12 +141,23 @@ class EIFN(nn.Module):
 
     VARIANTS = ("EFN", "EIFN*", "EIFN")
 
-    def __init__(self, variant: str = "EIFN", num_expressions: int = 7, num_identities: int = 118,
-                 in_chans: int = 1, img_size: int = 64, widths: Sequence[int] = VGG16_WIDTHS, id_hidden: int = 512,
-                 lambda1: float = 1e-4, lambda2: float | None = None, lambda3: float = 6.0,
-                 center_alpha: float = 0.5, eps: float = 1e-5,
-                 vgg16_weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
-                 bilinear_layer: type[nn.Module] = fnn.BilinearClassifier):
+    def __init__(
+        self,
+        variant: str = "EIFN",
+        num_expressions: int = 7,
+        num_identities: int = 118,
+        in_chans: int = 1,
+        img_size: int = 64,
+        widths: Sequence[int] = VGG16_WIDTHS,
+        id_hidden: int = 512,
+        lambda1: float = 1e-4,
+        lambda2: float | None = None,
+        lambda3: float = 6.0,
+        center_alpha: float = 0.5,
+        eps: float = 1e-5,
+        vgg16_weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+        bilinear_layer: type[nn.Module] = fnn.BilinearClassifier,
+    ):
         super().__init__()
         self.variant = self.canonical_variant(variant)
         if in_chans not in (1, 3):
@@ -196,8 +207,11 @@ class EIFN(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def load_vgg16_weights(self, source: str | os.PathLike | Mapping[str, torch.Tensor],
-                           extractors: Sequence[str] = ("identity", "expression")) -> EIFN:
+    def load_vgg16_weights(
+        self,
+        source: str | os.PathLike | Mapping[str, torch.Tensor],
+        extractors: Sequence[str] = ("identity", "expression"),
+    ) -> EIFN:
         """Initialise the extractors from ImageNet VGG-16 weights on disk (torchvision format).
 
         Args:
@@ -213,11 +227,15 @@ class EIFN(nn.Module):
             own = ext.state_dict()
             missing = sorted(set(own) - set(weights), key=lambda k: (int(k.split(".")[0]), k))
             if missing:
-                raise ValueError(f"VGG-16 weights: missing features.{missing[0]} (and {len(missing) - 1} more)")
+                raise ValueError(
+                    f"VGG-16 weights: missing features.{missing[0]} (and {len(missing) - 1} more)"
+                )
             for k, v in own.items():
                 if weights[k].shape != v.shape:
-                    raise ValueError(f"VGG-16 weights: features.{k} has shape {tuple(weights[k].shape)}, the "
-                                     f"{which} extractor expects {tuple(v.shape)}")
+                    raise ValueError(
+                        f"VGG-16 weights: features.{k} has shape {tuple(weights[k].shape)}, the "
+                        f"{which} extractor expects {tuple(v.shape)}"
+                    )
             ext.load_state_dict({k: weights[k] for k in own})
         return self
 
@@ -234,8 +252,9 @@ class EIFN(nn.Module):
         feat = self.fc1(f_id.flatten(1))
         return EIFNOutput(expression, self.fc2(feat), feat)
 
-    def loss(self, out: EIFNOutput, expression: torch.Tensor,
-             identity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, out: EIFNOutput, expression: torch.Tensor, identity: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """``L = lambda2 (L_S_id + lambda1 L_C_id) + lambda3 L_S_exp`` (eq. 5).
 
         In training mode this also moves the identity centers (center-loss update rule), once per call.
@@ -247,7 +266,8 @@ class EIFN(nn.Module):
                 identity loss and moving no center.
 
         Returns:
-            dict: ``total`` (weighted), ``expression`` (L_S_exp), ``identity`` (L_id = L_S_id + lambda1 L_C_id),
+            dict: ``total`` (weighted), ``expression`` (L_S_exp),
+            ``identity`` (L_id = L_S_id + lambda1 L_C_id),
             ``identity_softmax`` (L_S_id), ``identity_center`` (L_C_id); unweighted but ``total``.
         """
         l_exp = F.cross_entropy(out.expression, expression)
@@ -258,9 +278,16 @@ class EIFN(nn.Module):
         else:
             l_sid = l_cid = zero
         l_id = l_sid + self.lambda1 * l_cid
-        total = self.lambda2 * l_id + self.lambda3 * l_exp if self.has_identity_branch else self.lambda3 * l_exp
-        return {"total": total, "expression": l_exp, "identity": l_id, "identity_softmax": l_sid,
-                "identity_center": l_cid}
+        total = (
+            self.lambda2 * l_id + self.lambda3 * l_exp if self.has_identity_branch else self.lambda3 * l_exp
+        )
+        return {
+            "total": total,
+            "expression": l_exp,
+            "identity": l_id,
+            "identity_softmax": l_sid,
+            "identity_center": l_cid,
+        }
 
     def to_reference(self) -> EIFN:
         """A plain-PyTorch copy with the same weights (see :func:`fer_models.export.to_reference`)."""
@@ -273,9 +300,11 @@ def _create_eifn(variant: str, num_expressions: int = 7, num_identities: int = 1
     return EIFN(variant, num_expressions, num_identities, **kwargs)
 
 
+# fmt: off
 @register_model
 def eifn(**kw): return _create_eifn("EIFN", **kw)  # noqa: E704
 @register_model
 def eifn_star(**kw): return _create_eifn("EIFN*", **kw)  # noqa: E704
 @register_model
 def efn(**kw): return _create_eifn("EFN", **kw)  # noqa: E704
+# fmt: on

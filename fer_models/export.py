@@ -22,8 +22,18 @@ from torch import nn
 
 import fer_kernels.nn as fnn
 
-__all__ = ["DenseLayerPlain", "DenseBlockPlain", "TransitionPlain", "FusionConvPlain", "BilinearPoolPlain",
-           "BilinearClassifierPlain", "PLAIN_LAYERS", "to_reference", "ExportWrapper", "export_onnx"]
+__all__ = [
+    "DenseLayerPlain",
+    "DenseBlockPlain",
+    "TransitionPlain",
+    "FusionConvPlain",
+    "BilinearPoolPlain",
+    "BilinearClassifierPlain",
+    "PLAIN_LAYERS",
+    "to_reference",
+    "ExportWrapper",
+    "export_onnx",
+]
 
 
 class DenseLayerPlain(nn.Module):
@@ -49,9 +59,16 @@ class DenseBlockPlain(nn.Module):
 
     def __init__(self, num_layers: int, in_channels: int, growth_rate: int = 12, bn_size: int = 4):
         super().__init__()
-        self.num_layers, self.in_channels, self.growth_rate, self.bn_size = num_layers, in_channels, growth_rate, bn_size
+        self.num_layers, self.in_channels, self.growth_rate, self.bn_size = (
+            num_layers,
+            in_channels,
+            growth_rate,
+            bn_size,
+        )
         for i in range(num_layers):
-            self.add_module(f"denselayer{i + 1}", DenseLayerPlain(in_channels + i * growth_rate, growth_rate, bn_size))
+            self.add_module(
+                f"denselayer{i + 1}", DenseLayerPlain(in_channels + i * growth_rate, growth_rate, bn_size)
+            )
 
     @property
     def out_channels(self) -> int:
@@ -89,7 +106,9 @@ class FusionConvPlain(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], out_channels: int, pool: int = 2, bias: bool = True):
         super().__init__()
-        self.in_channels = (int(in_channels),) if isinstance(in_channels, int) else tuple(int(c) for c in in_channels)
+        self.in_channels = (
+            (int(in_channels),) if isinstance(in_channels, int) else tuple(int(c) for c in in_channels)
+        )
         self.pool = int(pool)
         self.conv = nn.Conv2d(sum(self.in_channels), out_channels, 1, bias=bias)
 
@@ -100,8 +119,14 @@ class FusionConvPlain(nn.Module):
         return F.avg_pool2d(y, self.pool) if self.pool > 1 else y
 
 
-def _bilinear(a: torch.Tensor, b: torch.Tensor, eps: float, signed_sqrt: bool = True, l2_normalize: bool = True,
-              mean: bool = False) -> torch.Tensor:
+def _bilinear(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    signed_sqrt: bool = True,
+    l2_normalize: bool = True,
+    mean: bool = False,
+) -> torch.Tensor:
     y = torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2))
     if mean:
         y = y / (a.shape[2] * a.shape[3])
@@ -112,7 +137,9 @@ def _bilinear(a: torch.Tensor, b: torch.Tensor, eps: float, signed_sqrt: bool = 
 class BilinearPoolPlain(nn.Module):
     """Plain twin of :class:`fer_kernels.nn.BilinearPool`: ``(N,Ca,H,W), (N,Cb,H,W) -> (N, Ca*Cb)``."""
 
-    def __init__(self, eps: float = 1e-5, signed_sqrt: bool = True, l2_normalize: bool = True, mean: bool = False):
+    def __init__(
+        self, eps: float = 1e-5, signed_sqrt: bool = True, l2_normalize: bool = True, mean: bool = False
+    ):
         super().__init__()
         self.eps, self.signed_sqrt, self.l2_normalize, self.mean = eps, signed_sqrt, l2_normalize, mean
 
@@ -179,7 +206,7 @@ def _swap(module: nn.Module) -> nn.Module:
         ref = next(iter(module.parameters()), None)
         if ref is not None:
             plain = plain.to(ref.device, ref.dtype)
-        for (name, p), (name2, q) in zip(plain.named_parameters(), module.named_parameters()):
+        for (name, p), (name2, q) in zip(plain.named_parameters(), module.named_parameters(), strict=True):
             assert name == name2, (name, name2)
             p.requires_grad_(q.requires_grad)
         return plain.train(module.training)
@@ -221,8 +248,14 @@ class ExportWrapper(nn.Module):
         return (out.expression,)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, batch_size: int = 2, identity: bool | None = None,
-                dynamic_batch: bool = True, opset_version: int | None = None):
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    batch_size: int = 2,
+    identity: bool | None = None,
+    dynamic_batch: bool = True,
+    opset_version: int | None = None,
+):
     """Export ``model`` (eval mode, plain-PyTorch copy from :func:`to_reference`) to ONNX.
 
     Args:

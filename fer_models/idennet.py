@@ -60,7 +60,9 @@ class IDEnNetOutput:
 
 def _layers_per_block(depth: int) -> int:
     if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"depth: DenseNet-BC depth must be 6n + 4 with n >= 1 (16, 22, 40, ...), got {depth}")
+        raise ValueError(
+            f"depth: DenseNet-BC depth must be 6n + 4 with n >= 1 (16, 22, 40, ...), got {depth}"
+        )
     return (depth - 4) // 6
 
 
@@ -83,12 +85,16 @@ def densenet_bc_channels(depth: int, growth_rate: int = 12, compression: float =
 
 def _feature_group(depth, growth_rate, compression, bn_size, in_chans, block_layer, transition_layer):
     n, c = _layers_per_block(depth), densenet_bc_channels(depth, growth_rate, compression)
-    return nn.Sequential(OrderedDict([
-        ("conv0", nn.Conv2d(in_chans, c["stem"], 3, padding=1, bias=False)),
-        ("denseblock1", block_layer(n, c["stem"], growth_rate, bn_size)),
-        ("transition1", transition_layer(c["block1"], c["trans1"], 2)),
-        ("denseblock2", block_layer(n, c["trans1"], growth_rate, bn_size)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv0", nn.Conv2d(in_chans, c["stem"], 3, padding=1, bias=False)),
+                ("denseblock1", block_layer(n, c["stem"], growth_rate, bn_size)),
+                ("transition1", transition_layer(c["block1"], c["trans1"], 2)),
+                ("denseblock2", block_layer(n, c["trans1"], growth_rate, bn_size)),
+            ]
+        )
+    )
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -124,17 +130,33 @@ class DenseNetBC(nn.Module):
         x (Tensor[N, in_chans, 48, 48]) -> logits (N, num_classes).
     """
 
-    def __init__(self, depth: int = 40, num_classes: int = 8, task: str = "expression", growth_rate: int = 12,
-                 compression: float = 0.5, bn_size: int = 4, in_chans: int = 1, drop_rate: float = 0.0,
-                 block_layer: type[nn.Module] = fnn.DenseBlock, transition_layer: type[nn.Module] = fnn.Transition):
+    def __init__(
+        self,
+        depth: int = 40,
+        num_classes: int = 8,
+        task: str = "expression",
+        growth_rate: int = 12,
+        compression: float = 0.5,
+        bn_size: int = 4,
+        in_chans: int = 1,
+        drop_rate: float = 0.0,
+        block_layer: type[nn.Module] = fnn.DenseBlock,
+        transition_layer: type[nn.Module] = fnn.Transition,
+    ):
         super().__init__()
         if task not in ("expression", "identity"):
             raise ValueError(f"task: expected 'expression' or 'identity', got {task!r}")
-        self.depth, self.growth_rate, self.compression, self.bn_size = depth, growth_rate, compression, bn_size
+        self.depth, self.growth_rate, self.compression, self.bn_size = (
+            depth,
+            growth_rate,
+            compression,
+            bn_size,
+        )
         self.task, self.num_classes, self.in_chans = task, num_classes, in_chans
         n, c = _layers_per_block(depth), densenet_bc_channels(depth, growth_rate, compression)
-        self.feature_group = _feature_group(depth, growth_rate, compression, bn_size, in_chans, block_layer,
-                                            transition_layer)
+        self.feature_group = _feature_group(
+            depth, growth_rate, compression, bn_size, in_chans, block_layer, transition_layer
+        )
         self.transition2 = transition_layer(c["block2"], c["trans2"], 2)
         self.denseblock3 = block_layer(n, c["trans2"], growth_rate, bn_size)
         self.norm = nn.BatchNorm2d(c["block3"])
@@ -161,8 +183,9 @@ class DenseNetBC(nn.Module):
             return IDEnNetOutput(logits, None, pooled)
         return IDEnNetOutput(None, logits, pooled)
 
-    def loss(self, out: IDEnNetOutput, expression: torch.Tensor | None = None,
-             identity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, out: IDEnNetOutput, expression: torch.Tensor | None = None, identity: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Cross-entropy on the net's task: expression labels (N,) or identity labels (N,) (-1 ignored)."""
         if self.task == "expression":
             ce = F.cross_entropy(out.expression, expression)
@@ -205,14 +228,31 @@ class IDEnNet(nn.Module):
 
     VARIANTS = ("original", "I", "F", "IF")
 
-    def __init__(self, variant: str = "IF", depth: int = 40, num_expressions: int = 6, num_identities: int = 80,
-                 growth_rate: int = 12, compression: float = 0.5, bn_size: int = 4, in_chans: int = 1,
-                 drop_rate: float = 0.5, id_alpha: float = 0.1, id_gamma: float = 15.0,
-                 block_layer: type[nn.Module] = fnn.DenseBlock, transition_layer: type[nn.Module] = fnn.Transition,
-                 fusion_layer: type[nn.Module] = fnn.FusionConv):
+    def __init__(
+        self,
+        variant: str = "IF",
+        depth: int = 40,
+        num_expressions: int = 6,
+        num_identities: int = 80,
+        growth_rate: int = 12,
+        compression: float = 0.5,
+        bn_size: int = 4,
+        in_chans: int = 1,
+        drop_rate: float = 0.5,
+        id_alpha: float = 0.1,
+        id_gamma: float = 15.0,
+        block_layer: type[nn.Module] = fnn.DenseBlock,
+        transition_layer: type[nn.Module] = fnn.Transition,
+        fusion_layer: type[nn.Module] = fnn.FusionConv,
+    ):
         super().__init__()
         self.variant = self.canonical_variant(variant)
-        self.depth, self.growth_rate, self.compression, self.bn_size = depth, growth_rate, compression, bn_size
+        self.depth, self.growth_rate, self.compression, self.bn_size = (
+            depth,
+            growth_rate,
+            compression,
+            bn_size,
+        )
         self.num_expressions, self.in_chans = num_expressions, in_chans
         self.id_alpha, self.id_gamma = id_alpha, id_gamma
         self.has_fusion = "F" in self.variant
@@ -232,7 +272,9 @@ class IDEnNet(nn.Module):
         self.fc_emo = nn.Linear(c["block3"], num_expressions)
         if self.has_identity_branch:
             if num_identities is None or num_identities < 2:
-                raise ValueError(f"num_identities: variant {self.variant} needs >= 2 identities, got {num_identities}")
+                raise ValueError(
+                    f"num_identities: variant {self.variant} needs >= 2 identities, got {num_identities}"
+                )
             self.fc_id = nn.Linear(c["block3"], num_identities)
         self.num_features = c["block3"]
         self.input_size = (in_chans, 48, 48)
@@ -283,8 +325,9 @@ class IDEnNet(nn.Module):
         identity = self.fc_id(d) if self.has_identity_branch else None
         return IDEnNetOutput(self.fc_emo(d), identity, pooled)
 
-    def loss(self, out: IDEnNetOutput, expression: torch.Tensor,
-             identity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, out: IDEnNetOutput, expression: torch.Tensor, identity: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """``L = CE(expression) + L_id`` (eq. 5).
 
         Args:
@@ -305,9 +348,16 @@ class IDEnNet(nn.Module):
         return {"total": ce + l_id, "expression": ce, "identity": l_id}
 
     @classmethod
-    def from_pretrained(cls, emotion_net: DenseNetBC, identity_net: DenseNetBC | None = None, variant: str = "IF",
-                        num_expressions: int | None = None, num_identities: int | None = None,
-                        freeze: bool = True, **kwargs) -> IDEnNet:
+    def from_pretrained(
+        cls,
+        emotion_net: DenseNetBC,
+        identity_net: DenseNetBC | None = None,
+        variant: str = "IF",
+        num_expressions: int | None = None,
+        num_identities: int | None = None,
+        freeze: bool = True,
+        **kwargs,
+    ) -> IDEnNet:
         """Second stage: build IDEnNet from the two pre-trained DenseNets.
 
         Copies the emotion net's feature extraction group (stem, blocks 1-2) and, for F / IF, the identity
@@ -327,16 +377,30 @@ class IDEnNet(nn.Module):
         variant = cls.canonical_variant(variant)
         if "F" in variant:
             if identity_net is None:
-                raise ValueError(f"identity_net: variant {variant} fuses identity features, pass the identity DenseNet")
+                raise ValueError(
+                    f"identity_net: variant {variant} fuses identity features, pass the identity DenseNet"
+                )
             for name in ("depth", "growth_rate", "compression", "bn_size", "in_chans"):
                 if getattr(identity_net, name) != getattr(emotion_net, name):
-                    raise ValueError(f"identity_net.{name} ({getattr(identity_net, name)}) differs from "
-                                     f"emotion_net.{name} ({getattr(emotion_net, name)})")
+                    raise ValueError(
+                        f"identity_net.{name} ({getattr(identity_net, name)}) differs from "
+                        f"emotion_net.{name} ({getattr(emotion_net, name)})"
+                    )
         if "I" in variant and num_identities is None:
-            raise ValueError(f"num_identities: variant {variant} needs the target dataset's number of identities")
-        model = cls(variant, emotion_net.depth, num_expressions or emotion_net.num_classes,
-                    num_identities if num_identities is not None else 80, emotion_net.growth_rate,
-                    emotion_net.compression, emotion_net.bn_size, emotion_net.in_chans, **kwargs)
+            raise ValueError(
+                f"num_identities: variant {variant} needs the target dataset's number of identities"
+            )
+        model = cls(
+            variant,
+            emotion_net.depth,
+            num_expressions or emotion_net.num_classes,
+            num_identities if num_identities is not None else 80,
+            emotion_net.growth_rate,
+            emotion_net.compression,
+            emotion_net.bn_size,
+            emotion_net.in_chans,
+            **kwargs,
+        )
         ref = next(emotion_net.parameters())
         model = model.to(ref.device, ref.dtype)
         model.emotion_group.load_state_dict(emotion_net.feature_group.state_dict())
@@ -355,17 +419,20 @@ class IDEnNet(nn.Module):
         return to_reference(self)
 
 
-def _create_idennet(variant: str, depth: int, num_expressions: int = 6, num_identities: int = 80,
-                    **kwargs) -> IDEnNet:
+def _create_idennet(
+    variant: str, depth: int, num_expressions: int = 6, num_identities: int = 80, **kwargs
+) -> IDEnNet:
     return IDEnNet(variant, depth, num_expressions, num_identities, **kwargs)
 
 
-def _create_densenet(task: str, depth: int, num_expressions: int = 8, num_identities: int = 10575,
-                     **kwargs) -> DenseNetBC:
+def _create_densenet(
+    task: str, depth: int, num_expressions: int = 8, num_identities: int = 10575, **kwargs
+) -> DenseNetBC:
     # Defaults: the paper pre-trains on FER+ (8 classes) and CASIA-WebFace (10,575 identities).
     return DenseNetBC(depth, num_expressions if task == "expression" else num_identities, task, **kwargs)
 
 
+# fmt: off
 @register_model
 def idennet_original_16(**kw): return _create_idennet("original", 16, **kw)  # noqa: E704
 @register_model
@@ -402,3 +469,4 @@ def densenet_bc_identity_16(**kw): return _create_densenet("identity", 16, **kw)
 def densenet_bc_identity_22(**kw): return _create_densenet("identity", 22, **kw)  # noqa: E704
 @register_model
 def densenet_bc_identity_40(**kw): return _create_densenet("identity", 40, **kw)  # noqa: E704
+# fmt: on

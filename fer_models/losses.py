@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["self_constrained_identity_loss", "SelfConstrainedIdentityLoss", "masked_cross_entropy",
-           "center_loss", "update_centers_", "CenterLoss"]
+__all__ = [
+    "self_constrained_identity_loss",
+    "SelfConstrainedIdentityLoss",
+    "masked_cross_entropy",
+    "center_loss",
+    "update_centers_",
+    "CenterLoss",
+]
 
 
 def _reduce(per_sample: torch.Tensor, known: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -32,25 +38,35 @@ def _check_logits_target(logits: torch.Tensor, target: torch.Tensor, ignore_inde
     if logits.dim() != 2:
         raise ValueError(f"logits: expected (N, C), got shape {tuple(logits.shape)}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(f"target: expected ({logits.shape[0]},) class indices, got shape {tuple(target.shape)}")
+        raise ValueError(
+            f"target: expected ({logits.shape[0]},) class indices, got shape {tuple(target.shape)}"
+        )
     known = target != ignore_index
     if known.any():
         t = target[known]
         if int(t.min()) < 0 or int(t.max()) >= logits.shape[1]:
-            raise ValueError(f"target: class indices must be in [0, {logits.shape[1]}) or {ignore_index}, "
-                             f"got values in [{int(t.min())}, {int(t.max())}]")
+            raise ValueError(
+                f"target: class indices must be in [0, {logits.shape[1]}) or {ignore_index}, "
+                f"got values in [{int(t.min())}, {int(t.max())}]"
+            )
     return known
 
 
-def self_constrained_identity_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.1,
-                                   gamma: float = 15.0, ignore_index: int = -1,
-                                   reduction: str = "mean") -> torch.Tensor:
+def self_constrained_identity_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.1,
+    gamma: float = 15.0,
+    ignore_index: int = -1,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """IDEnNet's self-constrained identity loss (eq. 4): ``L_id = -sum_j alpha (1 - p_j)^gamma y_j log p_j``.
 
     With one-hot ``y`` this is ``-alpha (1 - p_t)^gamma log p_t`` per sample (a multi-class focal loss). It
     is computed in log space from the margin ``d = z_t - logsumexp_{j != t} z_j``:
     ``-log p_t = softplus(-d)`` and ``log(1 - p_t) = -softplus(d)``, so neither ``p_t -> 1`` (where
-    ``1 - p_t`` cancels) nor ``p_t -> 0`` loses precision or gives inf/NaN. The factor ``(1 - p_t)^gamma`` is not
+    ``1 - p_t`` cancels) nor ``p_t -> 0`` loses precision or gives inf/NaN. The factor
+    ``(1 - p_t)^gamma`` is not
     detached: as in focal loss, its gradient is part of the loss's.
 
     Args:
@@ -68,12 +84,16 @@ def self_constrained_identity_loss(logits: torch.Tensor, target: torch.Tensor, a
         raise ValueError(f"alpha and gamma must be >= 0, got alpha={alpha}, gamma={gamma}")
     known = _check_logits_target(logits, target, ignore_index)
     if logits.shape[1] < 2:
-        raise ValueError(f"logits: the identity loss needs at least 2 classes, got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"logits: the identity loss needs at least 2 classes, got shape {tuple(logits.shape)}"
+        )
     t = torch.where(known, target, torch.zeros_like(target))
     # d = z_t - logsumexp_{j != t} z_j; then -log p_t = softplus(-d) and log(1 - p_t) = -softplus(d), both
     # exact to rounding for any d (softplus(x) = logaddexp(x, 0)), so p_t ~ 1 keeps its tiny loss.
     is_t = F.one_hot(t, logits.shape[1]).bool()
-    d = logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits.masked_fill(is_t, float("-inf")), dim=1)
+    d = logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(
+        logits.masked_fill(is_t, float("-inf")), dim=1
+    )
     zero = torch.zeros_like(d)
     neg_log_p = torch.logaddexp(-d, zero)
     log_1mp = -torch.logaddexp(d, zero)
@@ -85,13 +105,16 @@ def self_constrained_identity_loss(logits: torch.Tensor, target: torch.Tensor, a
 class SelfConstrainedIdentityLoss(nn.Module):
     """Module form of :func:`self_constrained_identity_loss` (``alpha``, ``gamma``, ``ignore_index``)."""
 
-    def __init__(self, alpha: float = 0.1, gamma: float = 15.0, ignore_index: int = -1, reduction: str = "mean"):
+    def __init__(
+        self, alpha: float = 0.1, gamma: float = 15.0, ignore_index: int = -1, reduction: str = "mean"
+    ):
         super().__init__()
         self.alpha, self.gamma, self.ignore_index, self.reduction = alpha, gamma, ignore_index, reduction
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self_constrained_identity_loss(logits, target, self.alpha, self.gamma, self.ignore_index,
-                                              self.reduction)
+        return self_constrained_identity_loss(
+            logits, target, self.alpha, self.gamma, self.ignore_index, self.reduction
+        )
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, gamma={self.gamma}, ignore_index={self.ignore_index}"
@@ -109,8 +132,13 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_inde
     return total / known.sum().clamp(min=1).to(total.dtype)
 
 
-def center_loss(features: torch.Tensor, target: torch.Tensor, centers: torch.Tensor, ignore_index: int = -1,
-                reduction: str = "mean") -> torch.Tensor:
+def center_loss(
+    features: torch.Tensor,
+    target: torch.Tensor,
+    centers: torch.Tensor,
+    ignore_index: int = -1,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Center loss (Wen et al., ECCV 2016, eq. 2): ``L_C = 1/2 sum_i ||x_i - c_{y_i}||^2``.
 
     ``mean`` divides by the number of labelled samples, as the authors' Caffe layer divides by the batch
@@ -127,9 +155,13 @@ def center_loss(features: torch.Tensor, target: torch.Tensor, centers: torch.Ten
         Tensor: the loss; its gradient w.r.t. ``x_i`` is ``(x_i - c_{y_i}) / n`` for ``mean``.
     """
     if features.dim() != 2 or centers.dim() != 2 or features.shape[1] != centers.shape[1]:
-        raise ValueError(f"features (N, D) and centers (K, D) must agree in D, got {tuple(features.shape)} and "
-                         f"{tuple(centers.shape)}")
-    known = _check_logits_target(features.new_empty(features.shape[0], centers.shape[0]), target, ignore_index)
+        raise ValueError(
+            f"features (N, D) and centers (K, D) must agree in D, got {tuple(features.shape)} and "
+            f"{tuple(centers.shape)}"
+        )
+    known = _check_logits_target(
+        features.new_empty(features.shape[0], centers.shape[0]), target, ignore_index
+    )
     t = torch.where(known, target, torch.zeros_like(target))
     diff = features - centers.detach()[t]
     per_sample = 0.5 * diff.pow(2).sum(1)
@@ -138,8 +170,13 @@ def center_loss(features: torch.Tensor, target: torch.Tensor, centers: torch.Ten
 
 
 @torch.no_grad()
-def update_centers_(centers: torch.Tensor, features: torch.Tensor, target: torch.Tensor, alpha: float = 0.5,
-                    ignore_index: int = -1) -> torch.Tensor:
+def update_centers_(
+    centers: torch.Tensor,
+    features: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 0.5,
+    ignore_index: int = -1,
+) -> torch.Tensor:
     """Wen et al.'s center update (eqs. 4-5), in place:
     ``delta_c_j = sum_i [y_i = j] (c_j - x_i) / (1 + sum_i [y_i = j])``, ``c_j <- c_j - alpha * delta_c_j``.
 
@@ -184,7 +221,12 @@ class CenterLoss(nn.Module):
         super().__init__()
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha: expected in [0, 1], got {alpha}")
-        self.num_classes, self.feat_dim, self.alpha, self.ignore_index = num_classes, feat_dim, alpha, ignore_index
+        self.num_classes, self.feat_dim, self.alpha, self.ignore_index = (
+            num_classes,
+            feat_dim,
+            alpha,
+            ignore_index,
+        )
         self.update = True
         bound = math.sqrt(3.0 / feat_dim)
         self.register_buffer("centers", torch.empty(num_classes, feat_dim).uniform_(-bound, bound))

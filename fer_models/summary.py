@@ -60,7 +60,7 @@ def _describe(model: torch.nn.Module) -> tuple[str, int, int | None, int | None,
 
 
 def _order(name: str):
-    # IDEnNet by depth then variant as in the paper's tables, then the pre-training nets, then EFN, EIFN*, EIFN.
+    # IDEnNet by depth then variant (the paper's tables), then the pre-training nets, then EFN, EIFN*, EIFN.
     variants = {"original": 0, "i": 1, "f": 2, "if": 3}
     parts = name.split("_")
     if parts[0] == "idennet":
@@ -84,38 +84,73 @@ def summarize(pattern: str = "*", **kwargs) -> list[ModelSummary]:
 def format_table(rows: list[ModelSummary]) -> str:
     """A Markdown table of ``rows``."""
     head = ["model", "variant", "depth", "E", "I", "parameters", "fine-tuned params", "MACs / image"]
-    body = [[r.name, r.variant, str(r.depth), str(r.num_expressions or "-"), str(r.num_identities or "-"),
-             f"{r.parameters:,}", f"{r.finetuned_parameters:,}", f"{r.macs / 1e6:,.1f} M"] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    body = [
+        [
+            r.name,
+            r.variant,
+            str(r.depth),
+            str(r.num_expressions or "-"),
+            str(r.num_identities or "-"),
+            f"{r.parameters:,}",
+            f"{r.finetuned_parameters:,}",
+            f"{r.macs / 1e6:,.1f} M",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
     right = {2, 3, 4, 5, 6, 7}
 
     def line(cells):
-        return "| " + " | ".join(c.rjust(w) if j in right else c.ljust(w)
-                                  for j, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(
+                c.rjust(w) if j in right else c.ljust(w)
+                for j, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
 
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if j in right else ("-" * (w + 2)) for j, w in enumerate(widths)) + "|"
+    sep = (
+        "|"
+        + "|".join(("-" * (w + 1) + ":") if j in right else ("-" * (w + 2)) for j, w in enumerate(widths))
+        + "|"
+    )
     return "\n".join([line(head), sep, *(line(b) for b in body)])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fer_models.summary", description=__doc__.splitlines()[0])
     p.add_argument("--models", default="*", help="glob over registered names (default: all)")
-    p.add_argument("--num-expressions", type=int, default=None,
-                   help="expression classes (default: each builder's: IDEnNet 6, EIFN 7, emotion DenseNet 8)")
-    p.add_argument("--num-identities", type=int, default=None,
-                   help="identities (default: each builder's: IDEnNet 80, EIFN 118, identity DenseNet 10575)")
+    p.add_argument(
+        "--num-expressions",
+        type=int,
+        default=None,
+        help="expression classes (default: each builder's: IDEnNet 6, EIFN 7, emotion DenseNet 8)",
+    )
+    p.add_argument(
+        "--num-identities",
+        type=int,
+        default=None,
+        help="identities (default: each builder's: IDEnNet 80, EIFN 118, identity DenseNet 10575)",
+    )
     args = p.parse_args(argv)
-    kwargs = {k: v for k, v in (("num_expressions", args.num_expressions),
-                                ("num_identities", args.num_identities)) if v is not None}
+    kwargs = {
+        k: v
+        for k, v in (("num_expressions", args.num_expressions), ("num_identities", args.num_identities))
+        if v is not None
+    }
     with torch.no_grad():
         rows = summarize(args.models, **kwargs)
     if not rows:
         print(f"no registered model matches {args.models!r}", file=sys.stderr)
         return 1
     print(format_table(rows))
-    print("\nE / I: expression / identity classes. 'fine-tuned params': what IDEnNet trains in its second stage "
-          "(feature extraction groups frozen). MACs: convolutions, matrix products and linear layers, batch 1, "
-          "eval mode, at each model's input size (IDEnNet 1x48x48, EIFN 1x64x64).")
+    print(
+        "\nE / I: expression / identity classes. 'fine-tuned params': what IDEnNet trains in its second "
+        "stage "
+        "(feature extraction groups frozen). MACs: convolutions, matrix products and linear layers, batch 1, "
+        "eval mode, at each model's input size (IDEnNet 1x48x48, EIFN 1x64x64)."
+    )
     return 0
 
 

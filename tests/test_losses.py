@@ -40,8 +40,12 @@ def test_lid_matches_equation(gamma):
     logits = torch.randn(7, 5, dtype=torch.float64) * 3
     target = torch.tensor([0, 4, -1, 2, 2, -1, 1])
     ref = naive_lid(logits, target, 0.1, gamma)
-    assert_close(self_constrained_identity_loss(logits, target, 0.1, gamma, reduction="none"), ref, "per-sample")
-    assert_close(self_constrained_identity_loss(logits, target, 0.1, gamma, reduction="sum"), ref.sum(), "sum")
+    assert_close(
+        self_constrained_identity_loss(logits, target, 0.1, gamma, reduction="none"), ref, "per-sample"
+    )
+    assert_close(
+        self_constrained_identity_loss(logits, target, 0.1, gamma, reduction="sum"), ref.sum(), "sum"
+    )
     # mean is over the 5 samples with a known identity, as F.cross_entropy(ignore_index=-1)
     assert_close(self_constrained_identity_loss(logits, target, 0.1, gamma), ref.sum() / 5, "mean")
 
@@ -72,8 +76,9 @@ def test_lid_unknown_samples_add_nothing():
 def test_lid_stable_in_log_space():
     # p_t -> 1: 1 - p_t underflows in float32 (the literal formula gives 0 * log 1 or NaN gradients);
     # p_t -> 0: log p_t = -inf literally. The log-space form stays finite and agrees with float64.
-    logits64 = torch.tensor([[40.0, 0.0, -3.0], [-200.0, 100.0, 0.0], [1e4, -1e4, 0.0], [0.0, 0.0, 0.0]],
-                            dtype=torch.float64)
+    logits64 = torch.tensor(
+        [[40.0, 0.0, -3.0], [-200.0, 100.0, 0.0], [1e4, -1e4, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64
+    )
     target = torch.tensor([0, 0, 1, 2])
     ref = self_constrained_identity_loss(logits64, target, reduction="none")
     logits32 = logits64.float().requires_grad_()
@@ -126,7 +131,7 @@ def test_center_loss_value_and_gradient():
     assert_close(center_loss(x, t, c), 0.5 * diff.pow(2).sum() / 5)
     center_loss(x, t, c).backward()
     expected = torch.zeros_like(x)
-    expected[known] = diff / 5                      # dL/dx_i = (x_i - c_{y_i}) / n
+    expected[known] = diff / 5  # dL/dx_i = (x_i - c_{y_i}) / n
     assert_close(x.grad, expected, "dL/dx")
 
 
@@ -135,7 +140,7 @@ def test_center_loss_gradcheck():
     c = torch.randn(3, 4, dtype=torch.float64)
     t = torch.tensor([0, 2, -1, 2, 1])
     run_gradcheck(lambda f: center_loss(f, t, c), [x])
-    module = CenterLoss(3, 4).double().eval()       # eval: the centers stay put across gradcheck's calls
+    module = CenterLoss(3, 4).double().eval()  # eval: the centers stay put across gradcheck's calls
     run_gradcheck(lambda f: module(f, t), [x])
 
 
@@ -152,14 +157,16 @@ def test_center_update_rule():
     t = torch.tensor([1, 1, 3, -1, 1, 3])
     alpha = 0.4
     expected = centers.clone()
-    for j in range(4):                              # Wen et al., eqs. 4-5, literally
+    for j in range(4):  # Wen et al., eqs. 4-5, literally
         members = [i for i in range(6) if t[i] == j]
-        delta = sum((centers[j] - x[i] for i in members), torch.zeros(3, dtype=torch.float64)) / (1 + len(members))
+        delta = sum((centers[j] - x[i] for i in members), torch.zeros(3, dtype=torch.float64)) / (
+            1 + len(members)
+        )
         expected[j] = centers[j] - alpha * delta
     out = update_centers_(centers, x, t, alpha)
     assert out is centers
     assert_close(centers, expected, "centers")
-    assert torch.equal(centers[[0, 2]], expected[[0, 2]])          # absent classes do not move
+    assert torch.equal(centers[[0, 2]], expected[[0, 2]])  # absent classes do not move
 
 
 def test_center_loss_module_updates_only_in_training():
@@ -172,7 +179,7 @@ def test_center_loss_module_updates_only_in_training():
     assert torch.equal(m.centers, before)
     m.train()
     loss = m(x, t)
-    assert_close(loss, center_loss(x, t, before))                  # the loss uses the centers before the step
+    assert_close(loss, center_loss(x, t, before))  # the loss uses the centers before the step
     expected = before.clone()
     update_centers_(expected, x, t, 0.5)
     assert_close(m.centers, expected)
