@@ -173,6 +173,35 @@ def test_fused_equals_reference(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_fused_equals_reference_training(name):
+    """Training mode (batch statistics, dropout with the same seed): losses, gradients and running stats."""
+    import copy
+
+    model = build(name).train()
+    twin = copy.deepcopy(model)
+    x, e, i = batch(model, 3)
+    runs = []
+    for m, backend in ((model, "auto"), (twin, "reference")):
+        torch.manual_seed(1)
+        with fer_kernels.use_backend(backend):
+            losses = m.loss(m(x), e, i)
+            losses["total"].backward()
+        runs.append(losses)
+    for k in runs[1]:
+        assert_close(runs[0][k], runs[1][k], f"{name} loss {k}", rtol=1e-4, atol=1e-6)
+    for (pname, p), (_, q) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), pname
+        if q.grad is not None:
+            scale = float(q.grad.abs().max())
+            assert_close(p.grad, q.grad, f"{name} grad {pname}", rtol=1e-4, atol=1e-4 * scale)
+    for (bname, b), (_, c) in zip(model.named_buffers(), twin.named_buffers(), strict=True):
+        if b.is_floating_point():
+            assert_close(b, c, f"{name} buffer {bname}", rtol=1e-4, atol=1e-6)
+        else:
+            assert torch.equal(b, c), bname
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_state_dict_round_trip(name):
     model = warm_up(build(name))
     x, e, i = batch(model)
