@@ -146,12 +146,8 @@ class DenseNetBC(nn.Module):
         super().__init__()
         if task not in ("expression", "identity"):
             raise ValueError(f"task: expected 'expression' or 'identity', got {task!r}")
-        self.depth, self.growth_rate, self.compression, self.bn_size = (
-            depth,
-            growth_rate,
-            compression,
-            bn_size,
-        )
+        self.depth, self.growth_rate = depth, growth_rate
+        self.compression, self.bn_size = compression, bn_size
         self.task, self.num_classes, self.in_chans = task, num_classes, in_chans
         n, c = _layers_per_block(depth), densenet_bc_channels(depth, growth_rate, compression)
         self.feature_group = _feature_group(
@@ -202,6 +198,10 @@ class DenseNetBC(nn.Module):
         return to_reference(self)
 
 
+def _reapply_freeze(module: IDEnNet, incompatible_keys) -> None:
+    module.freeze_feature_groups(module.frozen)
+
+
 class IDEnNet(nn.Module):
     """IDEnNet (Fig. 2): feature extraction groups, spatial fusion, Fusion Dense Block, expression branch
     and identity-enhancing branch, in the paper's four variants.
@@ -247,12 +247,8 @@ class IDEnNet(nn.Module):
     ):
         super().__init__()
         self.variant = self.canonical_variant(variant)
-        self.depth, self.growth_rate, self.compression, self.bn_size = (
-            depth,
-            growth_rate,
-            compression,
-            bn_size,
-        )
+        self.depth, self.growth_rate = depth, growth_rate
+        self.compression, self.bn_size = compression, bn_size
         self.num_expressions, self.in_chans = num_expressions, in_chans
         self.id_alpha, self.id_gamma = id_alpha, id_gamma
         self.has_fusion = "F" in self.variant
@@ -278,8 +274,16 @@ class IDEnNet(nn.Module):
             self.fc_id = nn.Linear(c["block3"], num_identities)
         self.num_features = c["block3"]
         self.input_size = (in_chans, 48, 48)
-        self.frozen = False
+        # In the state dict (uint8: every DDP backend broadcasts it), so a fine-tuning checkpoint resumes
+        # with its feature groups frozen; the hook re-applies the freeze after load_state_dict.
+        self.register_buffer("feature_groups_frozen", torch.zeros((), dtype=torch.uint8))
+        self.register_load_state_dict_post_hook(_reapply_freeze)
         _init_weights(self)
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the feature extraction groups are frozen."""
+        return bool(self.feature_groups_frozen)
 
     @classmethod
     def canonical_variant(cls, variant: str) -> str:
@@ -301,7 +305,7 @@ class IDEnNet(nn.Module):
     def freeze_feature_groups(self, frozen: bool = True) -> IDEnNet:
         """Freeze (or unfreeze) the feature extraction groups: ``requires_grad`` off and BatchNorms kept in
         eval mode, so neither their weights nor their running statistics change."""
-        self.frozen = frozen
+        self.feature_groups_frozen.fill_(int(frozen))
         for g in self.feature_groups:
             g.requires_grad_(not frozen)
         return self.train(self.training)

@@ -364,6 +364,12 @@ def test_idennet_from_pretrained(variant):
         m.state_dict()["fusion_block.denselayer1.conv1.weight"],
         emo.state_dict()["denseblock3.denselayer1.conv1.weight"],
     )
+    # the frozen state travels with the state dict (a resumed fine-tuning stays frozen)
+    resumed = IDEnNet(variant, 16, 6, 11)
+    assert not resumed.frozen
+    resumed.load_state_dict(m.state_dict())
+    assert resumed.frozen and not resumed.emotion_group.training
+    assert {n for n, p in resumed.named_parameters() if not p.requires_grad} == frozen
     # unfreezing restores normal training
     m.freeze_feature_groups(False)
     assert all(p.requires_grad for p in m.parameters()) and m.emotion_group.training
