@@ -137,6 +137,10 @@ class EIFN(nn.Module):
     Shape:
         x (Tensor[N, 1 or 3, img_size, img_size]) -> ``out.expression`` (N, num_expressions),
         ``out.identity`` (N, num_identities) or None, ``out.identity_features`` (N, id_hidden) or None.
+
+    Submodules: ``identity_extractor`` and ``expression_extractor`` (VGG-16 conv stacks), ``classifier``
+    (the bilinear fusion module with its softmax layer), and except for EFN ``fc1``, ``fc2`` and
+    ``center_loss`` (its ``centers`` buffer).
     """
 
     VARIANTS = ("EFN", "EIFN*", "EIFN")
@@ -177,7 +181,7 @@ class EIFN(nn.Module):
         self.identity_extractor = vgg16_features(self.widths)
         self.expression_extractor = vgg16_features(self.widths)
         c = self.widths[-1]
-        self.bilinear = bilinear_layer(c, c, num_expressions, True, eps)
+        self.classifier = bilinear_layer(c, c, num_expressions, True, eps)
         if self.has_identity_branch:
             if num_identities is None or num_identities < 1:
                 raise ValueError(f"num_identities: expected >= 1, got {num_identities}")
@@ -246,7 +250,7 @@ class EIFN(nn.Module):
             x = x.expand(-1, 3, -1, -1)
         f_id = self.identity_extractor(x)
         f_exp = self.expression_extractor(x)
-        expression = self.bilinear(f_id.detach() if self.detach_identity else f_id, f_exp)
+        expression = self.classifier(f_id.detach() if self.detach_identity else f_id, f_exp)
         if not self.has_identity_branch:
             return EIFNOutput(expression, None, None)
         feat = self.fc1(f_id.flatten(1))

@@ -437,8 +437,8 @@ def test_eifn_structure():
         assert len(convs) == 13 and [c.out_channels for c in convs][-1] == 512
         assert isinstance(ext[29], nn.ReLU) and isinstance(ext[30], nn.MaxPool2d) and len(ext) == 31
     assert e.identity_extractor is not e.expression_extractor
-    assert isinstance(e.bilinear, fnn.BilinearClassifier)
-    assert (e.bilinear.ca, e.bilinear.cb, e.bilinear.num_classes) == (512, 512, 7)
+    assert isinstance(e.classifier, fnn.BilinearClassifier)
+    assert (e.classifier.ca, e.classifier.cb, e.classifier.num_classes) == (512, 512, 7)
     assert (e.fc1.in_features, e.fc1.out_features, e.fc2.out_features) == (512 * 2 * 2, 512, 118)
     assert e.center_loss.centers.shape == (118, 512)
     assert (e.lambda1, e.lambda2, e.lambda3) == (1e-4, 1.0, 6.0)
