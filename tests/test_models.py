@@ -174,12 +174,21 @@ def test_fused_equals_reference(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_fused_equals_reference_training(name):
-    """Training mode (batch statistics, dropout with the same seed): losses, gradients and running stats."""
+    """Training mode (batch statistics, dropout with the same seed): losses, gradients and running stats.
+
+    Run in float64: in float32 a ReLU pre-activation within rounding of zero can land on the other side
+    in the fused kernel than in the reference (seen on densenet_bc_16: one pixel of one bottleneck channel,
+    which the 1x1 conv's backward spreads over every input channel), so a float32 comparison of a deep
+    training-mode network tests the luck of rounding, not the kernels. In float64 that cannot happen at
+    this size, and the fused path must agree to near machine precision. Eval-mode float32 parity is
+    checked by test_fused_equals_reference.
+    """
     import copy
 
-    model = build(name).train()
+    model = build(name).train().double()
     twin = copy.deepcopy(model)
     x, e, i = batch(model, 3)
+    x = x.double()
     runs = []
     for m, backend in ((model, "auto"), (twin, "reference")):
         torch.manual_seed(1)
@@ -188,15 +197,17 @@ def test_fused_equals_reference_training(name):
             losses["total"].backward()
         runs.append(losses)
     for k in runs[1]:
-        assert_close(runs[0][k], runs[1][k], f"{name} loss {k}", rtol=1e-4, atol=1e-6)
+        assert_close(runs[0][k], runs[1][k], f"{name} loss {k}", rtol=1e-10, atol=1e-12)
+    # Absolute floor from the largest gradient in the model: some gradients are zero up to rounding
+    # (a conv bias followed by a training-mode BatchNorm), so their own scale is rounding noise.
+    model_scale = max(float(q.grad.abs().max()) for q in twin.parameters() if q.grad is not None)
     for (pname, p), (_, q) in zip(model.named_parameters(), twin.named_parameters(), strict=True):
         assert (p.grad is None) == (q.grad is None), pname
         if q.grad is not None:
-            scale = float(q.grad.abs().max())
-            assert_close(p.grad, q.grad, f"{name} grad {pname}", rtol=1e-4, atol=1e-4 * scale)
+            assert_close(p.grad, q.grad, f"{name} grad {pname}", rtol=1e-8, atol=1e-12 * model_scale)
     for (bname, b), (_, c) in zip(model.named_buffers(), twin.named_buffers(), strict=True):
         if b.is_floating_point():
-            assert_close(b, c, f"{name} buffer {bname}", rtol=1e-4, atol=1e-6)
+            assert_close(b, c, f"{name} buffer {bname}", rtol=1e-10, atol=1e-12)
         else:
             assert torch.equal(b, c), bname
 
