@@ -123,6 +123,11 @@ void spread_plane(const T* __restrict src, T* __restrict dst, int64_t h, int64_t
 
 int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(plane, 1)); }
 
+}  // namespace
+
+// Input checks and the GEMM halves: device-agnostic, shared with the CUDA binding.
+namespace fusion_conv_detail {
+
 // ---- input checks for direct torch.ops calls (the Python wrappers check first, naming user arguments) ----
 
 void check_pool(int64_t pool, int64_t h, int64_t w) {
@@ -166,7 +171,12 @@ std::tuple<Tensor, Tensor> weight_grads(const Tensor& dy, const Tensor& pooled, 
   return {gw.view(weight.sizes()), dy.sum({0, 2, 3})};
 }
 
-}  // namespace
+}  // namespace fusion_conv_detail
+
+using fusion_conv_detail::check_pool;
+using fusion_conv_detail::check_weight;
+using fusion_conv_detail::pooled_gemm;
+using fusion_conv_detail::weight_grads;
 
 // ----------------------------------------------------------------------------------------------------------
 // fusion_conv
