@@ -39,7 +39,7 @@ class FusionConv(nn.Module):
         self.pool = int(pool)
         self.conv = nn.Conv2d(sum(self.in_channels), out_channels, 1, bias=bias)
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *xs: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
             xs = tuple(xs[0])
         if len(xs) != len(self.in_channels):
@@ -47,7 +47,7 @@ class FusionConv(nn.Module):
         for i, (x, c) in enumerate(zip(xs, self.in_channels)):
             if x.dim() == 4 and x.shape[1] != c:
                 raise ValueError(f"xs[{i}]: expected {c} channels, got shape {tuple(x.shape)}")
-        return fusion_conv(xs, self.conv.weight, self.conv.bias, self.pool)
+        return fusion_conv(xs, self.conv.weight, self.conv.bias, self.pool, backend=backend)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.conv.out_channels}, pool={self.pool}"

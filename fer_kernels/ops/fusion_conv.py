@@ -40,7 +40,7 @@ def _fusion_conv_backward(ctx, grad_out, grad_pooled):
     need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
     gxs, gw, gb = torch.ops.fer_kernels._fusion_conv_backward(
         grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1], ctx.pool, need_x)
-    return (list(gxs) if need_x else None), gw, (gb if ctx.has_bias else None), None
+    return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
 
 
 def _fusion_conv_fake(xs, weight, bias, pool):
@@ -120,10 +120,9 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
 def _transition_with(op):
     def run(x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias=None, training=True,
             momentum=0.1, eps=1e-5, pool=2):
-        batch = training or running_mean is None or running_var is None
-        mean_in, var_in = (None, None) if batch else (running_mean, running_var)
+        mean_in, var_in = (None, None) if training else (running_mean, running_var)
         out, mean, var = op(x, norm_weight, norm_bias, mean_in, var_in, conv_weight, conv_bias, float(eps), pool)
-        if batch and training:
+        if training:
             _update_running(running_mean, running_var, mean, var, x.numel() // x.shape[1], momentum)
         return out
     return run
@@ -222,7 +221,11 @@ def _check_transition(x, norm_weight, norm_bias, running_mean, running_var, conv
         raise TypeError(f"momentum: expected a float, got {type(momentum).__name__}")
     if not eps > 0:
         raise ValueError(f"eps: expected > 0, got {eps}")
-    if (training or running_mean is None or running_var is None) and x.numel() // max(c, 1) <= 1:
+    if not training and (running_mean is None or running_var is None):
+        missing = "running_mean" if running_mean is None else "running_var"
+        raise ValueError(f"{missing}: expected a tensor ({c},) when training=False (running statistics are used), "
+                         "got None")
+    if training and x.numel() // max(c, 1) <= 1:
         raise ValueError(f"x: expected more than 1 value per channel when training (batch statistics), "
                          f"got shape {tuple(x.shape)}")
 

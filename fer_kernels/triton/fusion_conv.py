@@ -350,7 +350,7 @@ def _fc_backward(ctx, grad_out, grad_pooled):
     need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
     gxs, gw, gb = _fusion_conv_triton_backward(grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0],
                                                ctx.hw[1], ctx.pool, need_x)
-    return (list(gxs) if need_x else None), gw, (gb if ctx.has_bias else None), None
+    return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
 
 
 # Why: one autograd formula for the Triton op, so torch.compile traces the kernels of forward and backward.
