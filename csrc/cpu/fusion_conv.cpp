@@ -121,6 +121,15 @@ void spread_plane(const T* __restrict src, T* __restrict dst, int64_t h, int64_t
   for (int64_t y = ho * p; y < h; ++y) std::fill(dst + y * w, dst + (y + 1) * w, T(0));
 }
 
+// row[ox * p + dx] = src[ox] * scale: one pooled row repeated over its windows (no per-element division).
+template <typename T>
+void expand_row(const T* __restrict src, T* __restrict row, int64_t wo, int p, T scale) {
+  for (int64_t ox = 0; ox < wo; ++ox) {
+    const T g = src[ox] * scale;
+    for (int dx = 0; dx < p; ++dx) row[ox * p + dx] = g;
+  }
+}
+
 int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(plane, 1)); }
 
 }  // namespace
@@ -248,7 +257,7 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> fusion_conv_backward_cpu(
   std::vector<Tensor> gxs;
   if (!input_grad) return {gxs, gw, gb};
 
-  const Tensor wt = weight.reshape({c_out, c_total}).t();
+  const Tensor wt = weight.reshape({c_out, c_total}).t().contiguous();  // (a transposed view makes bmm copy per batch)
   Tensor dp;  // (N, C, Ho, Wo) = W^T dy (+ grad of the returned pooled tensor)
   if (grad_pooled.has_value() && grad_pooled->defined()) {
     TORCH_CHECK(grad_pooled->sizes() == pooled.sizes(), "grad_pooled: expected shape ", pooled.sizes(), ", got ",
@@ -321,6 +330,7 @@ void batch_stats(const Tensor& x, Tensor& mean, Tensor& var) {
       for (int64_t b = 0; b < n; ++b) {
         const T* plane = src + (b * c + ch) * hw;
         double ps = 0.0, pss = 0.0;
+#pragma omp simd reduction(+ : ps, pss)
         for (int64_t i = 0; i < hw; ++i) {
           const double d = static_cast<double>(plane[i]) - shift;
           ps += d;
@@ -389,6 +399,109 @@ std::tuple<Tensor, Tensor, Tensor> transition_cpu(const Tensor& x_in, const Tens
   return {pooled_gemm(pooled, conv_weight, conv_bias), mean, var};
 }
 
+namespace {
+
+// The per-channel passes of the transition backward (see transition_backward_cpu).
+template <typename T>
+void transition_backward_kernel(const Tensor& x, const Tensor& dp, const Tensor& norm_weight,
+                                const Tensor& norm_bias, const Tensor& mean_in, const Tensor& var_in,
+                                Tensor& pooled, Tensor& gx, Tensor& g_gamma, Tensor& g_beta, int p, double eps,
+                                bool batch_stats_used) {
+  const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
+  const int64_t ho = h / p, wo = w / p;
+  const double count = static_cast<double>(n * h * w);
+  const Tensor g = norm_weight.contiguous(), bta = norm_bias.contiguous();
+  const Tensor mn = mean_in.contiguous(), vr = var_in.contiguous();
+  const T* gp = g.const_data_ptr<T>();
+  const T* bp = bta.const_data_ptr<T>();
+  const T* mp = mn.const_data_ptr<T>();
+  const T* vp = vr.const_data_ptr<T>();
+  const T* src = x.const_data_ptr<T>();
+  const T* dps = dp.const_data_ptr<T>();
+  T* pl = pooled.mutable_data_ptr<T>();
+  T* gxp = gx.mutable_data_ptr<T>();
+  T* ggp = g_gamma.mutable_data_ptr<T>();
+  T* gbp = g_beta.mutable_data_ptr<T>();
+  const T inv_p2 = T(1) / T(p * p);
+  const int64_t wp = wo * p;
+  // One task per channel: pass 1 recomputes a = relu(z) (pooled into P for dW) and reduces sum(dz) and
+  // sum(dz * xhat); pass 2 writes dx. The channel's N planes are re-read while still in cache.
+  at::parallel_for(0, c, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> grow(wp), arow(wp);
+    for (int64_t ch = begin; ch < end; ++ch) {
+      const double inv_d = 1.0 / std::sqrt(static_cast<double>(vp[ch]) + eps);
+      const T inv = static_cast<T>(inv_d);
+      const T mu = mp[ch];
+      const T s = static_cast<T>(gp[ch] * inv_d);
+      const T t = static_cast<T>(bp[ch] - mp[ch] * gp[ch] * inv_d);
+      double sdz = 0.0, sdzx = 0.0;
+      for (int64_t b = 0; b < n; ++b) {
+        const T* plane = src + (b * c + ch) * h * w;
+        const T* dpp = dps + (b * c + ch) * ho * wo;
+        T* pp = pl + (b * c + ch) * ho * wo;
+        for (int64_t oy = 0; oy < ho; ++oy) {
+          expand_row(dpp + oy * wo, grow.data(), wo, p, inv_p2);
+          std::fill(arow.begin(), arow.end(), T(0));
+          T rs = T(0), rsx = T(0);
+          for (int dy = 0; dy < p; ++dy) {
+            const T* __restrict r = plane + (oy * p + dy) * w;
+            T* __restrict ar = arow.data();
+            const T* __restrict gr = grow.data();
+#pragma omp simd reduction(+ : rs, rsx)
+            for (int64_t xx = 0; xx < wp; ++xx) {
+              const T z = r[xx] * s + t;
+              const bool on = z > T(0);
+              const T dz = on ? gr[xx] : T(0);
+              ar[xx] += on ? z : T(0);
+              rs += dz;
+              rsx += dz * ((r[xx] - mu) * inv);
+            }
+          }
+          sdz += rs;
+          sdzx += rsx;
+          for (int64_t ox = 0; ox < wo; ++ox) {
+            T acc = T(0);
+            for (int dx = 0; dx < p; ++dx) acc += arow[ox * p + dx];
+            pp[oy * wo + ox] = acc * inv_p2;
+          }
+        }
+      }
+      ggp[ch] = static_cast<T>(sdzx);
+      gbp[ch] = static_cast<T>(sdz);
+      const T k0 = batch_stats_used ? static_cast<T>(sdz / count) : T(0);
+      const T k1 = batch_stats_used ? static_cast<T>(sdzx / count) : T(0);
+      for (int64_t b = 0; b < n; ++b) {
+        const T* plane = src + (b * c + ch) * h * w;
+        const T* dpp = dps + (b * c + ch) * ho * wo;
+        T* gplane = gxp + (b * c + ch) * h * w;
+        for (int64_t oy = 0; oy < ho; ++oy) {
+          expand_row(dpp + oy * wo, grow.data(), wo, p, inv_p2);
+          for (int dy = 0; dy < p; ++dy) {
+            const int64_t y = oy * p + dy;
+            const T* __restrict r = plane + y * w;
+            T* __restrict gr = gplane + y * w;
+            const T* __restrict gw = grow.data();
+#pragma omp simd
+            for (int64_t xx = 0; xx < wp; ++xx) {
+              const T z = r[xx] * s + t;
+              const T dz = z > T(0) ? gw[xx] : T(0);
+              gr[xx] = s * (dz - k0 - (r[xx] - mu) * inv * k1);
+            }
+            for (int64_t xx = wp; xx < w; ++xx) gr[xx] = s * (-k0 - (r[xx] - mu) * inv * k1);
+          }
+        }
+        for (int64_t y = ho * p; y < h; ++y) {
+          const T* r = plane + y * w;
+          T* gr = gplane + y * w;
+          for (int64_t xx = 0; xx < w; ++xx) gr[xx] = s * (-k0 - (r[xx] - mu) * inv * k1);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> transition_backward_cpu(
     const Tensor& grad_out, const Tensor& x_in, const Tensor& norm_weight, const Tensor& norm_bias,
     const Tensor& mean_in, const Tensor& var_in, const Tensor& conv_weight, bool batch_stats_used, double eps,
@@ -407,99 +520,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> transition_backward_cpu(
   const Tensor x = x_in.contiguous();
   const Tensor dy = grad_out.contiguous();
   // dP (N, C, Ho, Wo) = W^T dy: the gradient of the pooled activation.
-  const Tensor dp = at::matmul(conv_weight.reshape({c_out, c}).t(), dy.view({n, c_out, ho * wo})).contiguous();
+  const Tensor dp = at::matmul(conv_weight.reshape({c_out, c}).t().contiguous(), dy.view({n, c_out, ho * wo})).contiguous();
   Tensor pooled = at::empty({n, c, ho, wo}, x.options());
   Tensor gx = at::empty_like(x);
   Tensor g_gamma = at::empty({c}, x.options());
   Tensor g_beta = at::empty({c}, x.options());
-  const double count = static_cast<double>(n * h * w);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "transition_backward_cpu", [&] {
-    using T = scalar_t;
-    const Tensor g = norm_weight.contiguous(), bta = norm_bias.contiguous();
-    const Tensor mn = mean_in.contiguous(), vr = var_in.contiguous();
-    const T* gp = g.const_data_ptr<T>();
-    const T* bp = bta.const_data_ptr<T>();
-    const T* mp = mn.const_data_ptr<T>();
-    const T* vp = vr.const_data_ptr<T>();
-    const T* src = x.const_data_ptr<T>();
-    const T* dps = dp.const_data_ptr<T>();
-    T* pl = pooled.mutable_data_ptr<T>();
-    T* gxp = gx.mutable_data_ptr<T>();
-    T* ggp = g_gamma.mutable_data_ptr<T>();
-    T* gbp = g_beta.mutable_data_ptr<T>();
-    const T inv_p2 = T(1) / T(p * p);
-    const int64_t wp = wo * p;
-    // One task per channel: pass 1 recomputes a = relu(z) (pooled into P for dW) and reduces sum(dz) and
-    // sum(dz * xhat); pass 2 writes dx. The channel's N planes are re-read while still in cache.
-    at::parallel_for(0, c, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> grow(wp), arow(wp);
-      for (int64_t ch = begin; ch < end; ++ch) {
-        const double inv_d = 1.0 / std::sqrt(static_cast<double>(vp[ch]) + eps);
-        const T inv = static_cast<T>(inv_d);
-        const T mu = mp[ch];
-        const T s = static_cast<T>(gp[ch] * inv_d);
-        const T t = static_cast<T>(bp[ch] - mp[ch] * gp[ch] * inv_d);
-        double sdz = 0.0, sdzx = 0.0;
-        for (int64_t b = 0; b < n; ++b) {
-          const T* plane = src + (b * c + ch) * h * w;
-          const T* dpp = dps + (b * c + ch) * ho * wo;
-          T* pp = pl + (b * c + ch) * ho * wo;
-          for (int64_t oy = 0; oy < ho; ++oy) {
-            for (int64_t xx = 0; xx < wp; ++xx) {
-              grow[xx] = dpp[oy * wo + xx / p] * inv_p2;
-              arow[xx] = T(0);
-            }
-            T rs = T(0), rsx = T(0);
-            for (int dy = 0; dy < p; ++dy) {
-              const T* r = plane + (oy * p + dy) * w;
-              for (int64_t xx = 0; xx < wp; ++xx) {
-                const T z = r[xx] * s + t;
-                const bool on = z > T(0);
-                const T dz = on ? grow[xx] : T(0);
-                arow[xx] += on ? z : T(0);
-                rs += dz;
-                rsx += dz * ((r[xx] - mu) * inv);
-              }
-            }
-            sdz += rs;
-            sdzx += rsx;
-            for (int64_t ox = 0; ox < wo; ++ox) {
-              T acc = T(0);
-              for (int dx = 0; dx < p; ++dx) acc += arow[ox * p + dx];
-              pp[oy * wo + ox] = acc * inv_p2;
-            }
-          }
-        }
-        ggp[ch] = static_cast<T>(sdzx);
-        gbp[ch] = static_cast<T>(sdz);
-        const T k0 = batch_stats_used ? static_cast<T>(sdz / count) : T(0);
-        const T k1 = batch_stats_used ? static_cast<T>(sdzx / count) : T(0);
-        for (int64_t b = 0; b < n; ++b) {
-          const T* plane = src + (b * c + ch) * h * w;
-          const T* dpp = dps + (b * c + ch) * ho * wo;
-          T* gplane = gxp + (b * c + ch) * h * w;
-          for (int64_t oy = 0; oy < ho; ++oy) {
-            for (int64_t xx = 0; xx < wp; ++xx) grow[xx] = dpp[oy * wo + xx / p] * inv_p2;
-            for (int dy = 0; dy < p; ++dy) {
-              const int64_t y = oy * p + dy;
-              const T* r = plane + y * w;
-              T* gr = gplane + y * w;
-              for (int64_t xx = 0; xx < wp; ++xx) {
-                const T z = r[xx] * s + t;
-                const T dz = z > T(0) ? grow[xx] : T(0);
-                gr[xx] = s * (dz - k0 - (r[xx] - mu) * inv * k1);
-              }
-              for (int64_t xx = wp; xx < w; ++xx) gr[xx] = s * (-k0 - (r[xx] - mu) * inv * k1);
-            }
-          }
-          for (int64_t y = ho * p; y < h; ++y) {
-            const T* r = plane + y * w;
-            T* gr = gplane + y * w;
-            for (int64_t xx = 0; xx < w; ++xx) gr[xx] = s * (-k0 - (r[xx] - mu) * inv * k1);
-          }
-        }
-      }
-    });
+    transition_backward_kernel<scalar_t>(x, dp, norm_weight, norm_bias, mean_in, var_in, pooled, gx, g_gamma,
+                                         g_beta, p, eps, batch_stats_used);
   });
   auto [gw, gb] = weight_grads(dy, pooled, conv_weight);
   return {gx, g_gamma, g_beta, gw, gb};

@@ -115,7 +115,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor> fusion_conv_backward
   TORCH_CHECK(static_cast<int64_t>(channels.size()) <= cuda::kMaxFusionInputs, "channels: the CUDA kernels take "
               "at most ", cuda::kMaxFusionInputs, " inputs, got ", channels.size());
 
-  const at::Tensor wt = weight.reshape({c_out, c_total}).t();
+  const at::Tensor wt = weight.reshape({c_out, c_total}).t().contiguous();
   at::Tensor dp;
   if (grad_pooled.has_value() && grad_pooled->defined()) {
     TORCH_CHECK(grad_pooled->sizes() == pooled.sizes(), "grad_pooled: expected shape ", pooled.sizes(), ", got ",
