@@ -121,15 +121,6 @@ void spread_plane(const T* __restrict src, T* __restrict dst, int64_t h, int64_t
   for (int64_t y = ho * p; y < h; ++y) std::fill(dst + y * w, dst + (y + 1) * w, T(0));
 }
 
-// row[ox * p + dx] = src[ox] * scale: one pooled row repeated over its windows (no per-element division).
-template <typename T>
-void expand_row(const T* __restrict src, T* __restrict row, int64_t wo, int p, T scale) {
-  for (int64_t ox = 0; ox < wo; ++ox) {
-    const T g = src[ox] * scale;
-    for (int dx = 0; dx < p; ++dx) row[ox * p + dx] = g;
-  }
-}
-
 int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(plane, 1)); }
 
 }  // namespace
@@ -422,12 +413,15 @@ void transition_backward_kernel(const Tensor& x, const Tensor& dp, const Tensor&
   T* gxp = gx.mutable_data_ptr<T>();
   T* ggp = g_gamma.mutable_data_ptr<T>();
   T* gbp = g_beta.mutable_data_ptr<T>();
-  const T inv_p2 = T(1) / T(p * p);
-  const int64_t wp = wo * p;
-  // One task per channel: pass 1 recomputes a = relu(z) (pooled into P for dW) and reduces sum(dz) and
-  // sum(dz * xhat); pass 2 writes dx. The channel's N planes are re-read while still in cache.
+  const int64_t hw = h * w;
+  // One task per channel, whole planes at a time (long vectorised loops): pass 1 spreads the plane's dP / p^2
+  // to full resolution (zero where floor pooling dropped pixels), recomputes a = relu(z) (pooled into P for
+  // dW) and reduces sum(dz) and sum(dz * xhat); pass 2 writes dx. The channel's N planes are re-read while
+  // still in cache.
   at::parallel_for(0, c, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> grow(wp), arow(wp);
+    std::vector<T> gbuf(hw), abuf(hw), row(w);
+    T* __restrict gfull = gbuf.data();
+    T* __restrict act = abuf.data();
     for (int64_t ch = begin; ch < end; ++ch) {
       const double inv_d = 1.0 / std::sqrt(static_cast<double>(vp[ch]) + eps);
       const T inv = static_cast<T>(inv_d);
@@ -436,64 +430,35 @@ void transition_backward_kernel(const Tensor& x, const Tensor& dp, const Tensor&
       const T t = static_cast<T>(bp[ch] - mp[ch] * gp[ch] * inv_d);
       double sdz = 0.0, sdzx = 0.0;
       for (int64_t b = 0; b < n; ++b) {
-        const T* plane = src + (b * c + ch) * h * w;
-        const T* dpp = dps + (b * c + ch) * ho * wo;
-        T* pp = pl + (b * c + ch) * ho * wo;
-        for (int64_t oy = 0; oy < ho; ++oy) {
-          expand_row(dpp + oy * wo, grow.data(), wo, p, inv_p2);
-          std::fill(arow.begin(), arow.end(), T(0));
-          T rs = T(0), rsx = T(0);
-          for (int dy = 0; dy < p; ++dy) {
-            const T* __restrict r = plane + (oy * p + dy) * w;
-            T* __restrict ar = arow.data();
-            const T* __restrict gr = grow.data();
+        const T* __restrict plane = src + (b * c + ch) * hw;
+        spread_plane<T>(dps + (b * c + ch) * ho * wo, gfull, h, w, ho, wo, p);
+        T rs = T(0), rsx = T(0);
 #pragma omp simd reduction(+ : rs, rsx)
-            for (int64_t xx = 0; xx < wp; ++xx) {
-              const T z = r[xx] * s + t;
-              const bool on = z > T(0);
-              const T dz = on ? gr[xx] : T(0);
-              ar[xx] += on ? z : T(0);
-              rs += dz;
-              rsx += dz * ((r[xx] - mu) * inv);
-            }
-          }
-          sdz += rs;
-          sdzx += rsx;
-          for (int64_t ox = 0; ox < wo; ++ox) {
-            T acc = T(0);
-            for (int dx = 0; dx < p; ++dx) acc += arow[ox * p + dx];
-            pp[oy * wo + ox] = acc * inv_p2;
-          }
+        for (int64_t i = 0; i < hw; ++i) {
+          const T z = plane[i] * s + t;
+          const bool on = z > T(0);
+          const T dz = on ? gfull[i] : T(0);
+          act[i] = on ? z : T(0);
+          rs += dz;
+          rsx += dz * ((plane[i] - mu) * inv);
         }
+        sdz += rs;
+        sdzx += rsx;
+        pool_plane<T>(act, pl + (b * c + ch) * ho * wo, w, ho, wo, p, row.data());
       }
       ggp[ch] = static_cast<T>(sdzx);
       gbp[ch] = static_cast<T>(sdz);
       const T k0 = batch_stats_used ? static_cast<T>(sdz / count) : T(0);
       const T k1 = batch_stats_used ? static_cast<T>(sdzx / count) : T(0);
       for (int64_t b = 0; b < n; ++b) {
-        const T* plane = src + (b * c + ch) * h * w;
-        const T* dpp = dps + (b * c + ch) * ho * wo;
-        T* gplane = gxp + (b * c + ch) * h * w;
-        for (int64_t oy = 0; oy < ho; ++oy) {
-          expand_row(dpp + oy * wo, grow.data(), wo, p, inv_p2);
-          for (int dy = 0; dy < p; ++dy) {
-            const int64_t y = oy * p + dy;
-            const T* __restrict r = plane + y * w;
-            T* __restrict gr = gplane + y * w;
-            const T* __restrict gw = grow.data();
+        const T* __restrict plane = src + (b * c + ch) * hw;
+        T* __restrict gplane = gxp + (b * c + ch) * hw;
+        spread_plane<T>(dps + (b * c + ch) * ho * wo, gfull, h, w, ho, wo, p);
 #pragma omp simd
-            for (int64_t xx = 0; xx < wp; ++xx) {
-              const T z = r[xx] * s + t;
-              const T dz = z > T(0) ? gw[xx] : T(0);
-              gr[xx] = s * (dz - k0 - (r[xx] - mu) * inv * k1);
-            }
-            for (int64_t xx = wp; xx < w; ++xx) gr[xx] = s * (-k0 - (r[xx] - mu) * inv * k1);
-          }
-        }
-        for (int64_t y = ho * p; y < h; ++y) {
-          const T* r = plane + y * w;
-          T* gr = gplane + y * w;
-          for (int64_t xx = 0; xx < w; ++xx) gr[xx] = s * (-k0 - (r[xx] - mu) * inv * k1);
+        for (int64_t i = 0; i < hw; ++i) {
+          const T z = plane[i] * s + t;
+          const T dz = z > T(0) ? gfull[i] : T(0);
+          gplane[i] = s * (dz - k0 - (plane[i] - mu) * inv * k1);
         }
       }
     }
