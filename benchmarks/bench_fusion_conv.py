@@ -1,4 +1,4 @@
-"""fusion_conv benchmarks: concat + 1x1 conv + AvgPool (IDEnNet spatial fusion) and DenseNet-BC-40 transitions.
+"""fusion_conv benchmarks: concat + 1x1 conv + AvgPool (IDEnNet spatial fusion), DenseNet-BC-40 transitions.
 
 Shapes (batch 64, float32):
 - ``fusion``: two (64, 48, 24, 24) inputs -> 48 channels, pool 2 (issue 5).
@@ -23,7 +23,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import fer_kernels as fk
@@ -105,6 +104,7 @@ def test_fusion_conv(benchmark, provider, shape, mode):
     flops, moved = _flops_and_bytes(shape, provider)
 
     if mode == "fwd":
+
         def run():
             with torch.no_grad():
                 fn(*xs)
@@ -145,8 +145,10 @@ def summarize(path: str) -> str:
     for b in data["benchmarks"]:
         provider = b["params"]["provider"]
         groups.setdefault(b["group"], {})[provider] = b
-    lines = ["| group | provider | median ms | eager / provider | compile / provider | saved / eager's |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| group | provider | median ms | eager / provider | compile / provider | saved / eager's |",
+        "|---|---|---|---|---|---|",
+    ]
     for group in sorted(groups):
         rows = groups[group]
         eager, comp = rows.get("eager"), rows.get("compile")

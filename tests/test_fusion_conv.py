@@ -130,7 +130,7 @@ def _check_fusion_backend(backend, case, dtype, device="cpu"):
     got = torch.autograd.grad(y, params, gy)
     want = torch.autograd.grad(expected, params, gy)
     names = [f"grad_xs[{i}]" for i in range(len(xs))] + ["grad_weight"] + (["grad_bias"] if bias is not None else [])
-    for g, e, name in zip(got, want, names):
+    for g, e, name in zip(got, want, names, strict=False):
         assert_close(g, e, name, **p)
 
 
@@ -246,7 +246,7 @@ def _opcheck_samples():
 
 @pytest.mark.skipif(not _extension.has_op("fusion_conv"), reason="fer_kernels._C not built")
 def test_opcheck_cpp_ops():
-    for args, case in _opcheck_samples():
+    for args, _case in _opcheck_samples():
         run_opcheck(torch.ops.fer_kernels.fusion_conv.default, args)
         xs, weight, bias, pool = args
         y, pooled = torch.ops.fer_kernels.fusion_conv(xs, weight, bias, pool)
@@ -370,7 +370,7 @@ def _check_transition_backend(backend, case, dtype, device="cpu"):
     got = torch.autograd.grad(y, params, gy)
     want = torch.autograd.grad(expected, params, gy)
     names = ["grad_x", "grad_norm_weight", "grad_norm_bias", "grad_conv_weight", "grad_conv_bias"]
-    for g, e, name in zip(got, want, names):
+    for g, e, name in zip(got, want, names, strict=False):
         assert_close(g, e, name, **p)
 
 

@@ -22,8 +22,8 @@ from fer_kernels.backends import resolve
 from fer_kernels.ops._common import check_same_device_dtype, check_tensor
 from fer_kernels.reference.fusion_conv import fusion_conv_reference, transition_reference
 
-
 # ---- autograd and fake kernels of the C++ ops (shared by the CPU and CUDA kernels) ----
+
 
 def _fusion_conv_setup(ctx, inputs, output):
     xs, weight, bias, pool = inputs
@@ -39,7 +39,8 @@ def _fusion_conv_backward(ctx, grad_out, grad_pooled):
     need_x = ctx.needs_input_grad[0]
     need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
     gxs, gw, gb = torch.ops.fer_kernels._fusion_conv_backward(
-        grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1], ctx.pool, need_x)
+        grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1], ctx.pool, need_x
+    )
     return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
 
 
@@ -50,7 +51,9 @@ def _fusion_conv_fake(xs, weight, bias, pool):
     return out, xs[0].new_empty(n, c, h // pool, w // pool)
 
 
-def _fusion_conv_backward_fake(grad_out, grad_pooled, pooled, weight, channels, height, width, pool, input_grad):
+def _fusion_conv_backward_fake(
+    grad_out, grad_pooled, pooled, weight, channels, height, width, pool, input_grad
+):
     n = pooled.shape[0]
     gxs = [pooled.new_empty(n, c, height, width) for c in channels] if input_grad else []
     return gxs, torch.empty_like(weight), weight.new_empty(weight.shape[0])
@@ -68,7 +71,8 @@ def _transition_setup(ctx, inputs, output):
 def _transition_backward(ctx, grad_out, _grad_mean, _grad_var):
     x, norm_weight, norm_bias, mean, var, conv_weight = ctx.saved_tensors
     gx, gg, gb, gw, gcb = torch.ops.fer_kernels._transition_backward(
-        grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, ctx.batch_stats, ctx.eps, ctx.pool)
+        grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, ctx.batch_stats, ctx.eps, ctx.pool
+    )
     return gx, gg, gb, None, None, gw, (gcb if ctx.has_bias else None), None, None
 
 
@@ -77,25 +81,35 @@ def _transition_fake(x, norm_weight, norm_bias, mean, var, conv_weight, conv_bia
     return (x.new_empty(n, conv_weight.shape[0], h // pool, w // pool), x.new_empty(c), x.new_empty(c))
 
 
-def _transition_backward_fake(grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, batch_stats, eps, pool):
-    return (torch.empty_like(x), torch.empty_like(norm_weight), torch.empty_like(norm_bias),
-            torch.empty_like(conv_weight), conv_weight.new_empty(conv_weight.shape[0]))
+def _transition_backward_fake(
+    grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, batch_stats, eps, pool
+):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(norm_weight),
+        torch.empty_like(norm_bias),
+        torch.empty_like(conv_weight),
+        conv_weight.new_empty(conv_weight.shape[0]),
+    )
 
 
 # Why here: autograd and fake kernels are registered once, in Python, for every device the C++ library has.
 if _extension.has_op("fusion_conv"):
     torch.library.register_fake("fer_kernels::fusion_conv")(_fusion_conv_fake)
     torch.library.register_fake("fer_kernels::_fusion_conv_backward")(_fusion_conv_backward_fake)
-    torch.library.register_autograd("fer_kernels::fusion_conv", _fusion_conv_backward,
-                                    setup_context=_fusion_conv_setup)
+    torch.library.register_autograd(
+        "fer_kernels::fusion_conv", _fusion_conv_backward, setup_context=_fusion_conv_setup
+    )
 if _extension.has_op("transition"):
     torch.library.register_fake("fer_kernels::transition")(_transition_fake)
     torch.library.register_fake("fer_kernels::_transition_backward")(_transition_backward_fake)
-    torch.library.register_autograd("fer_kernels::transition", _transition_backward,
-                                    setup_context=_transition_setup)
+    torch.library.register_autograd(
+        "fer_kernels::transition", _transition_backward, setup_context=_transition_setup
+    )
 
 
 # ---- backends: callables with the reference's signature ----
+
 
 def _fusion_conv_cpp(xs, weight, bias=None, pool=2):
     return torch.ops.fer_kernels.fusion_conv(list(xs), weight, bias, pool)[0]
@@ -118,13 +132,27 @@ def _update_running(running_mean, running_var, mean, var, count, momentum):
 
 
 def _transition_with(op):
-    def run(x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias=None, training=True,
-            momentum=0.1, eps=1e-5, pool=2):
+    def run(
+        x,
+        norm_weight,
+        norm_bias,
+        running_mean,
+        running_var,
+        conv_weight,
+        conv_bias=None,
+        training=True,
+        momentum=0.1,
+        eps=1e-5,
+        pool=2,
+    ):
         mean_in, var_in = (None, None) if training else (running_mean, running_var)
-        out, mean, var = op(x, norm_weight, norm_bias, mean_in, var_in, conv_weight, conv_bias, float(eps), pool)
+        out, mean, var = op(
+            x, norm_weight, norm_bias, mean_in, var_in, conv_weight, conv_bias, float(eps), pool
+        )
         if training:
             _update_running(running_mean, running_var, mean, var, x.numel() // x.shape[1], momentum)
         return out
+
     return run
 
 
@@ -149,6 +177,7 @@ if _extension.has_op("transition"):
 
 
 # ---- input checks and the public functions ----
+
 
 def _check(xs, weight, bias, pool):
     if isinstance(xs, torch.Tensor):
@@ -186,8 +215,14 @@ def _check(xs, weight, bias, pool):
     return xs
 
 
-def fusion_conv(xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None = None,
-                pool: int = 2, *, backend: str | None = None) -> torch.Tensor:
+def fusion_conv(
+    xs: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    pool: int = 2,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """``AvgPool2d(pool)(conv1x1(cat(xs), weight, bias))``, fused: pool first, then multiply.
 
     Args:
@@ -205,12 +240,27 @@ def fusion_conv(xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Te
     return IMPLS[name](xs, weight, bias, pool)
 
 
-def _check_transition(x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias, training,
-                      momentum, eps, pool):
+def _check_transition(
+    x,
+    norm_weight,
+    norm_bias,
+    running_mean,
+    running_var,
+    conv_weight,
+    conv_bias,
+    training,
+    momentum,
+    eps,
+    pool,
+):
     _check([x], conv_weight, conv_bias, pool)
     c = x.shape[1]
-    for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
+    for name, t in (
+        ("norm_weight", norm_weight),
+        ("norm_bias", norm_bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ):
         if t is None and name.startswith("running"):
             continue
         check_tensor(t, name, 1, f"({c},)")
@@ -223,17 +273,31 @@ def _check_transition(x, norm_weight, norm_bias, running_mean, running_var, conv
         raise ValueError(f"eps: expected > 0, got {eps}")
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
-        raise ValueError(f"{missing}: expected a tensor ({c},) when training=False (running statistics are used), "
-                         "got None")
+        raise ValueError(
+            f"{missing}: expected a tensor ({c},) when training=False (running statistics are used), got None"
+        )
     if training and x.numel() // max(c, 1) <= 1:
-        raise ValueError(f"x: expected more than 1 value per channel when training (batch statistics), "
-                         f"got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"x: expected more than 1 value per channel when training (batch statistics), "
+            f"got shape {tuple(x.shape)}"
+        )
 
 
-def transition(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-               running_mean: torch.Tensor | None, running_var: torch.Tensor | None, conv_weight: torch.Tensor,
-               conv_bias: torch.Tensor | None = None, training: bool = True, momentum: float = 0.1,
-               eps: float = 1e-5, pool: int = 2, *, backend: str | None = None) -> torch.Tensor:
+def transition(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    pool: int = 2,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """DenseNet transition, fused: BN-ReLU applied as the prologue of the pooled 1x1 convolution.
 
     Args:
@@ -245,11 +309,33 @@ def transition(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tens
     Returns:
         Tensor[N, C_out, H // pool, W // pool]
     """
-    _check_transition(x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias, training,
-                      momentum, eps, pool)
+    _check_transition(
+        x,
+        norm_weight,
+        norm_bias,
+        running_mean,
+        running_var,
+        conv_weight,
+        conv_bias,
+        training,
+        momentum,
+        eps,
+        pool,
+    )
     name = resolve("transition", TRANSITION_IMPLS, [x, conv_weight], backend)
-    return TRANSITION_IMPLS[name](x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias,
-                                  training, momentum, eps, pool)
+    return TRANSITION_IMPLS[name](
+        x,
+        norm_weight,
+        norm_bias,
+        running_mean,
+        running_var,
+        conv_weight,
+        conv_bias,
+        training,
+        momentum,
+        eps,
+        pool,
+    )
 
 
 def demo_case():
@@ -258,4 +344,6 @@ def demo_case():
     xs = [torch.randn(64, 48, 24, 24, generator=g) for _ in range(2)]
     w = torch.randn(48, 96, 1, 1, generator=g) * 0.1
     b = torch.zeros(48)
-    return "fusion_conv 2x(64,48,24,24)->48 pool 2", (lambda backend: fusion_conv(xs, w, b, 2, backend=backend))
+    return "fusion_conv 2x(64,48,24,24)->48 pool 2", (
+        lambda backend: fusion_conv(xs, w, b, 2, backend=backend)
+    )
