@@ -10,7 +10,7 @@ Shapes (batch 64, float32):
 Providers: ``eager`` (torch.cat + nn.Conv2d + nn.AvgPool2d / nn.BatchNorm2d-ReLU-Conv-Pool), ``compile``
 (torch.compile of that eager code), ``reference`` (fer_kernels' reference backend), ``cpp``, ``triton`` and
 ``cuda`` (GPU only). Modes: ``fwd`` (forward, no grad) and ``full`` (forward with grad + backward).
-``extra_info`` records saved-for-backward bytes, FLOPs and the bytes each provider must at least move.
+``extra_info`` records saved-for-backward bytes, FLOPs and ``bytes`` (the least any provider must move).
 
 Run:  python -m pytest benchmarks/bench_fusion_conv.py -q --benchmark-json=fusion_conv.json
 Ratios: python -m benchmarks.bench_fusion_conv fusion_conv.json
@@ -126,7 +126,9 @@ def test_fusion_conv(benchmark, provider, shape, mode):
 
         flops *= 3  # backward: grad input and grad weight GEMMs
 
-    extra = dict(dtype="float32", shape=shape, batch=N, pool=POOL, flops=flops, min_bytes_moved=moved)
+    extra = dict(
+        dtype="float32", shape=shape, batch=N, pool=POOL, flops=flops, bytes=moved, provider=provider
+    )
     if mode == "full":
         run()  # compile outside the memory measurement
         for x in xs:
