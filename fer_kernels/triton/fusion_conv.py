@@ -14,7 +14,8 @@ Kernels (accumulate in float32, float64 for float64 inputs; float32 dots use ``i
 - ``_fusion_conv_fwd_kernel``: tile (BLOCK_O out channels x BLOCK_L pooled pixels) per sample, K loop over C.
 - ``_fusion_conv_bwd_kernel``: tile (BLOCK_C in channels x BLOCK_L pooled pixels) of ``W_i^T dy``; writes it
   spread over each p x p window into ``dx_i`` (fusion) or as is into ``dP`` (transition).
-- ``_fusion_conv_dw_kernel``: tile (BLOCK_O x BLOCK_C) of ``dW``, loop over samples and pixels; ``db``.
+- ``_fusion_conv_dw_kernel``: tile (BLOCK_O x BLOCK_C) of ``dW`` per slice of the batch (split-K), loop over
+  its samples and pixels; ``db``.
 - ``_transition_stats_kernel``, ``_transition_bwd_reduce_kernel``, ``_transition_bwd_dx_kernel``: per-channel
   batch statistics; per-channel ``sum dz``, ``sum dz*xhat`` and the recomputed P; the elementwise BN backward.
 
@@ -212,14 +213,18 @@ def _fusion_conv_dw_kernel(
     C,
     C_out,
     L,
+    N_PER,
     BLOCK_O: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
     PRECISION: tl.constexpr,
     ACC_F64: tl.constexpr,
 ):
+    # Split-K over the batch: program (o, c, s) sums samples [s * N_PER, (s + 1) * N_PER) into partial s of
+    # dW (and of db when c == 0); the host sums the partials (deterministic, no atomics).
     pid_o = tl.program_id(0)
     pid_c = tl.program_id(1)
+    pid_s = tl.program_id(2)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     if ACC_F64:
@@ -228,7 +233,8 @@ def _fusion_conv_dw_kernel(
     else:
         acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float32)
         dbias = tl.zeros([BLOCK_O], dtype=tl.float32)
-    for n in range(0, N):
+    n_end = tl.minimum(N, (pid_s + 1) * N_PER)
+    for n in range(pid_s * N_PER, n_end):
         for l0 in range(0, L, BLOCK_L):
             offs_l = l0 + tl.arange(0, BLOCK_L)
             g = tl.load(
@@ -244,12 +250,12 @@ def _fusion_conv_dw_kernel(
             acc = tl.dot(g, pt, acc, input_precision=PRECISION)
             dbias += tl.sum(g.to(acc.dtype), axis=1)
     tl.store(
-        dw_ptr + offs_o[:, None] * C + offs_c[None, :],
+        dw_ptr + (pid_s * C_out + offs_o[:, None]) * C + offs_c[None, :],
         acc.to(dw_ptr.dtype.element_ty),
         mask=(offs_o[:, None] < C_out) & (offs_c[None, :] < C),
     )
     if pid_c == 0:
-        tl.store(db_ptr + offs_o, dbias.to(db_ptr.dtype.element_ty), mask=offs_o < C_out)
+        tl.store(db_ptr + pid_s * C_out + offs_o, dbias.to(db_ptr.dtype.element_ty), mask=offs_o < C_out)
 
 
 @triton.jit
@@ -416,25 +422,33 @@ def _launch_gemm(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 def _launch_weight_grads(dy: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor):
     n, c, ho, wo = pooled.shape
     c_out = weight.shape[0]
-    gw = torch.empty_like(weight)
-    gb = weight.new_empty(c_out)
     bo, bl, bc = 32 if c_out > 16 else 16, 32, 32 if c > 16 else 16
-    grid = (triton.cdiv(c_out, bo), triton.cdiv(c, bc))
+    tiles = triton.cdiv(c_out, bo) * triton.cdiv(c, bc)
+    split = max(1, min(n, 256 // tiles))  # enough programs to fill a GPU when C_out x C is small
+    n_per = triton.cdiv(max(n, 1), split)
+    split = triton.cdiv(max(n, 1), n_per)
+    acc = torch.float64 if pooled.dtype == torch.float64 else torch.float32
+    gw_parts = torch.empty(split, c_out, c, dtype=acc, device=pooled.device)
+    gb_parts = torch.empty(split, c_out, dtype=acc, device=pooled.device)
+    grid = (triton.cdiv(c_out, bo), triton.cdiv(c, bc), split)
     wrap_triton(_fusion_conv_dw_kernel)[grid](
         dy,
         pooled,
-        gw,
-        gb,
+        gw_parts,
+        gb_parts,
         n,
         c,
         c_out,
         ho * wo,
+        n_per,
         BLOCK_O=bo,
         BLOCK_C=bc,
         BLOCK_L=bl,
         PRECISION=_dot_precision(pooled.dtype),
         ACC_F64=pooled.dtype == torch.float64,
     )
+    gw = gw_parts.sum(0).reshape(weight.shape).to(weight.dtype)
+    gb = gb_parts.sum(0).to(weight.dtype)
     return gw, gb
 
 
