@@ -22,7 +22,25 @@ TORCH_LIBRARY(fer_kernels, m) {
   // ---- end dense_block ----
 
   // ---- fusion_conv: concatenation + 1x1 convolution + average pool ----
-  // (schemas of the fusion_conv family go here)
+  // fusion_conv(xs, W, b, p) -> (y, P): y = W * P + b with P = AvgPool_p(cat(xs)) (N, C, H//p, W//p), the pooled
+  // concatenation, returned because it is all the backward needs (dW); the concatenation is never written.
+  m.def("fusion_conv(Tensor[] xs, Tensor weight, Tensor? bias, int pool) -> (Tensor, Tensor)");
+  // -> (grad_xs (one per input, channels as given; empty when input_grad is false), grad_weight, grad_bias).
+  m.def(
+      "_fusion_conv_backward(Tensor grad_out, Tensor? grad_pooled, Tensor pooled, Tensor weight, int[] channels, "
+      "int height, int width, int pool, bool input_grad) -> (Tensor[], Tensor, Tensor)");
+  // transition(x, gamma, beta, mean?, var?, W, b, eps, p) -> (y, mean, var): y = W * AvgPool_p(relu(BN(x))) + b.
+  // mean/var None: batch statistics (biased var), returned so Python updates the running buffers; given: used
+  // as is (running statistics) and returned as copies. Never mutates its inputs.
+  m.def(
+      "transition(Tensor x, Tensor norm_weight, Tensor norm_bias, Tensor? mean, Tensor? var, Tensor conv_weight, "
+      "Tensor? conv_bias, float eps, int pool) -> (Tensor, Tensor, Tensor)");
+  // -> (grad_x, grad_norm_weight, grad_norm_bias, grad_conv_weight, grad_conv_bias); batch_stats says whether
+  // mean/var were x's batch statistics (their gradient then flows into grad_x).
+  m.def(
+      "_transition_backward(Tensor grad_out, Tensor x, Tensor norm_weight, Tensor norm_bias, Tensor mean, "
+      "Tensor var, Tensor conv_weight, bool batch_stats, float eps, int pool) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor)");
   // ---- end fusion_conv ----
 
   // ---- bilinear: outer-product sum pooling, signed sqrt, L2 norm (+ classifier) ----

@@ -7,7 +7,6 @@ Set ``FER_KERNELS_DISABLE_C=1`` to run as if the library were not built.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -38,10 +37,14 @@ def cpp_error() -> str | None:
     return _C_ERROR
 
 
-@functools.lru_cache(maxsize=None)
+# Read once at import: a str-returning op cannot be traced by torch.compile, and resolve() runs inside
+# compiled code.
+_BUILD_INFO: str | None = torch.ops.fer_kernels._build_info() if _C is not None else None
+
+
 def cuda_built() -> bool:
     """True when the compiled library contains the CUDA kernels."""
-    return cpp_loaded() and torch.ops.fer_kernels._build_info() == "cpu+cuda"
+    return _BUILD_INFO == "cpu+cuda"
 
 
 def has_op(name: str) -> bool:

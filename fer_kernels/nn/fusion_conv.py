@@ -39,7 +39,7 @@ class FusionConv(nn.Module):
         self.pool = int(pool)
         self.conv = nn.Conv2d(sum(self.in_channels), out_channels, 1, bias=bias)
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+    def forward(self, *xs: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
             xs = tuple(xs[0])
         if len(xs) != len(self.in_channels):
@@ -47,7 +47,7 @@ class FusionConv(nn.Module):
         for i, (x, c) in enumerate(zip(xs, self.in_channels)):
             if x.dim() == 4 and x.shape[1] != c:
                 raise ValueError(f"xs[{i}]: expected {c} channels, got shape {tuple(x.shape)}")
-        return fusion_conv(xs, self.conv.weight, self.conv.bias, self.pool)
+        return fusion_conv(xs, self.conv.weight, self.conv.bias, self.pool, backend=backend)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.conv.out_channels}, pool={self.pool}"
@@ -68,15 +68,18 @@ class Transition(nn.Module):
 
     def forward(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
         from fer_kernels.nn._bn import bn_buffers, bn_momentum, bn_uses_batch_stats
-        from fer_kernels.ops.fusion_conv import _check
+        from fer_kernels.ops.fusion_conv import _check_transition
 
-        _check([x], self.conv.weight, self.conv.bias, self.pool)
-        if x.shape[1] != self.norm.num_features:
+        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] != self.norm.num_features:
             raise ValueError(f"x: Transition expects {self.norm.num_features} channels, got shape {tuple(x.shape)}")
         mean, var = bn_buffers(self.norm)
+        training = bn_uses_batch_stats(self.norm)
+        # Validate before touching num_batches_tracked, so a rejected input changes nothing.
+        _check_transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
+                          training, 0.1, self.norm.eps, self.pool)
         momentum = bn_momentum(self.norm)
         return transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
-                          bn_uses_batch_stats(self.norm), momentum, self.norm.eps, self.pool, backend=backend)
+                          training, momentum, self.norm.eps, self.pool, backend=backend)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.norm.num_features}, out_channels={self.conv.out_channels}, pool={self.pool}"

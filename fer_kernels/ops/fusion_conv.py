@@ -1,6 +1,14 @@
-"""fusion_conv op family: concatenation + 1x1 convolution + average pool.
+"""fusion_conv op family: concatenation + 1x1 convolution + average pool, and the DenseNet transition.
 
-Backends: ``reference`` (fer_kernels.reference.fusion_conv). Fused backends register in ``IMPLS``.
+Backends: ``reference`` (fer_kernels.reference.fusion_conv), ``cpp`` (csrc/cpu/fusion_conv.cpp, ops
+``fer_kernels::fusion_conv`` / ``transition`` and their ``_*_backward``), ``triton``
+(fer_kernels/triton/fusion_conv.py, ops ``fer_kernels::fusion_conv_triton`` / ``transition_triton``) and
+``cuda`` for fusion_conv (csrc/cuda/fusion_conv_binding.cpp, where the library was built with CUDA).
+
+Every fused backend computes ``y = W * AvgPool_p(cat(xs)) + b`` (pool first) and returns the pooled input as a
+second output, which is what its backward saves instead of the concatenation and the full-size conv output.
+The transition ops never mutate running buffers: they return the statistics they used, and
+:func:`transition` updates the buffers here under ``no_grad`` (unbiased variance), like ``F.batch_norm``.
 """
 
 from __future__ import annotations
@@ -9,12 +17,166 @@ from collections.abc import Sequence
 
 import torch
 
+from fer_kernels import _extension
 from fer_kernels.backends import resolve
 from fer_kernels.ops._common import check_same_device_dtype, check_tensor
 from fer_kernels.reference.fusion_conv import fusion_conv_reference, transition_reference
 
-IMPLS = {"reference": fusion_conv_reference}
-TRANSITION_IMPLS = {"reference": transition_reference}
+# ---- autograd and fake kernels of the C++ ops (shared by the CPU and CUDA kernels) ----
+
+
+def _fusion_conv_setup(ctx, inputs, output):
+    xs, weight, bias, pool = inputs
+    ctx.save_for_backward(output[1], weight)
+    ctx.channels = [x.shape[1] for x in xs]
+    ctx.hw = (xs[0].shape[2], xs[0].shape[3])
+    ctx.pool = pool
+    ctx.has_bias = bias is not None
+
+
+def _fusion_conv_backward(ctx, grad_out, grad_pooled):
+    pooled, weight = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
+    gxs, gw, gb = torch.ops.fer_kernels._fusion_conv_backward(
+        grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1], ctx.pool, need_x
+    )
+    return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
+
+
+def _fusion_conv_fake(xs, weight, bias, pool):
+    n, _, h, w = xs[0].shape
+    c = sum(x.shape[1] for x in xs)
+    out = xs[0].new_empty(n, weight.shape[0], h // pool, w // pool)
+    return out, xs[0].new_empty(n, c, h // pool, w // pool)
+
+
+def _fusion_conv_backward_fake(
+    grad_out, grad_pooled, pooled, weight, channels, height, width, pool, input_grad
+):
+    n = pooled.shape[0]
+    gxs = [pooled.new_empty(n, c, height, width) for c in channels] if input_grad else []
+    return gxs, torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def _transition_setup(ctx, inputs, output):
+    x, norm_weight, norm_bias, mean, var, conv_weight, conv_bias, eps, pool = inputs
+    _, used_mean, used_var = output
+    ctx.save_for_backward(x, norm_weight, norm_bias, used_mean, used_var, conv_weight)
+    ctx.batch_stats = mean is None
+    ctx.eps, ctx.pool, ctx.has_bias = eps, pool, conv_bias is not None
+    ctx.mark_non_differentiable(used_mean, used_var)
+
+
+def _transition_backward(ctx, grad_out, _grad_mean, _grad_var):
+    x, norm_weight, norm_bias, mean, var, conv_weight = ctx.saved_tensors
+    gx, gg, gb, gw, gcb = torch.ops.fer_kernels._transition_backward(
+        grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, ctx.batch_stats, ctx.eps, ctx.pool
+    )
+    return gx, gg, gb, None, None, gw, (gcb if ctx.has_bias else None), None, None
+
+
+def _transition_fake(x, norm_weight, norm_bias, mean, var, conv_weight, conv_bias, eps, pool):
+    n, c, h, w = x.shape
+    return (x.new_empty(n, conv_weight.shape[0], h // pool, w // pool), x.new_empty(c), x.new_empty(c))
+
+
+def _transition_backward_fake(
+    grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, batch_stats, eps, pool
+):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(norm_weight),
+        torch.empty_like(norm_bias),
+        torch.empty_like(conv_weight),
+        conv_weight.new_empty(conv_weight.shape[0]),
+    )
+
+
+# Why here: autograd and fake kernels are registered once, in Python, for every device the C++ library has.
+if _extension.has_op("fusion_conv"):
+    torch.library.register_fake("fer_kernels::fusion_conv")(_fusion_conv_fake)
+    torch.library.register_fake("fer_kernels::_fusion_conv_backward")(_fusion_conv_backward_fake)
+    torch.library.register_autograd(
+        "fer_kernels::fusion_conv", _fusion_conv_backward, setup_context=_fusion_conv_setup
+    )
+if _extension.has_op("transition"):
+    torch.library.register_fake("fer_kernels::transition")(_transition_fake)
+    torch.library.register_fake("fer_kernels::_transition_backward")(_transition_backward_fake)
+    torch.library.register_autograd(
+        "fer_kernels::transition", _transition_backward, setup_context=_transition_setup
+    )
+
+
+# ---- backends: callables with the reference's signature ----
+
+
+def _fusion_conv_cpp(xs, weight, bias=None, pool=2):
+    return torch.ops.fer_kernels.fusion_conv(list(xs), weight, bias, pool)[0]
+
+
+def _fusion_conv_triton(xs, weight, bias=None, pool=2):
+    from fer_kernels.triton.fusion_conv import fusion_conv_triton
+
+    return fusion_conv_triton(list(xs), weight, bias, pool)[0]
+
+
+def _update_running(running_mean, running_var, mean, var, count, momentum):
+    """``F.batch_norm``'s running-buffer update from batch statistics (unbiased variance)."""
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = var * (count / (count - 1))
+            running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+
+
+def _transition_with(op):
+    def run(
+        x,
+        norm_weight,
+        norm_bias,
+        running_mean,
+        running_var,
+        conv_weight,
+        conv_bias=None,
+        training=True,
+        momentum=0.1,
+        eps=1e-5,
+        pool=2,
+    ):
+        mean_in, var_in = (None, None) if training else (running_mean, running_var)
+        out, mean, var = op(
+            x, norm_weight, norm_bias, mean_in, var_in, conv_weight, conv_bias, float(eps), pool
+        )
+        if training:
+            _update_running(running_mean, running_var, mean, var, x.numel() // x.shape[1], momentum)
+        return out
+
+    return run
+
+
+def _transition_cpp_op(*args):
+    return torch.ops.fer_kernels.transition(*args)
+
+
+def _transition_triton_op(*args):
+    from fer_kernels.triton.fusion_conv import transition_triton
+
+    return transition_triton(*args)
+
+
+IMPLS = {"reference": fusion_conv_reference, "triton": _fusion_conv_triton}
+TRANSITION_IMPLS = {"reference": transition_reference, "triton": _transition_with(_transition_triton_op)}
+if _extension.has_op("fusion_conv"):
+    IMPLS["cpp"] = _fusion_conv_cpp
+    if _extension.cuda_built():
+        IMPLS["cuda"] = _fusion_conv_cpp  # the same op; the dispatcher picks the CUDA kernel
+if _extension.has_op("transition"):
+    TRANSITION_IMPLS["cpp"] = _transition_with(_transition_cpp_op)
+
+
+# ---- input checks and the public functions ----
 
 
 def _check(xs, weight, bias, pool):
@@ -53,8 +215,14 @@ def _check(xs, weight, bias, pool):
     return xs
 
 
-def fusion_conv(xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None = None,
-                pool: int = 2, *, backend: str | None = None) -> torch.Tensor:
+def fusion_conv(
+    xs: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    pool: int = 2,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """``AvgPool2d(pool)(conv1x1(cat(xs), weight, bias))``, fused: pool first, then multiply.
 
     Args:
@@ -72,10 +240,64 @@ def fusion_conv(xs: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Te
     return IMPLS[name](xs, weight, bias, pool)
 
 
-def transition(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tensor,
-               running_mean: torch.Tensor | None, running_var: torch.Tensor | None, conv_weight: torch.Tensor,
-               conv_bias: torch.Tensor | None = None, training: bool = True, momentum: float = 0.1,
-               eps: float = 1e-5, pool: int = 2, *, backend: str | None = None) -> torch.Tensor:
+def _check_transition(
+    x,
+    norm_weight,
+    norm_bias,
+    running_mean,
+    running_var,
+    conv_weight,
+    conv_bias,
+    training,
+    momentum,
+    eps,
+    pool,
+):
+    _check([x], conv_weight, conv_bias, pool)
+    c = x.shape[1]
+    for name, t in (
+        ("norm_weight", norm_weight),
+        ("norm_bias", norm_bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ):
+        if t is None and name.startswith("running"):
+            continue
+        check_tensor(t, name, 1, f"({c},)")
+        if t.shape[0] != c:
+            raise ValueError(f"{name}: expected shape ({c},) for x with {c} channels, got {tuple(t.shape)}")
+        check_same_device_dtype(x, "x", **{name: t})
+    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
+        raise TypeError(f"momentum: expected a float, got {type(momentum).__name__}")
+    if not eps > 0:
+        raise ValueError(f"eps: expected > 0, got {eps}")
+    if not training and (running_mean is None or running_var is None):
+        missing = "running_mean" if running_mean is None else "running_var"
+        raise ValueError(
+            f"{missing}: expected a tensor ({c},) when training=False (running statistics are used), got None"
+        )
+    if training and x.numel() // max(c, 1) <= 1:
+        raise ValueError(
+            f"x: expected more than 1 value per channel when training (batch statistics), "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def transition(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None = None,
+    training: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    pool: int = 2,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
     """DenseNet transition, fused: BN-ReLU applied as the prologue of the pooled 1x1 convolution.
 
     Args:
@@ -87,19 +309,33 @@ def transition(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: torch.Tens
     Returns:
         Tensor[N, C_out, H // pool, W // pool]
     """
-    _check([x], conv_weight, conv_bias, pool)
-    c = x.shape[1]
-    for name, t in (("norm_weight", norm_weight), ("norm_bias", norm_bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
-        if t is None and name.startswith("running"):
-            continue
-        check_tensor(t, name, 1, f"({c},)")
-        if t.shape[0] != c:
-            raise ValueError(f"{name}: expected shape ({c},) for x with {c} channels, got {tuple(t.shape)}")
-        check_same_device_dtype(x, "x", **{name: t})
+    _check_transition(
+        x,
+        norm_weight,
+        norm_bias,
+        running_mean,
+        running_var,
+        conv_weight,
+        conv_bias,
+        training,
+        momentum,
+        eps,
+        pool,
+    )
     name = resolve("transition", TRANSITION_IMPLS, [x, conv_weight], backend)
-    return TRANSITION_IMPLS[name](x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias,
-                                  training, momentum, eps, pool)
+    return TRANSITION_IMPLS[name](
+        x,
+        norm_weight,
+        norm_bias,
+        running_mean,
+        running_var,
+        conv_weight,
+        conv_bias,
+        training,
+        momentum,
+        eps,
+        pool,
+    )
 
 
 def demo_case():
@@ -108,4 +344,6 @@ def demo_case():
     xs = [torch.randn(64, 48, 24, 24, generator=g) for _ in range(2)]
     w = torch.randn(48, 96, 1, 1, generator=g) * 0.1
     b = torch.zeros(48)
-    return "fusion_conv 2x(64,48,24,24)->48 pool 2", (lambda backend: fusion_conv(xs, w, b, 2, backend=backend))
+    return "fusion_conv 2x(64,48,24,24)->48 pool 2", (
+        lambda backend: fusion_conv(xs, w, b, 2, backend=backend)
+    )

@@ -1,0 +1,173 @@
+"""fusion_conv benchmarks: concat + 1x1 conv + AvgPool (IDEnNet spatial fusion), DenseNet-BC-40 transitions.
+
+Shapes (batch 64, float32):
+- ``fusion``: two (64, 48, 24, 24) inputs -> 48 channels, pool 2 (issue 5).
+- ``transition1..3``: BN-ReLU-Conv1x1-AvgPool2 on DenseNet-BC-40 (growth 12, 6 bottleneck layers per block,
+  stem 2k = 24 channels, compression 0.5) block outputs: 24 + 6*12 = 96 ch at 48x48 -> 48; 48 + 72 = 120 ch at
+  24x24 -> 60; 60 + 72 = 132 ch at 12x12 -> 66. A 3-block DenseNet-BC has transitions after blocks 1 and 2;
+  the third shape is the same pattern on block 3's output (the conv + pool that follows a third block).
+
+Providers: ``eager`` (torch.cat + nn.Conv2d + nn.AvgPool2d / nn.BatchNorm2d-ReLU-Conv-Pool), ``compile``
+(torch.compile of that eager code), ``reference`` (fer_kernels' reference backend), ``cpp``, ``triton`` and
+``cuda`` (GPU only). Modes: ``fwd`` (forward, no grad) and ``full`` (forward with grad + backward).
+``extra_info`` records saved-for-backward bytes, FLOPs and ``bytes`` (the least any provider must move).
+
+Run:  python -m pytest benchmarks/bench_fusion_conv.py -q --benchmark-json=fusion_conv.json
+Ratios: python -m benchmarks.bench_fusion_conv fusion_conv.json
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import fer_kernels as fk
+from benchmarks.conftest import HAS_CUDA, bench, provider_params, saved_bytes, sync
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+N = 64
+# name -> (kind, channels per input, H, W, C_out)
+SHAPES = {
+    "fusion-2x48x24x24-48": ("fusion", (48, 48), 24, 24, 48),
+    "transition1-96x48x48-48": ("transition", (96,), 48, 48, 48),
+    "transition2-120x24x24-60": ("transition", (120,), 24, 24, 60),
+    "transition3-132x12x12-66": ("transition", (132,), 12, 12, 66),
+}
+POOL = 2
+PROVIDERS = ("eager", "compile", "reference", "cpp", "triton", "cuda")
+
+
+class _EagerFusion(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 1)
+        self.pool = nn.AvgPool2d(POOL)
+
+    def forward(self, *xs):
+        return self.pool(self.conv(torch.cat(xs, 1)))
+
+
+class _EagerTransition(nn.Sequential):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(c_in)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.pool = nn.AvgPool2d(POOL)
+
+
+def _setup(shape_name: str, provider: str):
+    """(callable running one forward on fresh inputs, list of tensors that get gradients)."""
+    kind, chans, h, w, c_out = SHAPES[shape_name]
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(N, c, h, w, generator=g).to(DEVICE) for c in chans]
+    if kind == "fusion":
+        eager = _EagerFusion(sum(chans), c_out).to(DEVICE)
+        fused = fk.nn.FusionConv(chans, c_out, POOL).to(DEVICE)
+    else:
+        eager = _EagerTransition(chans[0], c_out).to(DEVICE)
+        fused = fk.nn.Transition(chans[0], c_out, POOL).to(DEVICE)
+        xs = [x + 0.5 for x in xs]
+    fused.load_state_dict(eager.state_dict())
+    if provider == "eager":
+        fn = eager
+    elif provider == "compile":
+        fn = torch.compile(eager)
+    else:
+        fn = functools.partial(fused, backend=provider)
+    params = list(eager.parameters()) if provider in ("eager", "compile") else list(fused.parameters())
+    return fn, xs, params
+
+
+def _flops_and_bytes(shape_name: str, provider: str) -> tuple[int, int]:
+    kind, chans, h, w, c_out = SHAPES[shape_name]
+    c = sum(chans)
+    pixels = N * h * w
+    fused = provider in ("cpp", "triton", "cuda")
+    flops = 2 * c * c_out * (pixels // (POOL * POOL) if fused else pixels)
+    moved = 4 * (pixels * c + N * c_out * (h // POOL) * (w // POOL))  # read the inputs once, write y
+    return flops, moved
+
+
+@pytest.mark.parametrize("mode", ["fwd", "full"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("provider", provider_params(*PROVIDERS, device=DEVICE))
+def test_fusion_conv(benchmark, provider, shape, mode):
+    kind = SHAPES[shape][0]
+    if provider == "cuda" and kind == "transition":
+        pytest.skip("the transition has no CUDA C++ kernel (its GPU path is Triton)")
+    fn, xs, params = _setup(shape, provider)
+    flops, moved = _flops_and_bytes(shape, provider)
+
+    if mode == "fwd":
+
+        def run():
+            with torch.no_grad():
+                fn(*xs)
+            sync(DEVICE)
+    else:
+        for x in xs:
+            x.requires_grad_(True)
+        grad_out = None
+
+        def run():
+            nonlocal grad_out
+            for t in (*xs, *params):
+                t.grad = None
+            y = fn(*xs)
+            if grad_out is None:
+                grad_out = torch.randn_like(y)
+            y.backward(grad_out)
+            sync(DEVICE)
+
+        flops *= 3  # backward: grad input and grad weight GEMMs
+
+    extra = dict(
+        dtype="float32", shape=shape, batch=N, pool=POOL, flops=flops, bytes=moved, provider=provider
+    )
+    if mode == "full":
+        run()  # compile outside the memory measurement
+        for x in xs:
+            x.requires_grad_(True)
+        extra["saved_bytes"] = saved_bytes(lambda: fn(*xs))
+    bench(benchmark, run, group=f"fusion_conv-{mode}-{shape}", device=DEVICE, rounds=10, **extra)
+
+
+def summarize(path: str) -> str:
+    """Ratios from a --benchmark-json file: eager / provider time and provider / eager saved bytes."""
+    import json
+
+    with open(path) as f:
+        data = json.load(f)
+    groups: dict[str, dict[str, dict]] = {}
+    for b in data["benchmarks"]:
+        provider = b["params"]["provider"]
+        groups.setdefault(b["group"], {})[provider] = b
+    lines = [
+        "| group | provider | median ms | eager / provider | compile / provider | saved / eager's |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group in sorted(groups):
+        rows = groups[group]
+        eager, comp = rows.get("eager"), rows.get("compile")
+        for provider in PROVIDERS:
+            if provider not in rows:
+                continue
+            b = rows[provider]
+            med = b["stats"]["median"]
+            r_e = f"{eager['stats']['median'] / med:.2f}x" if eager else "-"
+            r_c = f"{comp['stats']['median'] / med:.2f}x" if comp else "-"
+            sb, esb = b["extra_info"].get("saved_bytes"), eager and eager["extra_info"].get("saved_bytes")
+            r_s = f"{sb / esb:.2f}" if sb is not None and esb else "-"
+            lines.append(f"| {group} | {provider} | {med * 1e3:.2f} | {r_e} | {r_c} | {r_s} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m benchmarks.bench_fusion_conv RESULTS.json")
+    print(summarize(sys.argv[1]))

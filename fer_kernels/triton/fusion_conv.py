@@ -1,0 +1,709 @@
+"""Triton kernels of the fusion_conv family: pooled concatenation + 1x1 conv, and the DenseNet transition.
+
+Math (see csrc/cpu/fusion_conv.cpp for the derivation): ``y = W * P + b`` with ``P = AvgPool_p(cat(xs))`` or,
+for the transition, ``P = AvgPool_p(relu(x * s + t))`` (per-channel BN scale/shift, ReLU per pixel before
+pooling). Backward: ``dP = W^T dy``; fusion: ``dx_i = spread_p(dP_i) / p^2``; transition:
+``dz = spread_p(dP) / p^2 * [z > 0]``, ``dgamma = sum dz*xhat``, ``dbeta = sum dz``,
+``dx = s * (dz - mean(dz) - xhat * mean(dz*xhat))`` (batch statistics) or ``s * dz``;
+``dW = sum_n dy_n P_n^T``.
+
+Kernels (accumulate in float32, float64 for float64 inputs; float32 dots use ``input_precision="ieee"``):
+- ``_fusion_pool_kernel``: one program per (n, c) plane x a block of pooled pixels; reads the input through
+  its strides (no copy for non-contiguous / channels_last inputs), optional BN-ReLU prologue, writes its
+  channel slice of P.
+- ``_fusion_conv_fwd_kernel``: tile (BLOCK_O out channels x BLOCK_L pooled pixels) per sample, K loop over C.
+- ``_fusion_conv_bwd_kernel``: tile (BLOCK_C in channels x BLOCK_L pooled pixels) of ``W_i^T dy``; writes it
+  spread over each p x p window into ``dx_i`` (fusion) or as is into ``dP`` (transition).
+- ``_fusion_conv_dw_kernel``: tile (BLOCK_O x BLOCK_C) of ``dW`` per slice of the batch (split-K), loop over
+  its samples and pixels; ``db``.
+- ``_transition_stats_kernel``, ``_transition_bwd_reduce_kernel``, ``_transition_bwd_dx_kernel``: per-channel
+  batch statistics; per-channel ``sum dz``, ``sum dz*xhat`` and the recomputed P; the elementwise BN backward.
+
+Saved for backward: fusion_conv saves P (1/p^2 of the concatenation) and W; the transition saves x, the
+statistics and the weights, and recomputes P in its reduction pass.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+_BLOCK_1D = 256
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+@triton.jit
+def _fusion_pool_kernel(
+    x_ptr,
+    out_ptr,
+    scale_ptr,
+    shift_ptr,
+    C_in,
+    C_total,
+    c_off,
+    Ho,
+    Wo,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    P: tl.constexpr,
+    HAS_BN: tl.constexpr,
+    ACC_F64: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    plane = tl.program_id(0)
+    n = plane // C_in
+    c = plane % C_in
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < Ho * Wo
+    oy = offs // Wo
+    ox = offs % Wo
+    base = x_ptr + n * sxn + c * sxc
+    if HAS_BN:
+        s = tl.load(scale_ptr + c)
+        t = tl.load(shift_ptr + c)
+    if ACC_F64:
+        acc = tl.zeros([BLOCK], dtype=tl.float64)
+    else:
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for dy in tl.static_range(P):
+        for dx in tl.static_range(P):
+            v = tl.load(base + (oy * P + dy) * sxh + (ox * P + dx) * sxw, mask=mask, other=0.0).to(acc.dtype)
+            if HAS_BN:
+                v = tl.maximum(v * s + t, 0.0)
+            acc += v
+    acc = acc / (P * P)
+    tl.store(
+        out_ptr + (n * C_total + c_off + c) * Ho * Wo + offs, acc.to(out_ptr.dtype.element_ty), mask=mask
+    )
+
+
+@triton.jit
+def _fusion_conv_fwd_kernel(
+    p_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    C,
+    C_out,
+    L,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC_F64: tl.constexpr,
+):
+    pid_o = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    n = tl.program_id(2)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    if ACC_F64:
+        acc = tl.zeros([BLOCK_O, BLOCK_L], dtype=tl.float64)
+    else:
+        acc = tl.zeros([BLOCK_O, BLOCK_L], dtype=tl.float32)
+    for k0 in range(0, C, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        w = tl.load(
+            w_ptr + offs_o[:, None] * C + offs_k[None, :],
+            mask=(offs_o[:, None] < C_out) & (offs_k[None, :] < C),
+            other=0.0,
+        )
+        p = tl.load(
+            p_ptr + (n * C + offs_k[:, None]) * L + offs_l[None, :],
+            mask=(offs_k[:, None] < C) & (offs_l[None, :] < L),
+            other=0.0,
+        )
+        acc = tl.dot(w, p, acc, input_precision=PRECISION)
+    if HAS_BIAS:
+        b = tl.load(b_ptr + offs_o, mask=offs_o < C_out, other=0.0).to(acc.dtype)
+        acc += b[:, None]
+    tl.store(
+        out_ptr + (n * C_out + offs_o[:, None]) * L + offs_l[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=(offs_o[:, None] < C_out) & (offs_l[None, :] < L),
+    )
+
+
+@triton.jit
+def _fusion_conv_bwd_kernel(
+    dy_ptr,
+    w_ptr,
+    gp_ptr,
+    dx_ptr,
+    C_in,
+    c_off,
+    C_total,
+    C_out,
+    H,
+    W,
+    Ho,
+    Wo,
+    P: tl.constexpr,
+    SPREAD: tl.constexpr,
+    HAS_GP: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_O: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC_F64: tl.constexpr,
+):
+    pid_c = tl.program_id(0)
+    pid_l = tl.program_id(1)
+    n = tl.program_id(2)
+    L = Ho * Wo
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    mask_c = offs_c < C_in
+    mask_l = offs_l < L
+    if ACC_F64:
+        acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float64)
+    else:
+        acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
+    for o0 in range(0, C_out, BLOCK_O):
+        offs_o = o0 + tl.arange(0, BLOCK_O)
+        # W^T tile: wt[c, o] = W[o, c_off + c]
+        wt = tl.load(
+            w_ptr + offs_o[None, :] * C_total + c_off + offs_c[:, None],
+            mask=mask_c[:, None] & (offs_o[None, :] < C_out),
+            other=0.0,
+        )
+        g = tl.load(
+            dy_ptr + (n * C_out + offs_o[:, None]) * L + offs_l[None, :],
+            mask=(offs_o[:, None] < C_out) & mask_l[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(wt, g, acc, input_precision=PRECISION)
+    m2 = mask_c[:, None] & mask_l[None, :]
+    if HAS_GP:
+        acc += tl.load(
+            gp_ptr + (n * C_total + c_off + offs_c[:, None]) * L + offs_l[None, :], mask=m2, other=0.0
+        ).to(acc.dtype)
+    if SPREAD:
+        acc = acc / (P * P)
+        oy = offs_l // Wo
+        ox = offs_l % Wo
+        base = dx_ptr + (n * C_in + offs_c[:, None]) * H * W
+        val = acc.to(dx_ptr.dtype.element_ty)
+        for dy in tl.static_range(P):
+            for dx in tl.static_range(P):
+                tl.store(base + ((oy * P + dy) * W + ox * P + dx)[None, :], val, mask=m2)
+    else:
+        tl.store(
+            dx_ptr + (n * C_in + offs_c[:, None]) * L + offs_l[None, :],
+            acc.to(dx_ptr.dtype.element_ty),
+            mask=m2,
+        )
+
+
+@triton.jit
+def _fusion_conv_dw_kernel(
+    dy_ptr,
+    p_ptr,
+    dw_ptr,
+    db_ptr,
+    N,
+    C,
+    C_out,
+    L,
+    N_PER,
+    BLOCK_O: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    PRECISION: tl.constexpr,
+    ACC_F64: tl.constexpr,
+):
+    # Split-K over the batch: program (o, c, s) sums samples [s * N_PER, (s + 1) * N_PER) into partial s of
+    # dW (and of db when c == 0); the host sums the partials (deterministic, no atomics).
+    pid_o = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    if ACC_F64:
+        acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float64)
+        dbias = tl.zeros([BLOCK_O], dtype=tl.float64)
+    else:
+        acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float32)
+        dbias = tl.zeros([BLOCK_O], dtype=tl.float32)
+    n_end = tl.minimum(N, (pid_s + 1) * N_PER)
+    for n in range(pid_s * N_PER, n_end):
+        for l0 in range(0, L, BLOCK_L):
+            offs_l = l0 + tl.arange(0, BLOCK_L)
+            g = tl.load(
+                dy_ptr + (n * C_out + offs_o[:, None]) * L + offs_l[None, :],
+                mask=(offs_o[:, None] < C_out) & (offs_l[None, :] < L),
+                other=0.0,
+            )
+            pt = tl.load(
+                p_ptr + (n * C + offs_c[None, :]) * L + offs_l[:, None],
+                mask=(offs_c[None, :] < C) & (offs_l[:, None] < L),
+                other=0.0,
+            )
+            acc = tl.dot(g, pt, acc, input_precision=PRECISION)
+            dbias += tl.sum(g.to(acc.dtype), axis=1)
+    tl.store(
+        dw_ptr + (pid_s * C_out + offs_o[:, None]) * C + offs_c[None, :],
+        acc.to(dw_ptr.dtype.element_ty),
+        mask=(offs_o[:, None] < C_out) & (offs_c[None, :] < C),
+    )
+    if pid_c == 0:
+        tl.store(db_ptr + pid_s * C_out + offs_o, dbias.to(db_ptr.dtype.element_ty), mask=offs_o < C_out)
+
+
+@triton.jit
+def _transition_stats_kernel(
+    x_ptr, mean_ptr, var_ptr, N, C, HW, W, sxn, sxc, sxh, sxw, count, BLOCK: tl.constexpr
+):
+    # Per channel: mean and biased variance in mean_ptr's dtype (float32, float64 for float64 inputs),
+    # accumulated around the channel's first value.
+    c = tl.program_id(0)
+    shift = tl.load(x_ptr + c * sxc).to(mean_ptr.dtype.element_ty)
+    s = tl.zeros([BLOCK], dtype=mean_ptr.dtype.element_ty)
+    ss = tl.zeros([BLOCK], dtype=mean_ptr.dtype.element_ty)
+    for n in range(0, N):
+        for i0 in range(0, HW, BLOCK):
+            offs = i0 + tl.arange(0, BLOCK)
+            m = offs < HW
+            v = tl.load(x_ptr + n * sxn + c * sxc + (offs // W) * sxh + (offs % W) * sxw, mask=m, other=0.0)
+            d = tl.where(m, v.to(s.dtype) - shift, 0.0)
+            s += d
+            ss += d * d
+    mu = tl.sum(s, axis=0) / count
+    var = tl.maximum(tl.sum(ss, axis=0) / count - mu * mu, 0.0)
+    tl.store(mean_ptr + c, shift + mu)
+    tl.store(var_ptr + c, var)
+
+
+@triton.jit
+def _transition_bwd_reduce_kernel(
+    x_ptr,
+    dp_ptr,
+    scale_ptr,
+    shift_ptr,
+    mean_ptr,
+    invstd_ptr,
+    p_ptr,
+    red_ptr,
+    N,
+    C,
+    Ho,
+    Wo,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    P: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # Per channel: sum dz and sum dz*xhat over the pooled area (dz is 0 outside it), and P = AvgPool(relu(z)).
+    c = tl.program_id(0)
+    s = tl.load(scale_ptr + c)
+    t = tl.load(shift_ptr + c)
+    mu = tl.load(mean_ptr + c)
+    inv = tl.load(invstd_ptr + c)
+    L = Ho * Wo
+    sdz = tl.zeros([BLOCK], dtype=red_ptr.dtype.element_ty)
+    sdzx = tl.zeros([BLOCK], dtype=red_ptr.dtype.element_ty)
+    for n in range(0, N):
+        for l0 in range(0, L, BLOCK):
+            offs = l0 + tl.arange(0, BLOCK)
+            m = offs < L
+            oy = offs // Wo
+            ox = offs % Wo
+            g = tl.load(dp_ptr + (n * C + c) * L + offs, mask=m, other=0.0) / (P * P)
+            a = tl.zeros([BLOCK], dtype=red_ptr.dtype.element_ty)
+            for dy in tl.static_range(P):
+                for dx in tl.static_range(P):
+                    v = tl.load(
+                        x_ptr + n * sxn + c * sxc + (oy * P + dy) * sxh + (ox * P + dx) * sxw,
+                        mask=m,
+                        other=0.0,
+                    ).to(sdz.dtype)
+                    z = v * s + t
+                    on = (z > 0.0) & m
+                    dz = tl.where(on, g, 0.0)
+                    a += tl.where(on, z, 0.0)
+                    sdz += dz
+                    sdzx += dz * ((v - mu) * inv)
+            tl.store(p_ptr + (n * C + c) * L + offs, (a / (P * P)).to(p_ptr.dtype.element_ty), mask=m)
+    tl.store(red_ptr + c * 2, tl.sum(sdz, axis=0))
+    tl.store(red_ptr + c * 2 + 1, tl.sum(sdzx, axis=0))
+
+
+@triton.jit
+def _transition_bwd_dx_kernel(
+    x_ptr,
+    dp_ptr,
+    scale_ptr,
+    shift_ptr,
+    mean_ptr,
+    invstd_ptr,
+    red_ptr,
+    dx_ptr,
+    C,
+    H,
+    W,
+    Ho,
+    Wo,
+    sxn,
+    sxc,
+    sxh,
+    sxw,
+    count,
+    P: tl.constexpr,
+    BATCH: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    plane = tl.program_id(0)
+    n = plane // C
+    c = plane % C
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < H * W
+    y = offs // W
+    xx = offs % W
+    oy = y // P
+    ox = xx // P
+    inside = m & (oy < Ho) & (ox < Wo)
+    s = tl.load(scale_ptr + c)
+    t = tl.load(shift_ptr + c)
+    v = tl.load(x_ptr + n * sxn + c * sxc + y * sxh + xx * sxw, mask=m, other=0.0).to(dp_ptr.dtype.element_ty)
+    g = tl.load(dp_ptr + (n * C + c) * Ho * Wo + oy * Wo + ox, mask=inside, other=0.0) / (P * P)
+    dz = tl.where(v * s + t > 0.0, g, 0.0)
+    if BATCH:
+        mu = tl.load(mean_ptr + c)
+        inv = tl.load(invstd_ptr + c)
+        k0 = tl.load(red_ptr + c * 2) / count
+        k1 = tl.load(red_ptr + c * 2 + 1) / count
+        dx = s * (dz - k0 - (v - mu) * inv * k1)
+    else:
+        dx = s * dz
+    tl.store(dx_ptr + plane * H * W + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+
+
+def _blocks(c_out: int, c: int) -> tuple[int, int, int]:
+    bo = 32 if c_out > 16 else 16
+    bk = 32 if c > 16 else 16
+    return bo, 64, bk
+
+
+def _launch_gemm(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    n, c, ho, wo = pooled.shape
+    c_out = weight.shape[0]
+    out = pooled.new_empty(n, c_out, ho, wo)
+    bo, bl, bk = _blocks(c_out, c)
+    grid = (triton.cdiv(c_out, bo), triton.cdiv(ho * wo, bl), n)
+    w2 = weight.reshape(c_out, c).contiguous()
+    wrap_triton(_fusion_conv_fwd_kernel)[grid](
+        pooled,
+        w2,
+        bias if bias is not None else w2,
+        out,
+        c,
+        c_out,
+        ho * wo,
+        HAS_BIAS=bias is not None,
+        BLOCK_O=bo,
+        BLOCK_L=bl,
+        BLOCK_K=bk,
+        PRECISION=_dot_precision(pooled.dtype),
+        ACC_F64=pooled.dtype == torch.float64,
+    )
+    return out
+
+
+def _launch_weight_grads(dy: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor):
+    n, c, ho, wo = pooled.shape
+    c_out = weight.shape[0]
+    bo, bl, bc = 32 if c_out > 16 else 16, 32, 32 if c > 16 else 16
+    tiles = triton.cdiv(c_out, bo) * triton.cdiv(c, bc)
+    split = max(1, min(n, 256 // tiles))  # enough programs to fill a GPU when C_out x C is small
+    n_per = triton.cdiv(max(n, 1), split)
+    split = triton.cdiv(max(n, 1), n_per)
+    acc = torch.float64 if pooled.dtype == torch.float64 else torch.float32
+    gw_parts = torch.empty(split, c_out, c, dtype=acc, device=pooled.device)
+    gb_parts = torch.empty(split, c_out, dtype=acc, device=pooled.device)
+    grid = (triton.cdiv(c_out, bo), triton.cdiv(c, bc), split)
+    wrap_triton(_fusion_conv_dw_kernel)[grid](
+        dy,
+        pooled,
+        gw_parts,
+        gb_parts,
+        n,
+        c,
+        c_out,
+        ho * wo,
+        n_per,
+        BLOCK_O=bo,
+        BLOCK_C=bc,
+        BLOCK_L=bl,
+        PRECISION=_dot_precision(pooled.dtype),
+        ACC_F64=pooled.dtype == torch.float64,
+    )
+    gw = gw_parts.sum(0).reshape(weight.shape).to(weight.dtype)
+    gb = gb_parts.sum(0).to(weight.dtype)
+    return gw, gb
+
+
+def _launch_dp(dy, weight, gp, out, c_in, c_off, c_total, h, w, ho, wo, pool, spread):
+    n, c_out = dy.shape[:2]
+    bc, bl, bo = 32 if c_in > 16 else 16, 64, 32 if c_out > 16 else 16
+    grid = (triton.cdiv(c_in, bc), triton.cdiv(ho * wo, bl), n)
+    w2 = weight.reshape(c_out, c_total).contiguous()
+    wrap_triton(_fusion_conv_bwd_kernel)[grid](
+        dy,
+        w2,
+        gp if gp is not None else dy,
+        out,
+        c_in,
+        c_off,
+        c_total,
+        c_out,
+        h,
+        w,
+        ho,
+        wo,
+        P=pool,
+        SPREAD=spread,
+        HAS_GP=gp is not None,
+        BLOCK_C=bc,
+        BLOCK_L=bl,
+        BLOCK_O=bo,
+        PRECISION=_dot_precision(dy.dtype),
+        ACC_F64=dy.dtype == torch.float64,
+    )
+
+
+# ---- fusion_conv ----
+
+
+@triton_op("fer_kernels::fusion_conv_triton", mutates_args=())
+def fusion_conv_triton(
+    xs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, pool: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton ``fusion_conv``: returns ``(y, P)`` like ``fer_kernels::fusion_conv``."""
+    n, _, h, w = xs[0].shape
+    c_total = sum(x.shape[1] for x in xs)
+    ho, wo = h // pool, w // pool
+    pooled = xs[0].new_empty(n, c_total, ho, wo)
+    off = 0
+    for x in xs:
+        ci = x.shape[1]
+        grid = (n * ci, triton.cdiv(ho * wo, _BLOCK_1D))
+        wrap_triton(_fusion_pool_kernel)[grid](
+            x,
+            pooled,
+            x,
+            x,
+            ci,
+            c_total,
+            off,
+            ho,
+            wo,
+            *x.stride(),
+            P=pool,
+            HAS_BN=False,
+            ACC_F64=x.dtype == torch.float64,
+            BLOCK=_BLOCK_1D,
+        )
+        off += ci
+    return _launch_gemm(pooled, weight, bias), pooled
+
+
+@triton_op("fer_kernels::_fusion_conv_triton_backward", mutates_args=())
+def _fusion_conv_triton_backward(
+    grad_out: torch.Tensor,
+    grad_pooled: torch.Tensor | None,
+    pooled: torch.Tensor,
+    weight: torch.Tensor,
+    channels: list[int],
+    height: int,
+    width: int,
+    pool: int,
+    input_grad: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    dy = grad_out.contiguous()
+    gp = grad_pooled.contiguous() if grad_pooled is not None else None
+    gw, gb = _launch_weight_grads(dy, pooled, weight)
+    gxs = []
+    if input_grad:
+        n, c_total, ho, wo = pooled.shape
+        ragged = height % pool != 0 or width % pool != 0
+        off = 0
+        for ci in channels:
+            make = torch.zeros if ragged else torch.empty
+            gx = make(n, ci, height, width, dtype=pooled.dtype, device=pooled.device)
+            _launch_dp(dy, weight, gp, gx, ci, off, c_total, height, width, ho, wo, pool, True)
+            gxs.append(gx)
+            off += ci
+    return gxs, gw, gb
+
+
+def _fc_setup(ctx, inputs, output):
+    xs, weight, bias, pool = inputs
+    ctx.save_for_backward(output[1], weight)
+    ctx.channels = [x.shape[1] for x in xs]
+    ctx.hw = (xs[0].shape[2], xs[0].shape[3])
+    ctx.pool, ctx.has_bias = pool, bias is not None
+
+
+def _fc_backward(ctx, grad_out, grad_pooled):
+    pooled, weight = ctx.saved_tensors
+    need_x = ctx.needs_input_grad[0]
+    need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
+    gxs, gw, gb = _fusion_conv_triton_backward(
+        grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1], ctx.pool, need_x
+    )
+    return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
+
+
+# Why: one autograd formula for the Triton op, so torch.compile traces the kernels of forward and backward.
+fusion_conv_triton.register_autograd(_fc_backward, setup_context=_fc_setup)
+
+
+# ---- transition ----
+
+
+def _scale_shift(norm_weight, norm_bias, mean32, var32, eps):
+    invstd = torch.rsqrt(var32 + eps)
+    scale = norm_weight.to(mean32.dtype) * invstd
+    shift = norm_bias.to(mean32.dtype) - mean32 * scale
+    return scale.contiguous(), shift.contiguous(), invstd.contiguous()
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _stats32(x, mean, var):
+    """Batch statistics (mean/var None) or the given statistics, in the accumulation dtype."""
+    n, c, h, w = x.shape
+    if mean is None:
+        m32 = torch.empty(c, dtype=_acc(x), device=x.device)
+        v32 = torch.empty(c, dtype=_acc(x), device=x.device)
+        wrap_triton(_transition_stats_kernel)[(c,)](
+            x, m32, v32, n, c, h * w, w, *x.stride(), n * h * w, BLOCK=_BLOCK_1D
+        )
+        return m32, v32
+    return mean.to(_acc(x)).contiguous(), var.to(_acc(x)).contiguous()
+
+
+@triton_op("fer_kernels::transition_triton", mutates_args=())
+def transition_triton(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    mean: torch.Tensor | None,
+    var: torch.Tensor | None,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    eps: float,
+    pool: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton ``transition``: returns ``(y, mean, var)`` like ``fer_kernels::transition``."""
+    n, c, h, w = x.shape
+    ho, wo = h // pool, w // pool
+    m32, v32 = _stats32(x, mean, var)
+    scale, shift, _ = _scale_shift(norm_weight, norm_bias, m32, v32, eps)
+    pooled = x.new_empty(n, c, ho, wo)
+    grid = (n * c, triton.cdiv(ho * wo, _BLOCK_1D))
+    wrap_triton(_fusion_pool_kernel)[grid](
+        x,
+        pooled,
+        scale,
+        shift,
+        c,
+        c,
+        0,
+        ho,
+        wo,
+        *x.stride(),
+        P=pool,
+        HAS_BN=True,
+        ACC_F64=x.dtype == torch.float64,
+        BLOCK=_BLOCK_1D,
+    )
+    return (
+        _launch_gemm(pooled, conv_weight, conv_bias),
+        m32.to(x.dtype, copy=True),
+        v32.to(x.dtype, copy=True),
+    )
+
+
+@triton_op("fer_kernels::_transition_triton_backward", mutates_args=())
+def _transition_triton_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    conv_weight: torch.Tensor,
+    batch_stats: bool,
+    eps: float,
+    pool: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    n, c, h, w = x.shape
+    ho, wo = h // pool, w // pool
+    dy = grad_out.contiguous()
+    m32, v32 = mean.to(_acc(x)).contiguous(), var.to(_acc(x)).contiguous()
+    scale, shift, invstd = _scale_shift(norm_weight, norm_bias, m32, v32, eps)
+    dp = torch.empty(n, c, ho, wo, dtype=_acc(x), device=x.device)
+    _launch_dp(dy, conv_weight, None, dp, c, 0, c, h, w, ho, wo, pool, False)
+    pooled = x.new_empty(n, c, ho, wo)
+    red = torch.empty(c, 2, dtype=_acc(x), device=x.device)
+    wrap_triton(_transition_bwd_reduce_kernel)[(c,)](
+        x, dp, scale, shift, m32, invstd, pooled, red, n, c, ho, wo, *x.stride(), P=pool, BLOCK=_BLOCK_1D
+    )
+    gx = torch.empty(n, c, h, w, dtype=x.dtype, device=x.device)
+    grid = (n * c, triton.cdiv(h * w, _BLOCK_1D))
+    wrap_triton(_transition_bwd_dx_kernel)[grid](
+        x,
+        dp,
+        scale,
+        shift,
+        m32,
+        invstd,
+        red,
+        gx,
+        c,
+        h,
+        w,
+        ho,
+        wo,
+        *x.stride(),
+        n * h * w,
+        P=pool,
+        BATCH=batch_stats,
+        BLOCK=_BLOCK_1D,
+    )
+    gw, gb = _launch_weight_grads(dy, pooled, conv_weight)
+    return gx, red[:, 1].to(x.dtype, copy=True), red[:, 0].to(x.dtype, copy=True), gw, gb
+
+
+def _tr_setup(ctx, inputs, output):
+    x, norm_weight, norm_bias, mean, var, conv_weight, conv_bias, eps, pool = inputs
+    _, used_mean, used_var = output
+    ctx.save_for_backward(x, norm_weight, norm_bias, used_mean, used_var, conv_weight)
+    ctx.batch_stats = mean is None
+    ctx.eps, ctx.pool, ctx.has_bias = eps, pool, conv_bias is not None
+    ctx.mark_non_differentiable(used_mean, used_var)
+
+
+def _tr_backward(ctx, grad_out, _grad_mean, _grad_var):
+    x, norm_weight, norm_bias, mean, var, conv_weight = ctx.saved_tensors
+    gx, gg, gb, gw, gcb = _transition_triton_backward(
+        grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, ctx.batch_stats, ctx.eps, ctx.pool
+    )
+    return gx, gg, gb, None, None, gw, (gcb if ctx.has_bias else None), None, None
+
+
+# Why: as for fusion_conv_triton; the statistics outputs carry no gradient (they feed the running buffers).
+transition_triton.register_autograd(_tr_backward, setup_context=_tr_setup)
