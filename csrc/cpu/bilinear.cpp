@@ -89,15 +89,6 @@ inline vec<T> signed_sqrt_v(vec<T> y, T eps) {
   const vec<T> r = vsqrt(ay + eps);
   return y > zero ? r : (y < zero ? -r : zero);
 }
-// d s / d y = sign(y)^2 * 0.5 / sqrt(|y| + eps): 0 at y = 0.
-template <typename T>
-inline vec<T> signed_sqrt_grad_v(vec<T> y, T eps) {
-  const vec<T> zero{};
-  const vec<T> ay = y < zero ? -y : y;
-  const vec<T> r = vbroadcast<T>(T(0.5)) / vsqrt(ay + eps);
-  return y != zero ? r : zero;
-}
-
 constexpr int MR = 4;  // micro-tile rows
 template <typename T>
 constexpr int NR() { return 2 * Simd<T>::n; }  // micro-tile columns (2 vectors)
@@ -181,12 +172,13 @@ at::Tensor transpose_padded(const at::Tensor& b3, int64_t cbp) {
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Tile of the classifier: RB rows x CBc columns of Y, chosen so that the K weight rows of a tile
-// (K * RB * CBc elements) stay within about 256 KiB of L2.
+// (K * RB * CBc elements) take at most `bytes` of the 512 KiB L2 (half of that in backward, where the
+// weight-gradient slab lives beside it).
 struct Tiling {
   int64_t rb, cbc, n_rb, n_cb;
 };
-Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr) {
-  const int64_t budget = 256 * 1024 / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
+Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr, int64_t bytes) {
+  const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
   int64_t cbc = round_up(Cb, nr);
   while (cbc > nr && MR * cbc > budget) cbc = round_up(cbc / 2, nr);
   int64_t rb = std::max<int64_t>(MR, budget / cbc / MR * MR);
@@ -314,9 +306,30 @@ std::tuple<at::Tensor, at::Tensor> pool_backward_impl(const at::Tensor& grad_z, 
 }
 
 // ------------------------------------------------------------------------------------------------------------------
+// The K weight rows of one tile, copied to a thread-local slab with padded strides (the rows of W lie Ca*Cb
+// elements apart, a power of two for typical sizes, so reading K of them at once thrashes L1 sets), zero past Cb.
+template <typename T>
+struct WeightSlab {
+  int64_t ld, kst;  // row stride, class stride (elements)
+  std::vector<T> buf;
+  WeightSlab(int64_t K, int64_t rb, int64_t cbc) : ld(cbc + 2 * Simd<T>::n), kst(rb * (cbc + 2 * Simd<T>::n) + 3 * Simd<T>::n),
+                                                    buf((size_t)(K * kst), T(0)) {}
+  T* at(int64_t k, int64_t r) { return buf.data() + k * kst + r * ld; }
+  void load(const T* W, int64_t K, int64_t Ca, int64_t Cb, int64_t i_begin, int64_t rows, int64_t j_begin,
+            int64_t cols) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t r = 0; r < rows; ++r) {
+        T* dst = at(k, r);
+        std::memcpy(dst, W + k * Ca * Cb + (i_begin + r) * Cb + j_begin, cols * sizeof(T));
+        std::fill(dst + cols, dst + ld, T(0));
+      }
+  }
+};
+
 // Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
-// Each thread owns whole row blocks; per (tile, sample) it accumulates ||s||^2 and the K dot products in vector
-// registers/L1, folded into per-thread double partials. Saves (in Python): a, b, norms, logits.
+// Each thread owns whole row blocks; per tile it copies the K weight slabs once and loops over all samples,
+// accumulating ||s||^2 and the K dot products in vector registers, folded into per-thread double partials.
+// Saves (in Python): a, b, norms, logits.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
@@ -327,7 +340,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const at::Tensor w = weight.contiguous();
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_padded<T>(b3, cbp);
-  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024);
   const int nthreads = at::get_num_threads();
   std::vector<double> part((size_t)nthreads * N * (K + 1), 0.0);  // per thread: [N][K dots, ||s||^2]
   const T eps = (T)eps_d;
@@ -336,14 +349,19 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const T* W = w.data_ptr<T>();
   at::parallel_for(0, tl.n_rb, 1, [&](int64_t b0, int64_t b1) {
     double* mine = part.data() + (size_t)at::get_thread_num() * N * (K + 1);
+    WeightSlab<T> slab(K, tl.rb, tl.cbc);
     std::vector<vec<T>> dots(K);
     vec<T> acc[MR][2], sv[MR][2];
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb);
       for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
         const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
+        slab.load(W, K, Ca, Cb, i_begin, i_end - i_begin, j_begin, std::min(Cb, j_end) - j_begin);
+        const T* ws = slab.buf.data();
+        const int64_t ld = slab.ld, kst = slab.kst;
         for (int64_t s_n = 0; s_n < N; ++s_n) {
-          std::fill(dots.begin(), dots.end(), vec<T>{});
+          vec<T>* dk = dots.data();
+          for (int64_t k = 0; k < K; ++k) dk[k] = vec<T>{};
           vec<T> sq{};
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
@@ -354,27 +372,28 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
                   sv[r][v] = signed_sqrt_v(acc[r][v], eps);  // padded columns: Y = 0 -> s = 0
                   sq += sv[r][v] * sv[r][v];
                 }
-              if (j0 + nr <= Cb) {
+              for (int r = rows; r < MR; ++r) sv[r][0] = sv[r][1] = vec<T>{};
+              const T* w0 = ws + (i0 - i_begin) * ld + (j0 - j_begin);
+              if (rows == MR) {
                 for (int64_t k = 0; k < K; ++k) {
-                  const T* wk = W + k * Ca * Cb + i0 * Cb + j0;
-                  vec<T> d{};
-                  for (int r = 0; r < rows; ++r) d += vload(wk + r * Cb) * sv[r][0] + vload(wk + r * Cb + n) * sv[r][1];
-                  dots[k] += d;
+                  const T* wk = w0 + k * kst;
+                  dk[k] += vload(wk) * sv[0][0] + vload(wk + n) * sv[0][1] + vload(wk + ld) * sv[1][0] +
+                           vload(wk + ld + n) * sv[1][1] + vload(wk + 2 * ld) * sv[2][0] +
+                           vload(wk + 2 * ld + n) * sv[2][1] + vload(wk + 3 * ld) * sv[3][0] +
+                           vload(wk + 3 * ld + n) * sv[3][1];
                 }
-              } else {  // last, partial column block: only Cb - j0 valid weight columns
-                const int64_t valid = Cb - j0;
+              } else {
                 for (int64_t k = 0; k < K; ++k) {
-                  const T* wk = W + k * Ca * Cb + i0 * Cb + j0;
-                  T d = 0;
-                  for (int r = 0; r < rows; ++r)
-                    for (int64_t j = 0; j < valid; ++j) d += wk[r * Cb + j] * sv[r][j / n][j % n];
-                  dots[k][0] += d;
+                  const T* wk = w0 + k * kst;
+                  vec<T> d{};
+                  for (int r = 0; r < rows; ++r) d += vload(wk + r * ld) * sv[r][0] + vload(wk + r * ld + n) * sv[r][1];
+                  dk[k] += d;
                 }
               }
             }
           }
           double* p = mine + s_n * (K + 1);
-          for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dots[k]);
+          for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dk[k]);
           p[K] += (double)hsum<T>(sq);
         }
       }
@@ -404,10 +423,11 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   return {logits, norms};
 }
 
-// Classifier backward. Per (row block, sample): recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12));
+// Classifier backward. Per (tile, sample): recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12));
 // dz = sum_k dl_k W_k; ds = (dz - z G) / d with G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if
-// norm < 1e-12); dY = ds * dsqrt(Y) into a tile buffer; dW_k += dl_k z (the thread owns these weight rows);
-// then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end).
+// norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps) into a tile buffer; dW_k += dl_k z into a padded
+// thread-local slab (the thread owns the tile, written out once after all samples); then
+// dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end).
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
@@ -418,7 +438,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const at::Tensor w = weight.contiguous(), gl = grad_logits.contiguous();
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_padded<T>(b3, cbp);
-  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 128 * 1024);
   const int nthreads = at::get_num_threads();
   const T eps = (T)eps_d;
 
@@ -445,7 +465,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   }
   at::Tensor da = at::zeros({N, Ca, L}, a.options());
   at::Tensor db = at::zeros({N, Cb, L}, a.options());
-  at::Tensor dw = at::zeros({K, Ca * Cb}, a.options());
+  at::Tensor dw = at::empty({K, Ca * Cb}, a.options());
   at::Tensor db_extra = nthreads > 1 ? at::zeros({nthreads - 1, N, Cb, L}, a.options()) : at::Tensor();
   const T* A = a3.data_ptr<T>();
   const T* Bm = b3.data_ptr<T>();
@@ -457,61 +477,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   at::parallel_for(0, tl.n_rb, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
     T* DB = tid == 0 ? db.data_ptr<T>() : db_extra.data_ptr<T>() + (int64_t)(tid - 1) * N * Cb * L;
-    std::vector<T> dyt((size_t)tl.rb * tl.cbc);  // dY tile, rows x cbc (row stride cbc)
+    WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
+    const int64_t ldy = tl.cbc + nr;  // dY tile row stride (padded)
+    std::vector<T> dyt((size_t)tl.rb * ldy);
     vec<T> acc[MR][2];
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
       for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
         const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
         const int64_t cols = std::min(Cb, j_end) - j_begin;  // valid columns of this tile
-        if (cols <= 0) continue;
+        slab.load(W, K, Ca, Cb, i_begin, rows_blk, j_begin, cols);
+        std::fill(gslab.buf.begin(), gslab.buf.end(), T(0));
+        const T* ws = slab.buf.data();
+        T* gs = gslab.buf.data();
+        const int64_t ld = slab.ld, kst = slab.kst;
+        T* dy = dyt.data();
         for (int64_t s_n = 0; s_n < N; ++s_n) {
-          const T iv = invd[s_n], gf = gfac[s_n];
+          const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]), half = vbroadcast<T>(T(0.5)), zero{};
           const T* gl_n = GL + s_n * K;
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
             for (int64_t j0 = j_begin; j0 < j_end; j0 += nr) {
               micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0, cbp, L, acc);
-              const int64_t valid = std::min<int64_t>(nr, Cb - j0);
               for (int r = 0; r < rows; ++r) {
-                T* dy_row = dyt.data() + (i0 - i_begin + r) * tl.cbc + (j0 - j_begin);
-                const int64_t woff = (i0 + r) * Cb + j0;
+                const int64_t toff = (i0 - i_begin + r) * ld + (j0 - j_begin);
                 for (int v = 0; v < 2; ++v) {
                   const vec<T> y = acc[r][v];
-                  const vec<T> z = signed_sqrt_v(y, eps) * iv;
-                  const int64_t off = v * n;
-                  if (valid >= off + n) {
-                    vec<T> dz{};
-                    for (int64_t k = 0; k < K; ++k) {
-                      const vec<T> glk = vbroadcast(gl_n[k]);
-                      dz += glk * vload(W + k * Ca * Cb + woff + off);
-                      T* dwp = DW + k * Ca * Cb + woff + off;
-                      vstore(dwp, vload(dwp) + glk * z);
-                    }
-                    const vec<T> dyv = (dz * iv - z * gf) * signed_sqrt_grad_v(y, eps);
-                    vstore(dy_row + off, dyv);
-                  } else {  // partial vector at the right edge
-                    const vec<T> g = signed_sqrt_grad_v(y, eps);
-                    for (int q = 0; q < n && off + q < valid; ++q) {
-                      T dz = 0;
-                      for (int64_t k = 0; k < K; ++k) {
-                        dz += gl_n[k] * W[k * Ca * Cb + woff + off + q];
-                        DW[k * Ca * Cb + woff + off + q] += gl_n[k] * z[q];
-                      }
-                      dy_row[off + q] = (dz * iv - z[q] * gf) * g[q];
-                    }
+                  const vec<T> root = vsqrt((y < zero ? -y : y) + eps);  // sqrt(|Y| + eps), shared by s and ds/dY
+                  const vec<T> z = (y > zero ? root : (y < zero ? -root : zero)) * iv;
+                  const vec<T> gsq = y != zero ? half / root : zero;
+                  const int64_t o = toff + v * n;
+                  vec<T> dz{};
+                  for (int64_t k = 0; k < K; ++k) {
+                    const vec<T> glk = vbroadcast(gl_n[k]);
+                    dz += glk * vload(ws + k * kst + o);
+                    vstore(gs + k * kst + o, vload(gs + k * kst + o) + glk * z);
                   }
+                  // padded columns: W = 0 and Y = 0 there, so dz = z = dY = 0
+                  vstore(dy + (i0 - i_begin + r) * ldy + (j0 - j_begin) + v * n, (dz * iv - z * gf) * gsq);
                 }
               }
             }
           }
           // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
-          gemm_acc<T>(rows_blk, L, cols, dyt.data(), tl.cbc, 1, Bm + (s_n * Cb + j_begin) * L, L,
-                      DA + (s_n * Ca + i_begin) * L, L);
+          gemm_acc<T>(rows_blk, L, cols, dy, ldy, 1, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
           // dB[n, cols, :] += dY_tile^T (cols x rows) @ A[n, rows, :]
-          gemm_acc<T>(cols, L, rows_blk, dyt.data(), 1, tl.cbc, A + (s_n * Ca + i_begin) * L, L,
-                      DB + (s_n * Cb + j_begin) * L, L);
+          gemm_acc<T>(cols, L, rows_blk, dy, 1, ldy, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L, L);
         }
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t r = 0; r < rows_blk; ++r)
+            std::memcpy(DW + k * Ca * Cb + (i_begin + r) * Cb + j_begin, gslab.at(k, r), cols * sizeof(T));
       }
     }
   });
