@@ -58,6 +58,21 @@ template <typename T>
 inline vec<T> vbroadcast(T x) {
   return vec<T>{} + x;
 }
+// Broadcast of *p straight from memory (one vbroadcastss/sd).
+inline vec<float> vbroadcast_load(const float* p) {
+#if defined(__AVX__)
+  return _mm256_broadcast_ss(p);
+#else
+  return vbroadcast(*p);
+#endif
+}
+inline vec<double> vbroadcast_load(const double* p) {
+#if defined(__AVX__)
+  return _mm256_broadcast_sd(p);
+#else
+  return vbroadcast(*p);
+#endif
+}
 inline vec<float> vsqrt(vec<float> x) {
 #if defined(__AVX__)
   return _mm256_sqrt_ps(x);
@@ -81,12 +96,31 @@ inline T hsum(vec<T> x) {
   return r;
 }
 
+// root = sqrt(x) and half_inv = 0.5 / sqrt(x) for x > 0. float: one rsqrt estimate refined by a Newton step
+// (relative error a few 1e-7, no sqrt or divide: both are slow on this CPU); double: exact sqrt and divide.
+inline void root_and_half_inv(vec<float> x, vec<float>& root, vec<float>& half_inv) {
+#if defined(__AVX__)
+  vec<float> r = _mm256_rsqrt_ps(x);
+  r = r * (vbroadcast(1.5f) - vbroadcast(0.5f) * x * r * r);
+  root = x * r;
+  half_inv = vbroadcast(0.5f) * r;
+#else
+  root = vsqrt(x);
+  half_inv = vbroadcast(0.5f) / root;
+#endif
+}
+inline void root_and_half_inv(vec<double> x, vec<double>& root, vec<double>& half_inv) {
+  root = vsqrt(x);
+  half_inv = vbroadcast(0.5) / root;
+}
+
 // sign(y) * sqrt(|y| + eps), with sign(0) = 0.
 template <typename T>
 inline vec<T> signed_sqrt_v(vec<T> y, T eps) {
   const vec<T> zero{};
   const vec<T> ay = y < zero ? -y : y;
-  const vec<T> r = vsqrt(ay + eps);
+  vec<T> r, unused;
+  root_and_half_inv(ay + eps, r, unused);  // at y = 0 with eps = 0, r is NaN but not selected
   return y > zero ? r : (y < zero ? -r : zero);
 }
 constexpr int MR = 4;  // micro-tile rows
@@ -102,7 +136,7 @@ inline void micro(const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, 
   for (int64_t k = 0; k < kdim; ++k) {
     const vec<T> q0 = vload(Q + k * qs), q1 = vload(Q + k * qs + n);
     for (int r = 0; r < R; ++r) {
-      const vec<T> p = vbroadcast(P[r * prs + k * pks]);
+      const vec<T> p = vbroadcast_load(P + r * prs + k * pks);
       c[r][0] += p * q0;
       c[r][1] += p * q1;
     }
@@ -177,10 +211,11 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 struct Tiling {
   int64_t rb, cbc, n_rb, n_cb;
 };
-Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr, int64_t bytes) {
+Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr, int64_t bytes,
+                         int64_t min_rows) {
   const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
   int64_t cbc = round_up(Cb, nr);
-  while (cbc > nr && MR * cbc > budget) cbc = round_up(cbc / 2, nr);
+  while (cbc > nr && min_rows * cbc > budget) cbc = round_up(cbc / 2, nr);
   int64_t rb = std::max<int64_t>(MR, budget / cbc / MR * MR);
   rb = std::min<int64_t>(rb, round_up(Ca, MR));
   // Enough row blocks for every thread to have work.
@@ -340,7 +375,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const at::Tensor w = weight.contiguous();
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_padded<T>(b3, cbp);
-  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR);
   const int nthreads = at::get_num_threads();
   std::vector<double> part((size_t)nthreads * N * (K + 1), 0.0);  // per thread: [N][K dots, ||s||^2]
   const T eps = (T)eps_d;
@@ -438,7 +473,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const at::Tensor w = weight.contiguous(), gl = grad_logits.contiguous();
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_padded<T>(b3, cbp);
-  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 128 * 1024);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 128 * 1024, 4 * MR);
   const int nthreads = at::get_num_threads();
   const T eps = (T)eps_d;
 
@@ -493,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
         const int64_t ld = slab.ld, kst = slab.kst;
         T* dy = dyt.data();
         for (int64_t s_n = 0; s_n < N; ++s_n) {
-          const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]), half = vbroadcast<T>(T(0.5)), zero{};
+          const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]), zero{};
           const T* gl_n = GL + s_n * K;
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
@@ -503,9 +538,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
                 const int64_t toff = (i0 - i_begin + r) * ld + (j0 - j_begin);
                 for (int v = 0; v < 2; ++v) {
                   const vec<T> y = acc[r][v];
-                  const vec<T> root = vsqrt((y < zero ? -y : y) + eps);  // sqrt(|Y| + eps), shared by s and ds/dY
+                  vec<T> root, hinv;  // sqrt(|Y| + eps) and 0.5 / sqrt(|Y| + eps), shared by s and ds/dY
+                  root_and_half_inv((y < zero ? -y : y) + eps, root, hinv);
                   const vec<T> z = (y > zero ? root : (y < zero ? -root : zero)) * iv;
-                  const vec<T> gsq = y != zero ? half / root : zero;
+                  const vec<T> gsq = y != zero ? hinv : zero;
                   const int64_t o = toff + v * n;
                   vec<T> dz{};
                   for (int64_t k = 0; k < K; ++k) {
