@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -362,7 +363,7 @@ struct WeightSlab {
 };
 
 // Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
-// Each thread owns whole row blocks; per tile it copies the K weight slabs once and loops over all samples,
+// Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all samples,
 // accumulating ||s||^2 and the K dot products in vector registers, folded into per-thread double partials.
 // Saves (in Python): a, b, norms, logits.
 template <typename T>
@@ -377,17 +378,19 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const at::Tensor bt = transpose_padded<T>(b3, cbp);
   const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR);
   const int nthreads = at::get_num_threads();
-  std::vector<double> part((size_t)nthreads * N * (K + 1), 0.0);  // per thread: [N][K dots, ||s||^2]
+  // Per row block: [N][K dots, ||s||^2], reduced in block order afterwards (deterministic for any schedule).
+  std::vector<double> part((size_t)tl.n_rb * N * (K + 1), 0.0);
+  std::atomic<int64_t> next_block{0};  // dynamic schedule: a descheduled thread does not stall the others
   const T eps = (T)eps_d;
   const T* A = a3.data_ptr<T>();
   const T* Bt = bt.data_ptr<T>();
   const T* W = w.data_ptr<T>();
-  at::parallel_for(0, tl.n_rb, 1, [&](int64_t b0, int64_t b1) {
-    double* mine = part.data() + (size_t)at::get_thread_num() * N * (K + 1);
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     WeightSlab<T> slab(K, tl.rb, tl.cbc);
     std::vector<vec<T>> dots(K);
     vec<T> acc[MR][2], sv[MR][2];
-    for (int64_t blk = b0; blk < b1; ++blk) {
+    for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
+      double* mine = part.data() + (size_t)blk * N * (K + 1);
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb);
       for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
         const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
@@ -446,12 +449,12 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   }
   for (int64_t s_n = 0; s_n < N; ++s_n) {
     double sq = 0;
-    for (int t = 0; t < nthreads; ++t) sq += part[((size_t)t * N + s_n) * (K + 1) + K];
+    for (int64_t r = 0; r < tl.n_rb; ++r) sq += part[((size_t)r * N + s_n) * (K + 1) + K];
     const double norm = std::sqrt(sq), inv = 1.0 / std::max(norm, 1e-12);
     NM[s_n] = (T)norm;
     for (int64_t k = 0; k < K; ++k) {
       double d = 0;
-      for (int t = 0; t < nthreads; ++t) d += part[((size_t)t * N + s_n) * (K + 1) + k];
+      for (int64_t r = 0; r < tl.n_rb; ++r) d += part[((size_t)r * N + s_n) * (K + 1) + k];
       LG[s_n * K + k] = (T)(d * inv + (BI ? (double)BI[k] : 0.0));
     }
   }
@@ -462,7 +465,8 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
 // dz = sum_k dl_k W_k; ds = (dz - z G) / d with G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if
 // norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps) into a tile buffer; dW_k += dl_k z into a padded
 // thread-local slab (the thread owns the tile, written out once after all samples); then
-// dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end).
+// dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end; the
+// dynamic schedule makes its float summation order, only, vary between runs).
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
@@ -509,14 +513,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const T* GL = gl.data_ptr<T>();
   T* DA = da.data_ptr<T>();
   T* DW = dw.data_ptr<T>();
-  at::parallel_for(0, tl.n_rb, 1, [&](int64_t b0, int64_t b1) {
+  std::atomic<int64_t> next_block{0};  // dynamic schedule over row blocks
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     const int tid = at::get_thread_num();
     T* DB = tid == 0 ? db.data_ptr<T>() : db_extra.data_ptr<T>() + (int64_t)(tid - 1) * N * Cb * L;
     WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
     const int64_t ldy = tl.cbc + nr;  // dY tile row stride (padded)
     std::vector<T> dyt((size_t)tl.rb * ldy);
     vec<T> acc[MR][2];
-    for (int64_t blk = b0; blk < b1; ++blk) {
+    for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
       for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
         const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
