@@ -44,7 +44,14 @@ TORCH_LIBRARY(fer_kernels, m) {
   // ---- end fusion_conv ----
 
   // ---- bilinear: outer-product sum pooling, signed sqrt, L2 norm (+ classifier) ----
-  // (schemas of the bilinear family go here)
+  // Forward ops return the norms ||s|| per sample besides their output: backward needs them, nothing larger.
+  m.def("bilinear_pool(Tensor a, Tensor b, float eps, bool signed_sqrt, bool l2_normalize, bool mean) "
+        "-> (Tensor, Tensor)");
+  m.def("_bilinear_pool_backward(Tensor grad_z, Tensor a, Tensor b, Tensor z, Tensor norms, float eps, "
+        "bool signed_sqrt, bool l2_normalize, bool mean) -> (Tensor, Tensor)");
+  m.def("bilinear_classifier(Tensor a, Tensor b, Tensor weight, Tensor? bias, float eps) -> (Tensor, Tensor)");
+  m.def("_bilinear_classifier_backward(Tensor grad_logits, Tensor a, Tensor b, Tensor weight, Tensor? bias, "
+        "Tensor norms, Tensor logits, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   // ---- end bilinear ----
 }
 

@@ -1,14 +1,21 @@
 """bilinear op family: bilinear (outer-product sum) pooling with signed sqrt and L2 norm, and the fused
 bilinear classifier.
 
-Backends: ``reference`` (fer_kernels.reference.bilinear). Fused backends register in ``POOL_IMPLS`` and
-``CLASSIFIER_IMPLS``.
+Backends: ``reference`` (fer_kernels.reference.bilinear), ``cpp`` (csrc/cpu/bilinear.cpp, ops
+``fer_kernels::bilinear_pool`` / ``bilinear_classifier`` and their ``_*_backward``), ``triton``
+(fer_kernels/triton/bilinear.py, ops ``fer_kernels::bilinear_*_triton``, imported on first use) and ``cuda``
+(csrc/cuda/bilinear.cu, the same C++ ops dispatched on CUDA tensors, when built with CUDA).
+
+The forward ops return ``(out, norms)``: the per-sample ``||s||`` is all backward needs besides a, b and the
+output (the pool's z, the classifier's logits). Autograd and fake kernels are registered here, once, for the
+C++ ops; the Triton module registers its own ops' autograd the same way.
 """
 
 from __future__ import annotations
 
 import torch
 
+from fer_kernels import _extension
 from fer_kernels.backends import resolve
 from fer_kernels.ops._common import check_same_device_dtype, check_tensor
 from fer_kernels.reference.bilinear import bilinear_classifier_reference, bilinear_pool_reference
@@ -16,6 +23,100 @@ from fer_kernels.reference.bilinear import bilinear_classifier_reference, biline
 POOL_IMPLS = {"reference": bilinear_pool_reference}
 CLASSIFIER_IMPLS = {"reference": bilinear_classifier_reference}
 IMPLS = CLASSIFIER_IMPLS  # the demo op
+
+
+# ---- autograd and fake kernels shared by the C++ ops (CPU and CUDA) and the Triton ops ----
+
+def pool_fake(a, b, eps, signed_sqrt, l2_normalize, mean):
+    return a.new_empty(a.shape[0], a.shape[1] * b.shape[1]), a.new_empty(a.shape[0])
+
+
+def pool_backward_fake(grad_z, a, b, z, norms, eps, signed_sqrt, l2_normalize, mean):
+    return torch.empty_like(a), torch.empty_like(b)
+
+
+def classifier_fake(a, b, weight, bias, eps):
+    return a.new_empty(a.shape[0], weight.shape[0]), a.new_empty(a.shape[0])
+
+
+def classifier_backward_fake(grad_logits, a, b, weight, bias, norms, logits, eps):
+    return torch.empty_like(a), torch.empty_like(b), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def make_pool_autograd(backward_op):
+    """setup_context / backward for a pool op ``(a, b, eps, flags) -> (z, norms)``; saves a, b, z, norms."""
+
+    def setup_context(ctx, inputs, output):
+        a, b, eps, signed_sqrt, l2_normalize, mean = inputs
+        z, norms = output
+        ctx.save_for_backward(a, b, z, norms)
+        ctx.args = (eps, signed_sqrt, l2_normalize, mean)
+
+    def backward(ctx, grad_z, grad_norms):
+        # norms is an internal output (the public functions return z only), so its gradient is not propagated.
+        a, b, z, norms = ctx.saved_tensors
+        da, db = backward_op(grad_z.contiguous(), a, b, z, norms, *ctx.args)
+        return da, db, None, None, None, None
+
+    return setup_context, backward
+
+
+def make_classifier_autograd(backward_op):
+    """setup_context / backward for a classifier op; saves a, b, weight, bias, norms, logits (never z)."""
+
+    def setup_context(ctx, inputs, output):
+        a, b, weight, bias, eps = inputs
+        logits, norms = output
+        ctx.save_for_backward(a, b, weight, bias, norms, logits)
+        ctx.eps = eps
+
+    def backward(ctx, grad_logits, grad_norms):
+        a, b, weight, bias, norms, logits = ctx.saved_tensors
+        da, db, dw, dbias = backward_op(grad_logits.contiguous(), a, b, weight, bias, norms, logits, ctx.eps)
+        return da, db, dw, (dbias if bias is not None else None), None
+
+    return setup_context, backward
+
+
+if _extension.has_op("bilinear_pool"):
+    _ops = torch.ops.fer_kernels
+    # Why here: one autograd/fake registration serves the CPU and CUDA kernels of each C++ op (rule 4).
+    torch.library.register_fake("fer_kernels::bilinear_pool")(pool_fake)
+    torch.library.register_fake("fer_kernels::_bilinear_pool_backward")(pool_backward_fake)
+    torch.library.register_fake("fer_kernels::bilinear_classifier")(classifier_fake)
+    torch.library.register_fake("fer_kernels::_bilinear_classifier_backward")(classifier_backward_fake)
+    _setup, _bwd = make_pool_autograd(_ops._bilinear_pool_backward)
+    torch.library.register_autograd("fer_kernels::bilinear_pool", _bwd, setup_context=_setup)
+    _setup, _bwd = make_classifier_autograd(_ops._bilinear_classifier_backward)
+    torch.library.register_autograd("fer_kernels::bilinear_classifier", _bwd, setup_context=_setup)
+
+    def _pool_cpp(a, b, eps=1e-5, signed_sqrt=True, l2_normalize=True, mean=False):
+        return torch.ops.fer_kernels.bilinear_pool(a, b, eps, signed_sqrt, l2_normalize, mean)[0]
+
+    def _classifier_cpp(a, b, weight, bias=None, eps=1e-5):
+        return torch.ops.fer_kernels.bilinear_classifier(a, b, weight, bias, eps)[0]
+
+    POOL_IMPLS["cpp"] = _pool_cpp
+    CLASSIFIER_IMPLS["cpp"] = _classifier_cpp
+    if _extension.cuda_built():  # the same ops, dispatched to csrc/cuda/bilinear_binding.cpp
+        POOL_IMPLS["cuda"] = _pool_cpp
+        CLASSIFIER_IMPLS["cuda"] = _classifier_cpp
+
+
+def _pool_triton(a, b, eps=1e-5, signed_sqrt=True, l2_normalize=True, mean=False):
+    from fer_kernels.triton.bilinear import bilinear_pool_triton
+
+    return bilinear_pool_triton(a, b, eps, signed_sqrt, l2_normalize, mean)[0]
+
+
+def _classifier_triton(a, b, weight, bias=None, eps=1e-5):
+    from fer_kernels.triton.bilinear import bilinear_classifier_triton
+
+    return bilinear_classifier_triton(a, b, weight, bias, eps)[0]
+
+
+POOL_IMPLS["triton"] = _pool_triton
+CLASSIFIER_IMPLS["triton"] = _classifier_triton
 
 
 def _check_ab(a, b, eps):

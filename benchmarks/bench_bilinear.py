@@ -1,0 +1,108 @@
+"""bilinear: bilinear pooling (returning z) and the fused bilinear classifier, forward and forward+backward.
+
+Shapes: EIFN's head (32, 512, 4, 4) x (32, 512, 4, 4) with 7 classes; B-CNN at 448x448, (32, 512, 28, 28) with
+200 classes; and (16, 256, 14, 14) with 7 classes. Providers: ``eager`` (the plain composition: bmm, sign*sqrt,
+F.normalize, F.linear), ``compile`` (torch.compile of it), ``reference`` (fer_kernels' reference backend),
+``cpp``, and ``triton`` / ``cuda`` on GPU. Groups ``bilinear-<mode>-<op>_<shape>``; extra_info records FLOPs,
+minimal bytes moved and, for ``full``, the bytes saved for backward by one forward.
+
+Run: ``python -m pytest benchmarks/bench_bilinear.py -q`` (``-k eifn`` for the issue's target shape).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fer_kernels as fk
+from benchmarks.conftest import bench, provider_params, saved_bytes, sync
+
+DEVICE = os.environ.get("FER_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+FUSED = ("cpp",) if DEVICE == "cpu" else ("triton", "cuda")
+
+SHAPES = {  # name -> (N, Ca, Cb, H, W, classes)
+    "eifn_32x512x4x4_k7": (32, 512, 512, 4, 4, 7),
+    "16x256x14x14_k7": (16, 256, 256, 14, 14, 7),
+    "bcnn_32x512x28x28_k200": (32, 512, 512, 28, 28, 200),
+}
+BIG = {"bcnn_32x512x28x28_k200"}  # a few rounds only
+
+
+def plain_pool(a, b, eps=1e-5):
+    y = torch.bmm(a.flatten(2), b.flatten(2).transpose(1, 2))
+    s = torch.sign(y) * torch.sqrt(y.abs() + eps)
+    return F.normalize(s.flatten(1), dim=1)
+
+
+def plain_classifier(a, b, weight, bias, eps=1e-5):
+    return F.linear(plain_pool(a, b, eps), weight, bias)
+
+
+_COMPILED: dict = {}
+
+
+def _fn(op: str, provider: str):
+    if provider in ("eager", "compile"):
+        f = plain_pool if op == "pool" else plain_classifier
+        if provider == "compile":
+            f = _COMPILED.setdefault(op, torch.compile(f))
+        return f
+    if op == "pool":
+        return lambda a, b: fk.bilinear_pool(a, b, backend=provider)
+    return lambda a, b, w, bias: fk.bilinear_classifier(a, b, w, bias, backend=provider)
+
+
+def _inputs(shape, requires_grad: bool):
+    n, ca, cb, h, w, k = shape
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, ca, h, w, generator=g).relu().to(DEVICE)  # post-ReLU conv5_3 features
+    b = torch.randn(n, cb, h, w, generator=g).relu().to(DEVICE)
+    weight = (torch.randn(k, ca * cb, generator=g) * 1e-3).to(DEVICE)
+    bias = torch.zeros(k).to(DEVICE)
+    for t in (a, b, weight, bias):
+        t.requires_grad_(requires_grad)
+    return a, b, weight, bias
+
+
+@pytest.mark.parametrize("provider", provider_params("eager", "compile", "reference", *FUSED, device=DEVICE))
+@pytest.mark.parametrize("mode", ["fwd", "full"])
+@pytest.mark.parametrize("op", ["pool", "classifier"])
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_bilinear(benchmark, shape_name, op, mode, provider):
+    shape = SHAPES[shape_name]
+    n, ca, cb, h, w, k = shape
+    full = mode == "full"
+    a, b, weight, bias = _inputs(shape, full)
+    fn = _fn(op, provider)
+    args = (a, b) if op == "pool" else (a, b, weight, bias)
+    out_numel = n * ca * cb if op == "pool" else n * k
+    grad_out = torch.randn(n, out_numel // n, device=DEVICE)
+
+    if full:
+        def run():
+            out = fn(*args)
+            grads = torch.autograd.grad(out, args, grad_out)
+            sync(DEVICE)
+            return grads
+    else:
+        def run():
+            with torch.no_grad():
+                out = fn(*args)
+            sync(DEVICE)
+            return out
+
+    gemm = 2 * n * ca * cb * h * w
+    flops = gemm + (2 * n * k * ca * cb if op == "classifier" else 0)
+    elem = a.element_size()
+    moved = (a.numel() + b.numel()) * elem + (out_numel * elem) + (weight.numel() * elem if op == "classifier" else 0)
+    extra = dict(provider=provider, op=op, mode=mode, shape=list(shape), dtype=str(a.dtype).replace("torch.", ""),
+                 flops=3 * flops if full else flops, bytes=2 * moved if full else moved)
+    if full:
+        if provider == "compile":
+            fn(*args)  # compile outside the measurement
+        extra["saved_bytes"] = saved_bytes(lambda: fn(*args))
+    rounds = 3 if shape_name in BIG else None
+    bench(benchmark, run, group=f"bilinear-{mode}-{op}_{shape_name}", device=DEVICE, rounds=rounds, **extra)

@@ -1,0 +1,660 @@
+// bilinear CPU kernels: bilinear pooling (signed sqrt, L2 norm) and the fused bilinear classifier.
+//
+// Math (DESIGN section 4), per sample n, A = a[n] (Ca, L), B = b[n] (Cb, L):
+//   Y = A B^T (/ L if mean),  s = sign(Y) sqrt(|Y| + eps),  z = s / max(||s||, 1e-12),  logits = W z + bias.
+// Tiling: Y is produced by a register-blocked micro-kernel (4 rows x 2 SIMD vectors of columns, k-loop over L)
+// reading A and a zero-padded transpose Bt (L, Cbp) of B; the epilogue (scale, signed sqrt, ||s||^2, and for the
+// classifier the K class dot products) runs on the accumulators while they are in registers.
+// The classifier works on tiles of RB rows x CBc columns of Y whose K-class weight slab fits in L2; a thread owns
+// a set of row blocks and loops over all samples inside, so each weight slab is read from memory once per pass.
+// It never materialises z or Y: forward saves a, b, the per-sample norms and the logits; backward recomputes the
+// Y tiles and uses <z, dz> = sum_k dlogits_k (logits_k - bias_k), so ds is tile-local.
+// At Y = 0 the gradient through the signed sqrt is 0 (sign(0) = 0, as autograd on the reference).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#include "checks.h"
+
+namespace fer_kernels {
+namespace {
+
+// ---- SIMD vectors (GCC/Clang vector extensions: 32 bytes, 8 floats or 4 doubles) ----
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  typedef float v __attribute__((vector_size(32)));
+  static constexpr int n = 8;
+};
+template <>
+struct Simd<double> {
+  typedef double v __attribute__((vector_size(32)));
+  static constexpr int n = 4;
+};
+template <typename T>
+using vec = typename Simd<T>::v;
+
+template <typename T>
+inline vec<T> vload(const T* p) {
+  vec<T> r;
+  std::memcpy(&r, p, sizeof(r));
+  return r;
+}
+template <typename T>
+inline void vstore(T* p, vec<T> x) {
+  std::memcpy(p, &x, sizeof(x));
+}
+template <typename T>
+inline vec<T> vbroadcast(T x) {
+  return vec<T>{} + x;
+}
+// Broadcast of *p straight from memory (one vbroadcastss/sd).
+inline vec<float> vbroadcast_load(const float* p) {
+#if defined(__AVX__)
+  return _mm256_broadcast_ss(p);
+#else
+  return vbroadcast(*p);
+#endif
+}
+inline vec<double> vbroadcast_load(const double* p) {
+#if defined(__AVX__)
+  return _mm256_broadcast_sd(p);
+#else
+  return vbroadcast(*p);
+#endif
+}
+inline vec<float> vsqrt(vec<float> x) {
+#if defined(__AVX__)
+  return _mm256_sqrt_ps(x);
+#else
+  for (int q = 0; q < 8; ++q) x[q] = std::sqrt(x[q]);
+  return x;
+#endif
+}
+inline vec<double> vsqrt(vec<double> x) {
+#if defined(__AVX__)
+  return _mm256_sqrt_pd(x);
+#else
+  for (int q = 0; q < 4; ++q) x[q] = std::sqrt(x[q]);
+  return x;
+#endif
+}
+template <typename T>
+inline T hsum(vec<T> x) {
+  T r = 0;
+  for (int q = 0; q < Simd<T>::n; ++q) r += x[q];
+  return r;
+}
+
+// root = sqrt(x) and half_inv = 0.5 / sqrt(x) for x > 0. float: one rsqrt estimate refined by a Newton step
+// (relative error a few 1e-7, no sqrt or divide: both are slow on this CPU); double: exact sqrt and divide.
+inline void root_and_half_inv(vec<float> x, vec<float>& root, vec<float>& half_inv) {
+#if defined(__AVX__)
+  vec<float> r = _mm256_rsqrt_ps(x);
+  r = r * (vbroadcast(1.5f) - vbroadcast(0.5f) * x * r * r);
+  root = x * r;
+  half_inv = vbroadcast(0.5f) * r;
+#else
+  root = vsqrt(x);
+  half_inv = vbroadcast(0.5f) / root;
+#endif
+}
+inline void root_and_half_inv(vec<double> x, vec<double>& root, vec<double>& half_inv) {
+  root = vsqrt(x);
+  half_inv = vbroadcast(0.5) / root;
+}
+
+// sign(y) * sqrt(|y| + eps), with sign(0) = 0.
+template <typename T>
+inline vec<T> signed_sqrt_v(vec<T> y, T eps) {
+  const vec<T> zero{};
+  const vec<T> ay = y < zero ? -y : y;
+  vec<T> r, unused;
+  root_and_half_inv(ay + eps, r, unused);  // at y = 0 with eps = 0, r is NaN but not selected
+  return y > zero ? r : (y < zero ? -r : zero);
+}
+constexpr int MR = 4;  // micro-tile rows
+template <typename T>
+constexpr int NR() { return 2 * Simd<T>::n; }  // micro-tile columns (2 vectors)
+
+// acc[r][v] = sum_k P[r * prs + k * pks] * Q[k * qs + v * n .. +n], r < R: a register-blocked GEMM micro-kernel.
+template <typename T, int R>
+inline void micro(const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim, vec<T> acc[MR][2]) {
+  constexpr int n = Simd<T>::n;
+  vec<T> c[R][2];
+  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = vec<T>{};
+  for (int64_t k = 0; k < kdim; ++k) {
+    const vec<T> q0 = vload(Q + k * qs), q1 = vload(Q + k * qs + n);
+    for (int r = 0; r < R; ++r) {
+      const vec<T> p = vbroadcast_load(P + r * prs + k * pks);
+      c[r][0] += p * q0;
+      c[r][1] += p * q1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = c[r][0];
+    acc[r][1] = c[r][1];
+  }
+}
+
+template <typename T>
+inline void micro_rows(int rows, const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim,
+                       vec<T> acc[MR][2]) {
+  switch (rows) {
+    case 4: micro<T, 4>(P, prs, pks, Q, qs, kdim, acc); break;
+    case 3: micro<T, 3>(P, prs, pks, Q, qs, kdim, acc); break;
+    case 2: micro<T, 2>(P, prs, pks, Q, qs, kdim, acc); break;
+    default: micro<T, 1>(P, prs, pks, Q, qs, kdim, acc); break;
+  }
+}
+
+// C[m * cs + j] += sum_k P[m * prs + k * pks] * Q[k * qs + j] for m < M, j < ncols (any sizes; vector micro-kernel
+// on full column blocks, scalar loop on the remainder).
+template <typename T>
+void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs,
+              T* C, int64_t cs) {
+  constexpr int n = Simd<T>::n, nr = NR<T>();
+  const int64_t full = ncols / nr * nr;
+  vec<T> acc[MR][2];
+  for (int64_t m0 = 0; m0 < M; m0 += MR) {
+    const int rows = (int)std::min<int64_t>(MR, M - m0);
+    for (int64_t j0 = 0; j0 < full; j0 += nr) {
+      micro_rows<T>(rows, P + m0 * prs, prs, pks, Q + j0, qs, kdim, acc);
+      for (int r = 0; r < rows; ++r) {
+        T* c = C + (m0 + r) * cs + j0;
+        vstore(c, vload(c) + acc[r][0]);
+        vstore(c + n, vload(c + n) + acc[r][1]);
+      }
+    }
+    for (int r = 0; r < rows; ++r) {
+      const T* p = P + (m0 + r) * prs;
+      T* c = C + (m0 + r) * cs;
+      for (int64_t j = full; j < ncols; ++j) {
+        T s = 0;
+        for (int64_t k = 0; k < kdim; ++k) s += p[k * pks] * Q[k * qs + j];
+        c[j] += s;
+      }
+    }
+  }
+}
+
+// Bt[n, l, j] = B[n, j, l], zero-padded to cbp columns (a multiple of the micro-tile width).
+template <typename T>
+at::Tensor transpose_padded(const at::Tensor& b3, int64_t cbp) {
+  const int64_t N = b3.size(0), Cb = b3.size(1), L = b3.size(2);
+  at::Tensor bt = at::zeros({N, L, cbp}, b3.options());
+  const T* src = b3.data_ptr<T>();
+  T* dst = bt.data_ptr<T>();
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < Cb; ++j)
+        for (int64_t l = 0; l < L; ++l) dst[(n * L + l) * cbp + j] = src[(n * Cb + j) * L + l];
+  });
+  return bt;
+}
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Tile of the classifier: RB rows x CBc columns of Y, chosen so that the K weight rows of a tile
+// (K * RB * CBc elements) take at most `bytes` of the 512 KiB L2 (half of that in backward, where the
+// weight-gradient slab lives beside it).
+struct Tiling {
+  int64_t rb, cbc, n_rb, n_cb;
+};
+Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr, int64_t bytes,
+                         int64_t min_rows) {
+  const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
+  int64_t cbc = round_up(Cb, nr);
+  while (cbc > nr && min_rows * cbc > budget) cbc = round_up(cbc / 2, nr);
+  int64_t rb = std::max<int64_t>(MR, budget / cbc / MR * MR);
+  rb = std::min<int64_t>(rb, round_up(Ca, MR));
+  // Enough row blocks for every thread to have work.
+  const int64_t want = 2 * at::get_num_threads();
+  while (rb > MR && (Ca + rb - 1) / rb < want) rb = std::max<int64_t>(MR, round_up(rb / 2, MR));
+  return {rb, cbc, (Ca + rb - 1) / rb, (round_up(Cb, nr) + cbc - 1) / cbc};
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Pool forward: z[n, i*Cb + j] = s / max(||s_n||, 1e-12) (or s). Returns (z, norms) with norms = ||s_n||.
+// Parallel over (sample, row block); the Y micro-tile goes through the epilogue in registers and is stored once;
+// a second pass scales by 1/||s||. Saves for backward (in Python): a, b, z, norms.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const at::Tensor& b, double eps_d,
+                                                     bool signed_sqrt, bool l2_normalize, bool mean) {
+  constexpr int n = Simd<T>::n, nr = NR<T>();
+  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3);
+  const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
+  const int64_t cbp = round_up(Cb, nr);
+  const at::Tensor bt = transpose_padded<T>(b3, cbp);
+  at::Tensor z = at::empty({N, Ca * Cb}, a.options());
+  const int64_t rb = 32, n_rb = (Ca + rb - 1) / rb;
+  std::vector<double> part(N * n_rb, 0.0);
+  const T eps = (T)eps_d, scale = mean ? T(1) / T(L) : T(1);
+  const T* A = a3.data_ptr<T>();
+  const T* Bt = bt.data_ptr<T>();
+  T* Z = z.data_ptr<T>();
+  at::parallel_for(0, N * n_rb, 1, [&](int64_t t0, int64_t t1) {
+    vec<T> acc[MR][2];
+    T tmp[nr];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t s_n = t / n_rb, i_begin = (t % n_rb) * rb, i_end = std::min(Ca, i_begin + rb);
+      vec<T> sq{};
+      for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
+        const int rows = (int)std::min<int64_t>(MR, i_end - i0);
+        for (int64_t j0 = 0; j0 < cbp; j0 += nr) {
+          micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0, cbp, L, acc);
+          const bool full = j0 + nr <= Cb;
+          for (int r = 0; r < rows; ++r) {
+            T* out = Z + s_n * Ca * Cb + (i0 + r) * Cb + j0;
+            for (int v = 0; v < 2; ++v) {
+              vec<T> s = acc[r][v] * scale;
+              if (signed_sqrt) s = signed_sqrt_v(s, eps);
+              if (full) {
+                vstore(out + v * n, s);
+              } else {  // padded columns hold Y = 0 -> s = 0 (or s = 0 with signed_sqrt off): store the valid ones
+                vstore(tmp + v * n, s);
+              }
+              sq += s * s;
+            }
+            if (!full)
+              for (int64_t j = 0; j < Cb - j0; ++j) out[j] = tmp[j];
+          }
+        }
+      }
+      part[t] = (double)hsum<T>(sq);
+    }
+  });
+  at::Tensor norms = at::empty({N}, a.options());
+  T* nrm = norms.data_ptr<T>();
+  std::vector<T> inv(N);
+  for (int64_t s_n = 0; s_n < N; ++s_n) {
+    double acc = 0;
+    for (int64_t r = 0; r < n_rb; ++r) acc += part[s_n * n_rb + r];
+    nrm[s_n] = (T)std::sqrt(acc);
+    inv[s_n] = T(1) / std::max<T>(nrm[s_n], T(1e-12));
+  }
+  if (l2_normalize) {
+    const int64_t D = Ca * Cb;
+    at::parallel_for(0, N * D, 16384, [&](int64_t e0, int64_t e1) {
+      for (int64_t e = e0; e < e1;) {
+        const int64_t s_n = e / D, stop = std::min(e1, (s_n + 1) * D);
+        const T f = inv[s_n];
+        for (; e < stop; ++e) Z[e] *= f;
+      }
+    });
+  }
+  return {z, norms};
+}
+
+// Pool backward from the saved output: s = z * max(norm, 1e-12) and |s| = sqrt(|Y| + eps), so dY needs no Y:
+// ds = (dz - z <z, dz>) / ||s||, dY = ds * (s != 0 ? 0.5 / |s| : 0) (/ L), then dA = dY B, dB = dY^T A (bmm).
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> pool_backward_impl(const at::Tensor& grad_z, const at::Tensor& a,
+                                                      const at::Tensor& b, const at::Tensor& z,
+                                                      const at::Tensor& norms, bool signed_sqrt, bool l2_normalize,
+                                                      bool mean) {
+  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), D = Ca * Cb;
+  const at::Tensor gz = grad_z.contiguous(), zc = z.contiguous(), nc = norms.contiguous();
+  at::Tensor dy = at::empty({N, Ca, Cb}, a.options());
+  const T* G = gz.data_ptr<T>();
+  const T* Z = zc.data_ptr<T>();
+  const T* NR_ = nc.data_ptr<T>();
+  T* DY = dy.data_ptr<T>();
+  const T scale = mean ? T(1) / T(L) : T(1);
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t s_n = n0; s_n < n1; ++s_n) {
+      const T* g = G + s_n * D;
+      const T* zz = Z + s_n * D;
+      T* d = DY + s_n * D;
+      const T norm = NR_[s_n], den = std::max<T>(norm, T(1e-12));
+      T proj = 0;
+      if (l2_normalize && norm >= T(1e-12)) {
+        double acc = 0;
+        for (int64_t e = 0; e < D; ++e) acc += (double)zz[e] * g[e];
+        proj = (T)acc;
+      }
+      const T inv = l2_normalize ? T(1) / den : T(1), sfac = l2_normalize ? den : T(1);
+      for (int64_t e = 0; e < D; ++e) {
+        T ds = (g[e] - zz[e] * proj) * inv;
+        if (signed_sqrt) {
+          const T s = std::abs(zz[e] * sfac);
+          ds = s != T(0) ? ds * T(0.5) / s : T(0);
+        }
+        d[e] = ds * scale;
+      }
+    }
+  });
+  const at::Tensor a3 = a.reshape({N, Ca, L}), b3 = b.reshape({N, Cb, L});
+  at::Tensor da = at::bmm(dy, b3).view(a.sizes());
+  at::Tensor db = at::bmm(dy.transpose(1, 2), a3).view(b.sizes());
+  return {da, db};
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// The K weight rows of one tile, copied to a thread-local slab with padded strides (the rows of W lie Ca*Cb
+// elements apart, a power of two for typical sizes, so reading K of them at once thrashes L1 sets), zero past Cb.
+template <typename T>
+struct WeightSlab {
+  int64_t ld, kst;  // row stride, class stride (elements)
+  std::vector<T> buf;
+  WeightSlab(int64_t K, int64_t rb, int64_t cbc) : ld(cbc + 2 * Simd<T>::n), kst(rb * (cbc + 2 * Simd<T>::n) + 3 * Simd<T>::n),
+                                                    buf((size_t)(K * kst), T(0)) {}
+  T* at(int64_t k, int64_t r) { return buf.data() + k * kst + r * ld; }
+  void load(const T* W, int64_t K, int64_t Ca, int64_t Cb, int64_t i_begin, int64_t rows, int64_t j_begin,
+            int64_t cols) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t r = 0; r < rows; ++r) {
+        T* dst = at(k, r);
+        std::memcpy(dst, W + k * Ca * Cb + (i_begin + r) * Cb + j_begin, cols * sizeof(T));
+        std::fill(dst + cols, dst + ld, T(0));
+      }
+  }
+};
+
+// Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
+// Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all samples,
+// accumulating ||s||^2 and the K dot products in vector registers, folded into per-thread double partials.
+// Saves (in Python): a, b, norms, logits.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, const at::Tensor& b,
+                                                           const at::Tensor& weight,
+                                                           const c10::optional<at::Tensor>& bias, double eps_d) {
+  constexpr int n = Simd<T>::n, nr = NR<T>();
+  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), K = weight.size(0);
+  const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const int64_t cbp = round_up(Cb, nr);
+  const at::Tensor bt = transpose_padded<T>(b3, cbp);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR);
+  const int nthreads = at::get_num_threads();
+  // Per row block: [N][K dots, ||s||^2], reduced in block order afterwards (deterministic for any schedule).
+  std::vector<double> part((size_t)tl.n_rb * N * (K + 1), 0.0);
+  std::atomic<int64_t> next_block{0};  // dynamic schedule: a descheduled thread does not stall the others
+  const T eps = (T)eps_d;
+  const T* A = a3.data_ptr<T>();
+  const T* Bt = bt.data_ptr<T>();
+  const T* W = w.data_ptr<T>();
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    WeightSlab<T> slab(K, tl.rb, tl.cbc);
+    std::vector<vec<T>> dots(K);
+    vec<T> acc[MR][2], sv[MR][2];
+    for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
+      double* mine = part.data() + (size_t)blk * N * (K + 1);
+      const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb);
+      for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
+        const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
+        slab.load(W, K, Ca, Cb, i_begin, i_end - i_begin, j_begin, std::min(Cb, j_end) - j_begin);
+        const T* ws = slab.buf.data();
+        const int64_t ld = slab.ld, kst = slab.kst;
+        for (int64_t s_n = 0; s_n < N; ++s_n) {
+          vec<T>* dk = dots.data();
+          for (int64_t k = 0; k < K; ++k) dk[k] = vec<T>{};
+          vec<T> sq{};
+          for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
+            const int rows = (int)std::min<int64_t>(MR, i_end - i0);
+            for (int64_t j0 = j_begin; j0 < j_end; j0 += nr) {
+              micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0, cbp, L, acc);
+              for (int r = 0; r < rows; ++r)
+                for (int v = 0; v < 2; ++v) {
+                  sv[r][v] = signed_sqrt_v(acc[r][v], eps);  // padded columns: Y = 0 -> s = 0
+                  sq += sv[r][v] * sv[r][v];
+                }
+              for (int r = rows; r < MR; ++r) sv[r][0] = sv[r][1] = vec<T>{};
+              const T* w0 = ws + (i0 - i_begin) * ld + (j0 - j_begin);
+              if (rows == MR) {
+                for (int64_t k = 0; k < K; ++k) {
+                  const T* wk = w0 + k * kst;
+                  dk[k] += vload(wk) * sv[0][0] + vload(wk + n) * sv[0][1] + vload(wk + ld) * sv[1][0] +
+                           vload(wk + ld + n) * sv[1][1] + vload(wk + 2 * ld) * sv[2][0] +
+                           vload(wk + 2 * ld + n) * sv[2][1] + vload(wk + 3 * ld) * sv[3][0] +
+                           vload(wk + 3 * ld + n) * sv[3][1];
+                }
+              } else {
+                for (int64_t k = 0; k < K; ++k) {
+                  const T* wk = w0 + k * kst;
+                  vec<T> d{};
+                  for (int r = 0; r < rows; ++r) d += vload(wk + r * ld) * sv[r][0] + vload(wk + r * ld + n) * sv[r][1];
+                  dk[k] += d;
+                }
+              }
+            }
+          }
+          double* p = mine + s_n * (K + 1);
+          for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dk[k]);
+          p[K] += (double)hsum<T>(sq);
+        }
+      }
+    }
+  });
+  at::Tensor logits = at::empty({N, K}, a.options());
+  at::Tensor norms = at::empty({N}, a.options());
+  T* LG = logits.data_ptr<T>();
+  T* NM = norms.data_ptr<T>();
+  at::Tensor bias_c;
+  const T* BI = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bias_c = bias->contiguous();
+    BI = bias_c.data_ptr<T>();
+  }
+  for (int64_t s_n = 0; s_n < N; ++s_n) {
+    double sq = 0;
+    for (int64_t r = 0; r < tl.n_rb; ++r) sq += part[((size_t)r * N + s_n) * (K + 1) + K];
+    const double norm = std::sqrt(sq), inv = 1.0 / std::max(norm, 1e-12);
+    NM[s_n] = (T)norm;
+    for (int64_t k = 0; k < K; ++k) {
+      double d = 0;
+      for (int64_t r = 0; r < tl.n_rb; ++r) d += part[((size_t)r * N + s_n) * (K + 1) + k];
+      LG[s_n * K + k] = (T)(d * inv + (BI ? (double)BI[k] : 0.0));
+    }
+  }
+  return {logits, norms};
+}
+
+// Classifier backward. Per (tile, sample): recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12));
+// dz = sum_k dl_k W_k; ds = (dz - z G) / d with G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if
+// norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps) into a tile buffer; dW_k += dl_k z into a padded
+// thread-local slab (the thread owns the tile, written out once after all samples); then
+// dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end; the
+// dynamic schedule makes its float summation order, only, vary between runs).
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
+    const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps_d) {
+  constexpr int n = Simd<T>::n, nr = NR<T>();
+  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), K = weight.size(0);
+  const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
+  const at::Tensor w = weight.contiguous(), gl = grad_logits.contiguous();
+  const int64_t cbp = round_up(Cb, nr);
+  const at::Tensor bt = transpose_padded<T>(b3, cbp);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 128 * 1024, 4 * MR);
+  const int nthreads = at::get_num_threads();
+  const T eps = (T)eps_d;
+
+  // Per-sample scalars: 1/d and G/d (0 when the norm is clamped), so ds = dz/d - z G/d.
+  std::vector<T> invd(N), gfac(N);
+  {
+    const at::Tensor nc = norms.contiguous(), lc = logits.contiguous();
+    at::Tensor bias_c;
+    const T* BI = nullptr;
+    if (bias.has_value() && bias->defined()) {
+      bias_c = bias->contiguous();
+      BI = bias_c.data_ptr<T>();
+    }
+    const T* NM = nc.data_ptr<T>();
+    const T* LG = lc.data_ptr<T>();
+    const T* GL = gl.data_ptr<T>();
+    for (int64_t s_n = 0; s_n < N; ++s_n) {
+      const double norm = (double)NM[s_n], d = std::max(norm, 1e-12);
+      double g = 0;
+      for (int64_t k = 0; k < K; ++k) g += (double)GL[s_n * K + k] * ((double)LG[s_n * K + k] - (BI ? (double)BI[k] : 0.0));
+      invd[s_n] = (T)(1.0 / d);
+      gfac[s_n] = norm >= 1e-12 ? (T)(g / d) : T(0);
+    }
+  }
+  at::Tensor da = at::zeros({N, Ca, L}, a.options());
+  at::Tensor db = at::zeros({N, Cb, L}, a.options());
+  at::Tensor dw = at::empty({K, Ca * Cb}, a.options());
+  at::Tensor db_extra = nthreads > 1 ? at::zeros({nthreads - 1, N, Cb, L}, a.options()) : at::Tensor();
+  const T* A = a3.data_ptr<T>();
+  const T* Bm = b3.data_ptr<T>();
+  const T* Bt = bt.data_ptr<T>();
+  const T* W = w.data_ptr<T>();
+  const T* GL = gl.data_ptr<T>();
+  T* DA = da.data_ptr<T>();
+  T* DW = dw.data_ptr<T>();
+  std::atomic<int64_t> next_block{0};  // dynamic schedule over row blocks
+  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+    const int tid = at::get_thread_num();
+    T* DB = tid == 0 ? db.data_ptr<T>() : db_extra.data_ptr<T>() + (int64_t)(tid - 1) * N * Cb * L;
+    WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
+    const int64_t ldy = tl.cbc + nr;  // dY tile row stride (padded)
+    std::vector<T> dyt((size_t)tl.rb * ldy);
+    vec<T> acc[MR][2];
+    for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
+      const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
+      for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
+        const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
+        const int64_t cols = std::min(Cb, j_end) - j_begin;  // valid columns of this tile
+        slab.load(W, K, Ca, Cb, i_begin, rows_blk, j_begin, cols);
+        std::fill(gslab.buf.begin(), gslab.buf.end(), T(0));
+        const T* ws = slab.buf.data();
+        T* gs = gslab.buf.data();
+        const int64_t ld = slab.ld, kst = slab.kst;
+        T* dy = dyt.data();
+        for (int64_t s_n = 0; s_n < N; ++s_n) {
+          const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]), zero{};
+          const T* gl_n = GL + s_n * K;
+          for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
+            const int rows = (int)std::min<int64_t>(MR, i_end - i0);
+            for (int64_t j0 = j_begin; j0 < j_end; j0 += nr) {
+              micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0, cbp, L, acc);
+              for (int r = 0; r < rows; ++r) {
+                const int64_t toff = (i0 - i_begin + r) * ld + (j0 - j_begin);
+                for (int v = 0; v < 2; ++v) {
+                  const vec<T> y = acc[r][v];
+                  vec<T> root, hinv;  // sqrt(|Y| + eps) and 0.5 / sqrt(|Y| + eps), shared by s and ds/dY
+                  root_and_half_inv((y < zero ? -y : y) + eps, root, hinv);
+                  const vec<T> z = (y > zero ? root : (y < zero ? -root : zero)) * iv;
+                  const vec<T> gsq = y != zero ? hinv : zero;
+                  const int64_t o = toff + v * n;
+                  vec<T> dz{};
+                  for (int64_t k = 0; k < K; ++k) {
+                    const vec<T> glk = vbroadcast(gl_n[k]);
+                    dz += glk * vload(ws + k * kst + o);
+                    vstore(gs + k * kst + o, vload(gs + k * kst + o) + glk * z);
+                  }
+                  // padded columns: W = 0 and Y = 0 there, so dz = z = dY = 0
+                  vstore(dy + (i0 - i_begin + r) * ldy + (j0 - j_begin) + v * n, (dz * iv - z * gf) * gsq);
+                }
+              }
+            }
+          }
+          // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
+          gemm_acc<T>(rows_blk, L, cols, dy, ldy, 1, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
+          // dB[n, cols, :] += dY_tile^T (cols x rows) @ A[n, rows, :]
+          gemm_acc<T>(cols, L, rows_blk, dy, 1, ldy, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L, L);
+        }
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t r = 0; r < rows_blk; ++r)
+            std::memcpy(DW + k * Ca * Cb + (i_begin + r) * Cb + j_begin, gslab.at(k, r), cols * sizeof(T));
+      }
+    }
+  });
+  if (nthreads > 1) db.add_(db_extra.sum(0));
+  at::Tensor dbias = gl.sum(0);
+  return {da.view(a.sizes()), db.view(b.sizes()), dw, dbias};
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+void check_ab(const at::Tensor& a, const at::Tensor& b) {
+  check_float(a, "a");
+  check_dim(a, 4, "a", "(N, Ca, H, W)");
+  check_dim(b, 4, "b", "(N, Cb, H, W)");
+  check_same(b, a, "b", "a");
+  TORCH_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
+              "b: batch and spatial sizes must match a (N=", a.size(0), ", H=", a.size(2), ", W=", a.size(3),
+              "), got shape ", b.sizes());
+}
+
+void check_classifier(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+                      const c10::optional<at::Tensor>& bias) {
+  check_ab(a, b);
+  check_dim(weight, 2, "weight", "(K, Ca*Cb)");
+  check_same(weight, a, "weight", "a");
+  TORCH_CHECK(weight.size(1) == a.size(1) * b.size(1), "weight: expected shape (K, ", a.size(1) * b.size(1),
+              ") = (K, Ca*Cb), got ", weight.sizes());
+  if (bias.has_value() && bias->defined()) {
+    check_same(*bias, a, "bias", "a");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected shape (", weight.size(0),
+                ",), got ", bias->sizes());
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> bilinear_pool_cpu(const at::Tensor& a, const at::Tensor& b, double eps,
+                                                     bool signed_sqrt, bool l2_normalize, bool mean) {
+  check_ab(a, b);
+  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_pool_cpu", [&] {
+    return pool_forward_impl<scalar_t>(a, b, eps, signed_sqrt, l2_normalize, mean);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> bilinear_pool_backward_cpu(const at::Tensor& grad_z, const at::Tensor& a,
+                                                              const at::Tensor& b, const at::Tensor& z,
+                                                              const at::Tensor& norms, double eps, bool signed_sqrt,
+                                                              bool l2_normalize, bool mean) {
+  (void)eps;  // |s| = sqrt(|Y| + eps) is read back from z
+  check_ab(a, b);
+  TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == a.size(0) && grad_z.size(1) == a.size(1) * b.size(1),
+              "grad_z: expected shape (N, Ca*Cb), got ", grad_z.sizes());
+  check_same(grad_z, a, "grad_z", "a");
+  check_same(z, a, "z", "a");
+  check_same(norms, a, "norms", "a");
+  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_pool_backward_cpu", [&] {
+    return pool_backward_impl<scalar_t>(grad_z, a, b, z, norms, signed_sqrt, l2_normalize, mean);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, const at::Tensor& b,
+                                                           const at::Tensor& weight,
+                                                           const c10::optional<at::Tensor>& bias, double eps) {
+  check_classifier(a, b, weight, bias);
+  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_cpu", [&] {
+    return classifier_forward_impl<scalar_t>(a, b, weight, bias, eps);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_backward_cpu(
+    const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps) {
+  check_classifier(a, b, weight, bias);
+  TORCH_CHECK(grad_logits.dim() == 2 && grad_logits.size(0) == a.size(0) && grad_logits.size(1) == weight.size(0),
+              "grad_logits: expected shape (N, K), got ", grad_logits.sizes());
+  check_same(grad_logits, a, "grad_logits", "a");
+  check_same(norms, a, "norms", "a");
+  check_same(logits, a, "logits", "a");
+  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_backward_cpu", [&] {
+    return classifier_backward_impl<scalar_t>(grad_logits, a, b, weight, bias, norms, logits, eps);
+  });
+}
+
+}  // namespace
+}  // namespace fer_kernels
+
+// Why here: each kernel file registers its own CPU implementations (CONVENTIONS rule 1).
+TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
+  m.impl("bilinear_pool", &fer_kernels::bilinear_pool_cpu);
+  m.impl("_bilinear_pool_backward", &fer_kernels::bilinear_pool_backward_cpu);
+  m.impl("bilinear_classifier", &fer_kernels::bilinear_classifier_cpu);
+  m.impl("_bilinear_classifier_backward", &fer_kernels::bilinear_classifier_backward_cpu);
+}
