@@ -124,6 +124,10 @@ class IssueLog:
         log.debug("skipped %s", issue)
         self.issues.append(issue)
 
+    def note(self, path, reason: str) -> None:
+        """Record an input left out by design (e.g. an unlabelled CK+ sequence); never raises."""
+        self.issues.append(Issue(str(path), reason))
+
 
 def report_issues(dataset: FaceDataset, limit: int = 5) -> str:
     """A short human-readable summary of ``dataset.issues`` (empty string when there are none); also logged

@@ -7,7 +7,8 @@ Layout (as distributed)::
 
 Emotion codes: 0 neutral, 1 anger, 2 contempt, 3 disgust, 4 fear, 5 happiness, 6 sadness, 7 surprise. Only
 sequences with a label file are used (327 of 593), and of each the last three frames (the apex), as in both
-papers. Left out and reported in ``issues``: sequences without a label file, label files that do not hold a
+papers. Left out and reported in ``issues``: sequences without a label file (by design: also in strict mode,
+which rejects only the malformed inputs that follow), label files that do not hold a
 single code in 1..7, more than one label file for a sequence, a label file whose image folder is missing or
 empty. ``classes=6`` drops contempt (the basic six expressions).
 """
@@ -64,7 +65,7 @@ def read_ckplus(root: str, classes: int = 7, frames: str = "last", k: int = 3, s
             ldir = os.path.join(emo_root, subject, seq)
             labels = sorted(f for f in os.listdir(ldir) if f.endswith("_emotion.txt")) if os.path.isdir(ldir) else []
             if not labels:
-                issues(qdir, f"no emotion label file in {ldir} (unlabelled sequence)")
+                issues.note(qdir, f"no emotion label file in {ldir} (unlabelled sequence)")
                 continue
             if len(labels) > 1:
                 issues(ldir, f"{len(labels)} emotion label files for one sequence")

@@ -199,9 +199,9 @@ def generate(n_subjects: int = 40, n_frames: int = 6, size: int = 64, difficulty
     n_seq = n_subjects * n_expr
     sp = rng.random((n_seq, 8))
     wob = rng.standard_normal((n, 3))
-    p["rot"] = np.deg2rad((sp[seq, 0] * 2 - 1) * (3 + 10 * d) + wob[:, 0] * (0.5 + d))
-    p["tx"] = (sp[seq, 1] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 1] * 0.005
-    p["ty"] = (sp[seq, 2] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 2] * 0.005
+    p["rot"] = np.deg2rad((sp[seq, 0] * 2 - 1) * (3 + 10 * d) + wob[:, 0] * (0.2 + 0.8 * d))
+    p["tx"] = (sp[seq, 1] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 1] * (0.002 + 0.006 * d)
+    p["ty"] = (sp[seq, 2] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 2] * (0.002 + 0.006 * d)
     p["scale"] = 1.0 + (sp[seq, 3] * 2 - 1) * (0.03 + 0.08 * d)
     p["gain"] = 1.0 + (sp[seq, 4] * 2 - 1) * (0.05 + 0.3 * d)
     p["grad"] = sp[seq, 5] * (0.05 + 0.45 * d)
