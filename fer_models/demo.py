@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget-minutes", type=float, default=6.0, help="training time budget")
     ap.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of fitting the budget")
     ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--no-augment", dest="augment", action="store_false",
+                    help="train without the 14x offline augmentation")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
@@ -84,12 +86,12 @@ def main(argv=None) -> int:
 
     # the plan: about 80% of the subjects train (10 folds, 10% validation), 3 frames each, 14x augmentation
     n_train = int(args.subjects * 0.9 * 0.9) * 6 * 3
-    augment, epochs = True, args.epochs
+    augment, epochs = args.augment, args.epochs
     if epochs is None:
         rate = time_steps(args.model, 6, max(1, int(args.subjects * 0.81)), args.batch_size)
         budget = args.budget_minutes * 60.0 * 0.85
-        epoch_s = n_train * 14 / rate
-        if epoch_s > budget / 2:
+        epoch_s = n_train * (14 if augment else 1) / rate
+        if augment and epoch_s > budget / 2:
             augment, epoch_s = False, n_train / rate
         epochs = max(1, min(args.max_epochs, math.floor(budget / epoch_s)))
         print(f"[demo] {args.model}: ~{rate:.0f} training images/s here; plan {epochs} epoch(s) of "
