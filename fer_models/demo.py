@@ -31,8 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget-minutes", type=float, default=6.0, help="training time budget")
     ap.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of fitting the budget")
     ap.add_argument("--max-epochs", type=int, default=30)
-    ap.add_argument("--no-augment", dest="augment", action="store_false",
-                    help="train without the 14x offline augmentation")
+    ap.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="train without the 14x offline augmentation",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
@@ -69,9 +73,12 @@ def main(argv=None) -> int:
 
     import_plugins(args.imports)
     if args.model not in list_models():
-        print(f"demo: model {args.model!r} is not registered (registered: {', '.join(list_models()) or 'none'}). "
-              "It comes with the models package (fer_models/idennet.py); pass --model NAME to use another.",
-              file=sys.stderr)
+        print(
+            f"demo: model {args.model!r} is not registered "
+            f"(registered: {', '.join(list_models()) or 'none'}). "
+            "It comes with the models package (fer_models/idennet.py); pass --model NAME to use another.",
+            file=sys.stderr,
+        )
         return 2
     from fer_models import evaluate, train
     from fer_models.data.synthfer import DEFAULT_DIFFICULTY, write_synthfer
@@ -81,8 +88,11 @@ def main(argv=None) -> int:
     difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
     t = time.perf_counter()
     write_synthfer(data, args.subjects, 6, 64, difficulty, args.seed)
-    print(f"[demo] SynthFER: {args.subjects} subjects x 6 expressions x 6 frames, difficulty {difficulty} -> "
-          f"{data} ({time.perf_counter() - t:.1f} s)", flush=True)
+    print(
+        f"[demo] SynthFER: {args.subjects} subjects x 6 expressions x 6 frames, difficulty {difficulty} -> "
+        f"{data} ({time.perf_counter() - t:.1f} s)",
+        flush=True,
+    )
 
     # the plan: about 80% of the subjects train (10 folds, 10% validation), 3 frames each, 14x augmentation
     n_train = int(args.subjects * 0.9 * 0.9) * 6 * 3
@@ -94,13 +104,36 @@ def main(argv=None) -> int:
         if augment and epoch_s > budget / 2:
             augment, epoch_s = False, n_train / rate
         epochs = max(1, min(args.max_epochs, math.floor(budget / epoch_s)))
-        print(f"[demo] {args.model}: ~{rate:.0f} training images/s here; plan {epochs} epoch(s) of "
-              f"{n_train * (14 if augment else 1)} images ({'14x augmentation' if augment else 'no augmentation'}, "
-              f"budget {args.budget_minutes:g} min)", flush=True)
+        print(
+            f"[demo] {args.model}: ~{rate:.0f} training images/s here; plan {epochs} epoch(s) of "
+            f"{n_train * (14 if augment else 1)} images "
+            f"({'14x augmentation' if augment else 'no augmentation'}, "
+            f"budget {args.budget_minutes:g} min)",
+            flush=True,
+        )
     run = os.path.join(args.out, "run")
-    train_args = ["--model", args.model, "--dataset", "synthfer", "--data", data, "--out", run,
-                  "--folds", str(args.folds), "--fold", str(args.fold), "--epochs", str(epochs),
-                  "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--seed", str(args.seed)]
+    train_args = [
+        "--model",
+        args.model,
+        "--dataset",
+        "synthfer",
+        "--data",
+        data,
+        "--out",
+        run,
+        "--folds",
+        str(args.folds),
+        "--fold",
+        str(args.fold),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(args.seed),
+    ]
     train_args += [] if augment else ["--no-augment"]
     train_args += [] if args.progress else ["--no-progress"]
     for m in args.imports:
@@ -112,19 +145,37 @@ def main(argv=None) -> int:
     train_s = time.perf_counter() - t
     fold_dir = os.path.join(run, f"fold_{args.fold}")
     ckpt = os.path.join(fold_dir, "checkpoints", "best.pt")
-    eval_args = ["--checkpoint", ckpt, "--dataset", "synthfer", "--data", data, "--folds-file",
-                 os.path.join(run, "folds.json"), "--fold", str(args.fold), "--out", os.path.join(fold_dir, "eval")]
+    eval_args = [
+        "--checkpoint",
+        ckpt,
+        "--dataset",
+        "synthfer",
+        "--data",
+        data,
+        "--folds-file",
+        os.path.join(run, "folds.json"),
+        "--fold",
+        str(args.fold),
+        "--out",
+        os.path.join(fold_dir, "eval"),
+    ]
     for m in args.imports:
         eval_args += ["--import", m]
     m = evaluate.evaluate(evaluate.build_parser().parse_args(eval_args))
     with open(os.path.join(fold_dir, "metrics.json")) as f:
         tm = json.load(f)
-    print(f"[demo] {args.model}, fold {args.fold} of {args.folds} (subject-independent), {epochs} epoch(s) in "
-          f"{train_s:.0f} s")
-    print(f"[demo] test accuracy {m['accuracy']:.2%} on {m['num_samples']} images of unseen subjects "
-          f"(mean class accuracy {m['mean_class_accuracy']:.2%})")
-    print(f"[demo] throughput: training {tm['train_images_per_s']:.0f} images/s, "
-          f"inference {m['eval_images_per_s']:.0f} images/s")
+    print(
+        f"[demo] {args.model}, fold {args.fold} of {args.folds} (subject-independent), {epochs} epoch(s) in "
+        f"{train_s:.0f} s"
+    )
+    print(
+        f"[demo] test accuracy {m['accuracy']:.2%} on {m['num_samples']} images of unseen subjects "
+        f"(mean class accuracy {m['mean_class_accuracy']:.2%})"
+    )
+    print(
+        f"[demo] throughput: training {tm['train_images_per_s']:.0f} images/s, "
+        f"inference {m['eval_images_per_s']:.0f} images/s"
+    )
     print(f"[demo] confusion matrix: {os.path.abspath(m['confusion_png'])}")
     print(f"[demo] total {time.perf_counter() - t_all:.0f} s")
     return 0

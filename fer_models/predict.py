@@ -3,9 +3,12 @@
     fer-predict --checkpoint runs/synth/fold_0/checkpoints/best.pt faces/*.png [--detect] [--out preds.json]
 
 Each image is read as grayscale, optionally cropped to the largest detected face (``--detect``, the same
-detector as fer-prep), resized and centre-cropped as in the checkpoint's preprocessing. Output: a JSON list with,
-per image, ``path``, ``expression`` (the top class), ``confidence`` and ``probabilities`` (class -> p); an image
-that cannot be read (or has no face with ``--detect``) gets an ``error`` entry instead, and the exit status is 1.
+detector as fer-prep), resized and centre-cropped as in the checkpoint's preprocessing. Output: a JSON list
+with,
+per image, ``path``, ``expression`` (the top class), ``confidence`` and ``probabilities`` (class -> p); an
+image
+that cannot be read (or has no face with ``--detect``) gets an ``error`` entry instead, and the exit status
+is 1.
 """
 
 from __future__ import annotations
@@ -55,13 +58,23 @@ def predict(checkpoint: str, paths: list[str], detect: bool = False, batch_size:
         images.append(resize_gray(img, cfg["resize"]))
         where.append(i)
     if images:
-        logits = predict_logits(model, torch.from_numpy(np.stack(images)), cfg["crop"], cfg["channels"],
-                                torch.device("cpu"), batch_size)
+        logits = predict_logits(
+            model,
+            torch.from_numpy(np.stack(images)),
+            cfg["crop"],
+            cfg["channels"],
+            torch.device("cpu"),
+            batch_size,
+        )
         probs = logits.softmax(1)
         for i, pr in zip(where, probs, strict=True):
             top = int(pr.argmax())
-            results[i] = {"path": paths[i], "expression": cfg["classes"][top], "confidence": float(pr[top]),
-                          "probabilities": {c: float(v) for c, v in zip(cfg["classes"], pr, strict=True)}}
+            results[i] = {
+                "path": paths[i],
+                "expression": cfg["classes"][top],
+                "confidence": float(pr[top]),
+                "probabilities": {c: float(v) for c, v in zip(cfg["classes"], pr, strict=True)},
+            }
     return results
 
 

@@ -5,7 +5,8 @@
 
 Faces are found with OpenCV's bundled frontal-face Haar cascade (``haarcascade_frontalface_default.xml`` from
 opencv-python-headless; the largest face is kept). Within the upper half of the face the eye cascade looks for
-the two eyes; where both are found the image is rotated about their midpoint so they lie level, then the face box
+the two eyes; where both are found the image is rotated about their midpoint so they lie level, then the
+face box
 (grown by ``--margin``) is cropped and resized to ``--size``. Where no eye pair is found the face is cropped
 unrotated (recorded as ``aligned: false``). Images with no face are reported with their path and left out
 (``--on-miss keep`` keeps the whole image instead). ``--no-detect`` skips detection for already cropped faces
@@ -34,8 +35,10 @@ def cascade_path(name: str) -> str:
     base = getattr(getattr(cv2, "data", None), "haarcascades", None)
     path = os.path.join(base, name) if base else None
     if not path or not os.path.isfile(path):
-        raise RuntimeError(f"OpenCV's bundled cascade {name} was not found (cv2 {cv2.__version__}); install "
-                           "opencv-python-headless<5, which ships the Haar cascades in cv2.data")
+        raise RuntimeError(
+            f"OpenCV's bundled cascade {name} was not found (cv2 {cv2.__version__}); install "
+            "opencv-python-headless<5, which ships the Haar cascades in cv2.data"
+        )
     return path
 
 
@@ -62,13 +65,15 @@ class FacePrep:
 
     def _eyes(self, gray: np.ndarray, box) -> tuple | None:
         x, y, w, h = box
-        roi = gray[y:y + h // 2, x:x + w]
-        eyes = self.eye.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=5,
-                                         minSize=(max(4, w // 10), max(4, w // 10)))
+        roi = gray[y : y + h // 2, x : x + w]
+        eyes = self.eye.detectMultiScale(
+            roi, scaleFactor=1.1, minNeighbors=5, minSize=(max(4, w // 10), max(4, w // 10))
+        )
         if len(eyes) < 2:
             return None
-        centres = sorted(((ex + ew / 2 + x, ey + eh / 2 + y, ew * eh) for ex, ey, ew, eh in eyes),
-                         key=lambda c: -c[2])[:2]
+        centres = sorted(
+            ((ex + ew / 2 + x, ey + eh / 2 + y, ew * eh) for ex, ey, ew, eh in eyes), key=lambda c: -c[2]
+        )[:2]
         left, right = sorted(centres, key=lambda c: c[0])
         if right[0] - left[0] < w * 0.2:  # two detections of one eye
             return None
@@ -80,8 +85,9 @@ class FacePrep:
 
         if not self.detect:
             return resize_gray(gray, self.size), {"detected": False, "aligned": False}
-        faces = self.face.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                           minSize=(self.min_face, self.min_face))
+        faces = self.face.detectMultiScale(
+            gray, scaleFactor=1.1, minNeighbors=5, minSize=(self.min_face, self.min_face)
+        )
         if len(faces) == 0:
             return None, {"reason": "no face found"}
         box = tuple(int(v) for v in max(faces, key=lambda b: b[2] * b[3]))
@@ -89,8 +95,13 @@ class FacePrep:
         img = gray
         if eyes is not None:
             m = eye_alignment(*eyes)
-            img = cv2.warpAffine(gray, m, (gray.shape[1], gray.shape[0]), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_REPLICATE)
+            img = cv2.warpAffine(
+                gray,
+                m,
+                (gray.shape[1], gray.shape[0]),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
         x, y, w, h = box
         grow = int(round(self.margin * max(w, h)))
         side = max(w, h) + 2 * grow
@@ -99,7 +110,7 @@ class FacePrep:
         pad = max(0, -x0, -y0, x0 + side - img.shape[1], y0 + side - img.shape[0])
         if pad:
             img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        crop = img[y0 + pad:y0 + pad + side, x0 + pad:x0 + pad + side]
+        crop = img[y0 + pad : y0 + pad + side, x0 + pad : x0 + pad + side]
         info = {"detected": True, "box": list(box), "aligned": eyes is not None}
         if eyes is not None:
             info["eyes"] = [list(map(float, e)) for e in eyes]
@@ -108,22 +119,33 @@ class FacePrep:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fer-prep", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dataset", required=True, choices=[d for d in DATASETS if d != "synthfer"] + ["synthfer"])
+    ap.add_argument(
+        "--dataset", required=True, choices=[d for d in DATASETS if d != "synthfer"] + ["synthfer"]
+    )
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--size", type=int, default=60, help="output face size (60 for IDEnNet, 64 for EIFN)")
-    ap.add_argument("--margin", type=float, default=0.1, help="grow the face box by this fraction on each side")
+    ap.add_argument(
+        "--margin", type=float, default=0.1, help="grow the face box by this fraction on each side"
+    )
     ap.add_argument("--no-detect", dest="detect", action="store_false", help="faces are already cropped")
-    ap.add_argument("--on-miss", choices=("skip", "keep"), default="skip",
-                    help="an image without a detected face: leave it out (reported) or keep it whole")
+    ap.add_argument(
+        "--on-miss",
+        choices=("skip", "keep"),
+        default="skip",
+        help="an image without a detected face: leave it out (reported) or keep it whole",
+    )
     ap.add_argument("--frames", choices=("last", "middle", "all"), default=None)
     return ap
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    opts = {"frames": args.frames} if args.frames and args.dataset in ("synthfer", "ckplus", "oulu", "mmi",
-                                                                       "manifest") else {}
+    opts = (
+        {"frames": args.frames}
+        if args.frames and args.dataset in ("synthfer", "ckplus", "oulu", "mmi", "manifest")
+        else {}
+    )
     try:
         dataset = load_dataset(args.dataset, args.data, **opts)
     except DataError as e:
@@ -149,25 +171,50 @@ def main(argv=None) -> int:
                 left_out.append({"path": s.path, "reason": info["reason"]})
                 print(f"fer-prep: skipped {s.path}: {info['reason']}", file=sys.stderr)
                 continue
-            crop, info = resize_gray(gray, args.size), {"detected": False, "aligned": False, "kept_whole": True}
+            crop, info = (
+                resize_gray(gray, args.size),
+                {"detected": False, "aligned": False, "kept_whole": True},
+            )
         stats["aligned"] += bool(info.get("aligned"))
         sub = s.subject or "_"
         relpath = os.path.join("images", sub, f"{n:06d}.png")
         os.makedirs(os.path.join(args.out, "images", sub), exist_ok=True)
         Image.fromarray(crop).save(os.path.join(args.out, relpath))
         expr = dataset.classes[s.expression] if s.expression >= 0 and dataset.classes else ""
-        rows.append({"path": relpath, "expression": expr, "subject": s.subject, "sequence": s.sequence,
-                     "frame": s.frame, "split": s.split})
+        rows.append(
+            {
+                "path": relpath,
+                "expression": expr,
+                "subject": s.subject,
+                "sequence": s.sequence,
+                "frame": s.frame,
+                "split": s.split,
+            }
+        )
         log.append({"source": s.path, "path": relpath, **info})
         stats["written"] += 1
     write_manifest(os.path.join(args.out, "manifest.csv"), rows)
-    write_json({"dataset": args.dataset, "data": os.path.abspath(args.data), "size": args.size,
-                "margin": args.margin, "detect": args.detect, "on_miss": args.on_miss,
-                "cascades": ["haarcascade_frontalface_default.xml", "haarcascade_eye.xml"] if args.detect else [],
-                "stats": stats, "left_out": left_out, "images": log}, os.path.join(args.out, "prep.json"))
-    print(f"fer-prep: {stats['written']} faces written to {args.out} ({stats['aligned']} eye-aligned, "
-          f"{stats['no_face']} without a face, {stats['unreadable']} unreadable, {len(dataset.issues)} left out "
-          f"by the reader); {os.path.join(args.out, 'manifest.csv')}")
+    write_json(
+        {
+            "dataset": args.dataset,
+            "data": os.path.abspath(args.data),
+            "size": args.size,
+            "margin": args.margin,
+            "detect": args.detect,
+            "on_miss": args.on_miss,
+            "cascades": ["haarcascade_frontalface_default.xml", "haarcascade_eye.xml"] if args.detect else [],
+            "stats": stats,
+            "left_out": left_out,
+            "images": log,
+        },
+        os.path.join(args.out, "prep.json"),
+    )
+    print(
+        f"fer-prep: {stats['written']} faces written to {args.out} ({stats['aligned']} eye-aligned, "
+        f"{stats['no_face']} without a face, {stats['unreadable']} unreadable, "
+        f"{len(dataset.issues)} left out "
+        f"by the reader); {os.path.join(args.out, 'manifest.csv')}"
+    )
     return 0
 
 

@@ -97,8 +97,14 @@ def input_spec(model: nn.Module) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------------------------- batches
-def make_batch(images: torch.Tensor, idx: torch.Tensor, crop: int, channels: int, device,
-               generator: torch.Generator | None) -> torch.Tensor:
+def make_batch(
+    images: torch.Tensor,
+    idx: torch.Tensor,
+    crop: int,
+    channels: int,
+    device,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     """uint8 images[idx] -> normalised float batch, random-cropped with ``generator`` or centre-cropped."""
     x = to_tensor(images[idx].numpy(), 1)
     x = random_crop(x, crop, generator) if generator is not None else center_crop(x, crop)
@@ -115,12 +121,13 @@ def shard(indices: torch.Tensor, d: Dist) -> torch.Tensor:
     total = per * d.world
     if total > len(indices):
         indices = torch.cat([indices, indices[: total - len(indices)]])
-    return indices[d.rank:total:d.world]
+    return indices[d.rank : total : d.world]
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, crop: int, channels: int, device,
-                   batch_size: int = 256) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, crop: int, channels: int, device, batch_size: int = 256
+) -> torch.Tensor:
     """Expression logits for uint8 ``images (Tensor[N, R, R])`` (centre crop); float32 (N, E) on CPU."""
     was = model.training
     model.eval()
@@ -133,8 +140,16 @@ def predict_logits(model: nn.Module, images: torch.Tensor, crop: int, channels: 
 
 
 @torch.no_grad()
-def confusion(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, crop: int,
-              channels: int, d: Dist, batch_size: int = 256) -> tuple[torch.Tensor, float]:
+def confusion(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    crop: int,
+    channels: int,
+    d: Dist,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, float]:
     """Confusion matrix (rows: true class, columns: predicted), summed over ranks; and images/s."""
     if d.enabled:
         model = getattr(model, "module", model)
@@ -190,8 +205,15 @@ def plot_confusion(cm, classes: list[str], path: str, title: str = "") -> str:
     if len(classes) <= 20:
         for i in range(len(classes)):
             for j in range(len(classes)):
-                ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j])}\n{norm[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_title(title)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -2,7 +2,8 @@
 
     fer-train --model idennet_if_40 --dataset synthfer --data data/synthfer --folds 10 --fold 0 --epochs 30 \\
               --out runs/synth
-    torchrun --nproc_per_node=2 -m fer_models.train ...       # DistributedDataParallel (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node=2 -m fer_models.train ...       # DistributedDataParallel (gloo on CPU, nccl
+    on GPU)
 
 A run directory holds ``folds.json`` (the subject folds, reused when present), ``preprocessing.json``,
 ``config.json`` and per fold ``fold_K/metrics.json`` (accuracy, per-class accuracy, confusion matrix, training
@@ -12,7 +13,8 @@ uninterrupted run with the same seed would: every epoch re-seeds its shuffling, 
 (seed, fold, epoch), and the checkpoint carries the model, optimiser and schedule.
 
 Two-stage recipes: ``--stage pretrain`` (learning rate 0.1 by default; ``--target identity`` with
-``--dataset identity`` for the identity network) and ``--stage finetune`` with ``--init CHECKPOINT`` (loads every
+``--dataset identity`` for the identity network) and ``--stage finetune`` with ``--init CHECKPOINT`` (loads
+every
 weight whose name and shape match; EIFN: pre-train on one database, fine-tune on the other) or, for IDEnNet,
 ``--init-emotion CKPT --init-identity CKPT`` (the model class's ``from_pretrained``).
 """
@@ -20,7 +22,6 @@ weight whose name and shape match; EIFN: pre-train on one database, fine-tune on
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -36,59 +37,122 @@ from fer_models.data.protocol import load_or_make_folds, split_by_usage, split_f
 from fer_models.data.transforms import augment14, record
 from fer_models.registry import create_model, list_models
 from fer_models.runtime import (
-    Dist, WithLoss, atomic_save, import_plugins, confusion, init_distributed, input_spec, load_checkpoint, make_batch,
-    metrics_from_confusion, model_from_checkpoint, plot_confusion, shard, write_json,
+    Dist,
+    WithLoss,
+    atomic_save,
+    confusion,
+    import_plugins,
+    init_distributed,
+    input_spec,
+    load_checkpoint,
+    make_batch,
+    metrics_from_confusion,
+    model_from_checkpoint,
+    plot_confusion,
+    shard,
+    write_json,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fer-train", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="fer-train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--model", default="idennet_if_40", help="registered model name (see --list-models)")
     ap.add_argument("--list-models", action="store_true", help="print the registered models and exit")
-    ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                    help="import MODULE first (e.g. a module that registers your own models); repeatable")
+    ap.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (e.g. a module that registers your own models); repeatable",
+    )
     ap.add_argument("--dataset", default="synthfer", choices=DATASETS)
-    ap.add_argument("--data", default="data/synthfer", help="dataset root (SynthFER is generated here if absent)")
+    ap.add_argument(
+        "--data", default="data/synthfer", help="dataset root (SynthFER is generated here if absent)"
+    )
     ap.add_argument("--out", default="runs/train", help="run directory")
     ap.add_argument("--folds", type=int, default=10, help="k of the subject-independent k-fold protocol")
     ap.add_argument("--fold", default="0", help="fold index, or 'all'")
     ap.add_argument("--folds-file", default=None, help="fold file to reuse (default: OUT/folds.json)")
-    ap.add_argument("--protocol", choices=("auto", "kfold", "split", "random"), default="auto",
-                    help="kfold (subjects), split (the dataset's own train/val/test), random (identity pre-training);"
-                         " auto: kfold when every sample has a subject, else split")
-    ap.add_argument("--val-subjects", type=float, default=0.1,
-                    help="fraction of the training subjects held out for model selection (0: select the last epoch)")
+    ap.add_argument(
+        "--protocol",
+        choices=("auto", "kfold", "split", "random"),
+        default="auto",
+        help="kfold (subjects), split (the dataset's own train/val/test), random (identity pre-training);"
+        " auto: kfold when every sample has a subject, else split",
+    )
+    ap.add_argument(
+        "--val-subjects",
+        type=float,
+        default=0.1,
+        help="fraction of the training subjects held out for model selection (0: select the last epoch)",
+    )
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=128, help="global batch size (split across processes)")
     ap.add_argument("--lr", type=float, default=None, help="default 0.1 for --stage pretrain, else 0.01")
     ap.add_argument("--momentum", type=float, default=0.9)
     ap.add_argument("--weight-decay", type=float, default=1e-4)
-    ap.add_argument("--milestones", type=float, nargs="*", default=[0.5, 0.75],
-                    help="learning rate / 10 at these fractions of --epochs (both papers: 0.5 0.75)")
-    ap.add_argument("--no-augment", dest="augment", action="store_false", help="skip the 14x offline augmentation")
-    ap.add_argument("--resize", type=int, default=None,
-                    help="stored face size; default 60 for 48-pixel models (60->48 crops), else the input size")
-    ap.add_argument("--frames", choices=("last", "middle", "all"), default=None,
-                    help="frames per sequence (default: the dataset's protocol)")
+    ap.add_argument(
+        "--milestones",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75],
+        help="learning rate / 10 at these fractions of --epochs (both papers: 0.5 0.75)",
+    )
+    ap.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="skip the 14x offline augmentation"
+    )
+    ap.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="stored face size; default 60 for 48-pixel models (60->48 crops), else the input size",
+    )
+    ap.add_argument(
+        "--frames",
+        choices=("last", "middle", "all"),
+        default=None,
+        help="frames per sequence (default: the dataset's protocol)",
+    )
     ap.add_argument("--ck-classes", type=int, choices=(6, 7), default=7, help="CK+: 7 classes or the basic 6")
-    ap.add_argument("--target", choices=("expression", "identity"), default=None,
-                    help="what the classifier learns (default: identity for --dataset identity, else expression)")
-    ap.add_argument("--id-rate", type=float, default=1.0,
-                    help="fraction of training subjects whose identity label is used (IDEnNet's ID-rate ablation)")
+    ap.add_argument(
+        "--target",
+        choices=("expression", "identity"),
+        default=None,
+        help="what the classifier learns (default: identity for --dataset identity, else expression)",
+    )
+    ap.add_argument(
+        "--id-rate",
+        type=float,
+        default=1.0,
+        help="fraction of training subjects whose identity label is used (IDEnNet's ID-rate ablation)",
+    )
     ap.add_argument("--stage", choices=("train", "pretrain", "finetune"), default="train")
     ap.add_argument("--init", default=None, help="checkpoint whose matching weights initialise the model")
     ap.add_argument("--init-emotion", default=None, help="IDEnNet fine-tuning: pre-trained emotion network")
     ap.add_argument("--init-identity", default=None, help="IDEnNet fine-tuning: pre-trained identity network")
     ap.add_argument("--resume", action="store_true", help="continue each fold from its last checkpoint")
-    ap.add_argument("--stop-after", type=int, default=None,
-                    help="stop after this many epochs in total, as an interruption would (checkpoint kept)")
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many epochs in total, as an interruption would (checkpoint kept)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers-threads", type=int, default=None, help="torch intra-op threads per process")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    ap.add_argument("--strict-data", action="store_true", help="reject the dataset on the first malformed input")
-    ap.add_argument("--find-unused-parameters", action="store_true", help="DDP option for models with branches "
-                    "that some batches skip")
+    ap.add_argument(
+        "--strict-data", action="store_true", help="reject the dataset on the first malformed input"
+    )
+    ap.add_argument(
+        "--find-unused-parameters",
+        action="store_true",
+        help="DDP option for models with branches that some batches skip",
+    )
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     ap.add_argument("--synth-subjects", type=int, default=40)
     ap.add_argument("--synth-frames", type=int, default=6)
@@ -105,8 +169,14 @@ def open_dataset(args, d: Dist) -> FaceDataset:
 
         if d.main and not os.path.isfile(os.path.join(args.data, "manifest.csv")):
             t = time.perf_counter()
-            write_synthfer(args.data, args.synth_subjects, args.synth_frames, args.synth_size,
-                           DEFAULT_DIFFICULTY if args.synth_difficulty is None else args.synth_difficulty, args.seed)
+            write_synthfer(
+                args.data,
+                args.synth_subjects,
+                args.synth_frames,
+                args.synth_size,
+                DEFAULT_DIFFICULTY if args.synth_difficulty is None else args.synth_difficulty,
+                args.seed,
+            )
             print(f"SynthFER written to {args.data} in {time.perf_counter() - t:.1f} s", flush=True)
         d.barrier()
     if args.frames and args.dataset in ("synthfer", "ckplus", "oulu", "mmi", "manifest"):
@@ -135,8 +205,9 @@ def identity_labels(dataset: FaceDataset, subjects: list[str], id_rate: float, s
         n = int(round(id_rate * len(subjects)))
         keep = {subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))[:n]}
     index = {s: i for i, s in enumerate(subjects)}
-    return torch.tensor([index[s.subject] if s.subject in keep else -1 for s in dataset.samples],
-                        dtype=torch.int64)
+    return torch.tensor(
+        [index[s.subject] if s.subject in keep else -1 for s in dataset.samples], dtype=torch.int64
+    )
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -157,7 +228,9 @@ def load_matching(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
 def build_model(args, num_classes: int, num_identities: int, d: Dist) -> tuple[nn.Module, dict]:
     kwargs = {"num_expressions": num_classes, "num_identities": max(1, num_identities)}
     if args.model not in list_models():
-        raise SystemExit(f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}")
+        raise SystemExit(
+            f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}"
+        )
     if args.init_emotion or args.init_identity:
         if not (args.init_emotion and args.init_identity):
             raise SystemExit("fer-train: --init-emotion and --init-identity go together")
@@ -170,14 +243,19 @@ def build_model(args, num_classes: int, num_identities: int, d: Dist) -> tuple[n
         model = from_pretrained(emo, ident, variant=getattr(proto, "variant", None), **kwargs)
         model.input_size = getattr(model, "input_size", proto.input_size)
         if d.main:
-            print(f"initialised {args.model} from {args.init_emotion} (emotion) and {args.init_identity} (identity)")
+            print(
+                f"initialised {args.model} from {args.init_emotion} (emotion) "
+                f"and {args.init_identity} (identity)"
+            )
     else:
         model = create_model(args.model, **kwargs)
     if args.init:
         loaded, skipped = load_matching(model, load_checkpoint(args.init)["model"])
         if d.main:
-            print(f"--init {args.init}: loaded {len(loaded)} tensors, skipped {len(skipped)}"
-                  + (f" ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})" if skipped else ""))
+            print(
+                f"--init {args.init}: loaded {len(loaded)} tensors, skipped {len(skipped)}"
+                + (f" ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})" if skipped else "")
+            )
         if not loaded:
             raise SystemExit(f"fer-train: --init {args.init} has no weight that fits {args.model}")
     return model, kwargs
@@ -188,23 +266,40 @@ def epoch_seed(seed: int, fold: int, epoch: int) -> int:
     return (seed * 1_000_003 + fold * 10_007 + epoch * 101 + 7) % (2**31)
 
 
-def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, fold: int, fold_dir: str,
-               classes: list[str], target: str, resize: int, crop: int, channels: int) -> dict:
+def train_fold(
+    args,
+    d: Dist,
+    dataset: FaceDataset,
+    images: np.ndarray,
+    parts,
+    fold: int,
+    fold_dir: str,
+    classes: list[str],
+    target: str,
+    resize: int,
+    crop: int,
+    channels: int,
+) -> dict:
     train, val, test = parts
     pos = {id(s): i for i, s in enumerate(dataset.samples)}
     take = lambda ds: torch.from_numpy(images[[pos[id(s)] for s in ds.samples]])  # noqa: E731
     train_x, val_x, test_x = take(train), take(val), take(test)
     train_y, val_y, test_y = (labels_of(p, target, classes) for p in (train, val, test))
     id_subjects = train.subjects if (target == "expression" and train.has_subjects) else []
-    train_id = (identity_labels(train, id_subjects, args.id_rate, args.seed + fold) if id_subjects
-                else torch.full((len(train),), -1, dtype=torch.int64))
+    train_id = (
+        identity_labels(train, id_subjects, args.id_rate, args.seed + fold)
+        if id_subjects
+        else torch.full((len(train),), -1, dtype=torch.int64)
+    )
     if args.augment:
         aug, src = augment14(train_x.numpy())
         train_x, train_y, train_id = torch.from_numpy(aug), train_y[src], train_id[src]
     if d.main:
-        print(f"fold {fold}: train {len(train)} images x{14 if args.augment else 1} = {len(train_x)}, "
-              f"val {len(val_x)}, test {len(test_x)}; {len(classes)} classes, {len(id_subjects)} identities",
-              flush=True)
+        print(
+            f"fold {fold}: train {len(train)} images x{14 if args.augment else 1} = {len(train_x)}, "
+            f"val {len(val_x)}, test {len(test_x)}; {len(classes)} classes, {len(id_subjects)} identities",
+            flush=True,
+        )
 
     torch.manual_seed(epoch_seed(args.seed, fold, -1))
     model, model_kwargs = build_model(args, len(classes), len(id_subjects), d)
@@ -212,8 +307,10 @@ def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, f
     wrapped = WithLoss(model)
     if d.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(
-            wrapped, device_ids=[d.device.index] if d.device.type == "cuda" else None,
-            find_unused_parameters=args.find_unused_parameters)
+            wrapped,
+            device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=args.find_unused_parameters,
+        )
     lr = args.lr if args.lr is not None else (0.1 if args.stage == "pretrain" else 0.01)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
@@ -223,10 +320,20 @@ def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, f
     ckpt_dir = os.path.join(fold_dir, "checkpoints")
     last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
     config = {
-        "model": args.model, "model_kwargs": model_kwargs, "classes": classes, "target": target,
-        "input_size": list(model.input_size), "resize": resize, "crop": crop, "channels": channels,
-        "dataset": args.dataset, "data": os.path.abspath(args.data), "fold": fold, "seed": args.seed,
-        "stage": args.stage, "args": {k: v for k, v in vars(args).items() if k != "list_models"},
+        "model": args.model,
+        "model_kwargs": model_kwargs,
+        "classes": classes,
+        "target": target,
+        "input_size": list(model.input_size),
+        "resize": resize,
+        "crop": crop,
+        "channels": channels,
+        "dataset": args.dataset,
+        "data": os.path.abspath(args.data),
+        "fold": fold,
+        "seed": args.seed,
+        "stage": args.stage,
+        "args": {k: v for k, v in vars(args).items() if k != "list_models"},
     }
     start, history, best = 0, [], {"epoch": None, "val_accuracy": -1.0}
     if args.resume and os.path.isfile(last_path):
@@ -258,10 +365,15 @@ def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, f
         if d.main and args.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps, desc=f"fold {fold} epoch {epoch + 1}/{args.epochs}", leave=False,
-                       dynamic_ncols=True, file=sys.stderr)
+            bar = tqdm(
+                total=steps,
+                desc=f"fold {fold} epoch {epoch + 1}/{args.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
         for step in range(steps):
-            idx = order[step * per_rank_batch:(step + 1) * per_rank_batch]
+            idx = order[step * per_rank_batch : (step + 1) * per_rank_batch]
             x = make_batch(train_x, idx, crop, channels, d.device, crop_gen)
             y, yid = train_y[idx].to(d.device), train_id[idx].to(d.device)
             logits, loss, parts_ = wrapped(x, y, yid)
@@ -269,12 +381,17 @@ def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, f
             loss.backward()
             opt.step()
             n = len(idx)
-            sums += torch.tensor([float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n,
-                                  float(parts_[1]) * n], dtype=torch.float64)
+            sums += torch.tensor(
+                [float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n, float(parts_[1]) * n],
+                dtype=torch.float64,
+            )
             if bar is not None:
                 rate = sums[2].item() * d.world / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{sums[0].item() / sums[2].item():.3f}",
-                                acc=f"{sums[1].item() / sums[2].item():.3f}", img_s=f"{rate:.0f}")
+                bar.set_postfix(
+                    loss=f"{sums[0].item() / sums[2].item():.3f}",
+                    acc=f"{sums[1].item() / sums[2].item():.3f}",
+                    img_s=f"{rate:.0f}",
+                )
                 bar.update()
         if bar is not None:
             bar.close()
@@ -282,10 +399,15 @@ def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, f
         sched.step()
         train_time = time.perf_counter() - t0
         sums = d.all_sum(sums)
-        row = {"epoch": epoch + 1, "lr": lr_used,
-               "train_loss": sums[0].item() / sums[2].item(), "train_accuracy": sums[1].item() / sums[2].item(),
-               "train_identity_loss": sums[3].item() / sums[2].item(),
-               "images_per_s": sums[2].item() / max(train_time, 1e-9), "epoch_seconds": train_time}
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr_used,
+            "train_loss": sums[0].item() / sums[2].item(),
+            "train_accuracy": sums[1].item() / sums[2].item(),
+            "train_identity_loss": sums[3].item() / sums[2].item(),
+            "images_per_s": sums[2].item() / max(train_time, 1e-9),
+            "epoch_seconds": train_time,
+        }
         if len(val_x):
             cm, _ = confusion(model, val_x, val_y, len(classes), crop, channels, d)
             row["val_accuracy"] = metrics_from_confusion(cm, classes)["accuracy"]
@@ -297,10 +419,20 @@ def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, f
             state = {"model": model.state_dict(), "config": config, "epoch": epoch + 1}
             if improved or not len(val_x):
                 atomic_save(state, best_path)
-            atomic_save({**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "history": history, "best": best}, last_path)
-            msg = (f"fold {fold} epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f} "
-                   f"acc {row['train_accuracy']:.4f} {row['images_per_s']:.0f} img/s")
+            atomic_save(
+                {
+                    **state,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                    "best": best,
+                },
+                last_path,
+            )
+            msg = (
+                f"fold {fold} epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f} "
+                f"acc {row['train_accuracy']:.4f} {row['images_per_s']:.0f} img/s"
+            )
             if "val_accuracy" in row:
                 msg += f" | val acc {row['val_accuracy']:.4f}"
             print(msg, flush=True)
@@ -311,20 +443,35 @@ def train_fold(args, d: Dist, dataset: FaceDataset, images: np.ndarray, parts, f
     model.load_state_dict(selected["model"])
     cm, eval_rate = confusion(model, test_x, test_y, len(classes), crop, channels, d)
     metrics = metrics_from_confusion(cm, classes)
-    metrics.update({
-        "fold": fold, "model": args.model, "dataset": args.dataset, "selected_epoch": selected["epoch"],
-        "selection": "best validation accuracy" if len(val_x) else "last epoch",
-        "val_accuracy": best["val_accuracy"] if len(val_x) else None,
-        "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
-        "eval_images_per_s": eval_rate * d.world, "world_size": d.world,
-        "test_subjects": test.subjects, "val_subjects": val.subjects, "history": history,
-    })
+    metrics.update(
+        {
+            "fold": fold,
+            "model": args.model,
+            "dataset": args.dataset,
+            "selected_epoch": selected["epoch"],
+            "selection": "best validation accuracy" if len(val_x) else "last epoch",
+            "val_accuracy": best["val_accuracy"] if len(val_x) else None,
+            "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
+            "eval_images_per_s": eval_rate * d.world,
+            "world_size": d.world,
+            "test_subjects": test.subjects,
+            "val_subjects": val.subjects,
+            "history": history,
+        }
+    )
     if d.main:
         write_json(metrics, os.path.join(fold_dir, "metrics.json"))
-        plot_confusion(cm, classes, os.path.join(fold_dir, "confusion.png"),
-                       f"{args.model} on {args.dataset}, fold {fold}: {metrics['accuracy']:.2%}")
-        print(f"fold {fold}: test accuracy {metrics['accuracy']:.4f} (epoch {selected['epoch']}); "
-              f"{os.path.join(fold_dir, 'metrics.json')}", flush=True)
+        plot_confusion(
+            cm,
+            classes,
+            os.path.join(fold_dir, "confusion.png"),
+            f"{args.model} on {args.dataset}, fold {fold}: {metrics['accuracy']:.2%}",
+        )
+        print(
+            f"fold {fold}: test accuracy {metrics['accuracy']:.4f} (epoch {selected['epoch']}); "
+            f"{os.path.join(fold_dir, 'metrics.json')}",
+            flush=True,
+        )
     return metrics
 
 
@@ -332,8 +479,10 @@ def summarize(fold_metrics: list[dict], classes: list[str]) -> dict:
     acc = np.array([m["accuracy"] for m in fold_metrics], dtype=np.float64)
     cm = np.sum([np.array(m["confusion_matrix"]) for m in fold_metrics], axis=0)
     return {
-        "folds": [m["fold"] for m in fold_metrics], "accuracy_mean": float(acc.mean()),
-        "accuracy_std": float(acc.std(ddof=0)), "fold_accuracy": acc.tolist(),
+        "folds": [m["fold"] for m in fold_metrics],
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=0)),
+        "fold_accuracy": acc.tolist(),
         "mean_class_accuracy_mean": float(np.mean([m["mean_class_accuracy"] for m in fold_metrics])),
         "pooled": metrics_from_confusion(torch.from_numpy(cm), classes),
     }
@@ -359,8 +508,10 @@ def main(argv=None) -> int:
 
 def _run(args, d: Dist) -> int:
     if args.model not in list_models():
-        print(f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}",
-              file=sys.stderr)
+        print(
+            f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}",
+            file=sys.stderr,
+        )
         return 2
     try:
         dataset = open_dataset(args, d)
@@ -382,8 +533,11 @@ def _run(args, d: Dist) -> int:
         text = report_issues(dataset)
         if text:
             print(text, file=sys.stderr)
-        print(f"{args.dataset}: {len(dataset)} images, {len(dataset.subjects)} subjects, classes "
-              f"{dict(dataset.counts()) if target == 'expression' else len(classes)}", flush=True)
+        print(
+            f"{args.dataset}: {len(dataset)} images, {len(dataset.subjects)} subjects, classes "
+            f"{dict(dataset.counts()) if target == 'expression' else len(classes)}",
+            flush=True,
+        )
     os.makedirs(args.out, exist_ok=True)
     protocol = args.protocol
     if protocol == "auto":
@@ -410,7 +564,10 @@ def _run(args, d: Dist) -> int:
         parts_of = lambda f: split_fold(dataset, folds, f, args.val_subjects, args.seed)  # noqa: E731
     else:
         if args.fold not in ("0", "all"):
-            print(f"fer-train: --fold applies to the kfold protocol only (protocol is {protocol})", file=sys.stderr)
+            print(
+                f"fer-train: --fold applies to the kfold protocol only (protocol is {protocol})",
+                file=sys.stderr,
+            )
             return 2
         todo = [0]
         if protocol == "split":
@@ -418,22 +575,39 @@ def _run(args, d: Dist) -> int:
         else:
             parts_of = lambda f: split_random(dataset, args.val_subjects, 0.1, args.seed)  # noqa: E731
     if d.main:
-        write_json(record(resize, side, channels, args.augment) | {"dataset": args.dataset, "protocol": protocol,
-                                                                   "frames": args.frames or "dataset default"},
-                   os.path.join(args.out, "preprocessing.json"))
+        write_json(
+            record(resize, side, channels, args.augment)
+            | {"dataset": args.dataset, "protocol": protocol, "frames": args.frames or "dataset default"},
+            os.path.join(args.out, "preprocessing.json"),
+        )
         write_json({k: v for k, v in vars(args).items()}, os.path.join(args.out, "config.json"))
     results = []
     for f in todo:
-        m = train_fold(args, d, dataset, images, parts_of(f), f, os.path.join(args.out, f"fold_{f}"), classes,
-                       target, resize, side, channels)
+        m = train_fold(
+            args,
+            d,
+            dataset,
+            images,
+            parts_of(f),
+            f,
+            os.path.join(args.out, f"fold_{f}"),
+            classes,
+            target,
+            resize,
+            side,
+            channels,
+        )
         if m.get("stopped"):
             return 0
         results.append(m)
     if args.fold == "all" and d.main:
         summary = summarize(results, classes)
         write_json(summary, os.path.join(args.out, "summary.json"))
-        print(f"{len(results)} folds: accuracy {summary['accuracy_mean']:.4f} +- {summary['accuracy_std']:.4f}; "
-              f"{os.path.join(args.out, 'summary.json')}")
+        print(
+            f"{len(results)} folds: accuracy {summary['accuracy_mean']:.4f} "
+            f"+- {summary['accuracy_std']:.4f}; "
+            f"{os.path.join(args.out, 'summary.json')}"
+        )
     return 0
 
 

@@ -11,8 +11,22 @@ import torch
 from PIL import Image
 
 from fer_models.data import (
-    BASIC6, CKPLUS7, DataError, load_dataset, load_images, make_folds, read_ckplus, read_fer2013, read_ferplus,
-    read_identity_folders, read_manifest, read_mmi, read_oulu, read_synthfer, write_manifest, write_synthfer,
+    BASIC6,
+    CKPLUS7,
+    DataError,
+    load_dataset,
+    load_images,
+    make_folds,
+    read_ckplus,
+    read_fer2013,
+    read_ferplus,
+    read_identity_folders,
+    read_manifest,
+    read_mmi,
+    read_oulu,
+    read_synthfer,
+    write_manifest,
+    write_synthfer,
 )
 from fer_models.data.protocol import Folds, load_or_make_folds, split_fold, validation_subjects
 from fer_models.data.synthfer import PROTOTYPES, _subject_params, generate
@@ -30,11 +44,14 @@ def _issue_paths(ds):
     return [i.path for i in ds.issues]
 
 
-# ----------------------------------------------------------------------------------------------- CK+
+# ------------------------------------------------------------ CK+
 @pytest.fixture
 def ckplus_tree(tmp_path):
     root = tmp_path / "CK+"
-    img, emo = root / "extended-cohn-kanade-images" / "cohn-kanade-images", root / "Emotion_labels" / "Emotion"
+    img, emo = (
+        root / "extended-cohn-kanade-images" / "cohn-kanade-images",
+        root / "Emotion_labels" / "Emotion",
+    )
 
     def seq(subject, s, n, code=None, text=None):
         for f in range(1, n + 1):
@@ -42,15 +59,17 @@ def ckplus_tree(tmp_path):
         if code is not None or text is not None:
             d = emo / subject / s
             d.mkdir(parents=True)
-            (d / f"{subject}_{s}_{n:08d}_emotion.txt").write_text(text if text is not None else f"   {code:.7e}\n")
+            (d / f"{subject}_{s}_{n:08d}_emotion.txt").write_text(
+                text if text is not None else f"   {code:.7e}\n"
+            )
 
-    seq("S005", "001", 5, code=3)            # disgust
-    seq("S010", "002", 4, code=2)            # contempt
-    seq("S010", "003", 3)                    # no label file: unlabelled, skipped and reported
-    seq("S011", "001", 6, code=5)            # happiness, with one unreadable frame
-    seq("S011", "002", 4, text="9.0\n")     # code outside 1..7: reported, not guessed
+    seq("S005", "001", 5, code=3)  # disgust
+    seq("S010", "002", 4, code=2)  # contempt
+    seq("S010", "003", 3)  # no label file: unlabelled, skipped and reported
+    seq("S011", "001", 6, code=5)  # happiness, with one unreadable frame
+    seq("S011", "002", 4, text="9.0\n")  # code outside 1..7: reported, not guessed
     (img / "S011" / "001" / "S011_001_00000005.png").write_bytes(b"not a png")
-    (emo / "S099" / "001").mkdir(parents=True)   # label folder without images
+    (emo / "S099" / "001").mkdir(parents=True)  # label folder without images
     return root
 
 
@@ -58,9 +77,9 @@ def test_ckplus_labels_subjects_last_frames_and_issues(ckplus_tree):
     ds = read_ckplus(str(ckplus_tree))
     assert ds.classes == list(CKPLUS7)
     got = [(s.subject, s.sequence, s.frame, ds.classes[s.expression]) for s in ds.samples]
-    assert got == [("S005", "S005/001", f, "disgust") for f in (3, 4, 5)] + \
-                  [("S010", "S010/002", f, "contempt") for f in (2, 3, 4)] + \
-                  [("S011", "S011/001", f, "happiness") for f in (4, 5, 6)]
+    assert got == [("S005", "S005/001", f, "disgust") for f in (3, 4, 5)] + [
+        ("S010", "S010/002", f, "contempt") for f in (2, 3, 4)
+    ] + [("S011", "S011/001", f, "happiness") for f in (4, 5, 6)]
     paths = _issue_paths(ds)
     assert any(p.endswith(os.path.join("S010", "003")) for p in paths)
     assert any(p.endswith("S011_002_00000004_emotion.txt") for p in paths)
@@ -80,19 +99,24 @@ def test_ckplus_labels_subjects_last_frames_and_issues(ckplus_tree):
         read_ckplus(str(ckplus_tree), strict=True)
 
 
-# ----------------------------------------------------------------------------------------------- Oulu
+# ------------------------------------------------------------ Oulu
 def test_oulu_vl_strong_layout(tmp_path):
     base = tmp_path / "Oulu" / "OriginalImg" / "VL" / "Strong"
-    for subject, expr, n in [("P001", "Anger", 5), ("P001", "Happiness", 4), ("P002", "Surprise", 3),
-                             ("P002", "Smile", 4)]:
+    for subject, expr, n in [
+        ("P001", "Anger", 5),
+        ("P001", "Happiness", 4),
+        ("P002", "Surprise", 3),
+        ("P002", "Smile", 4),
+    ]:
         for f in range(n):
             _img(str(base / subject / expr / f"{f:03d}.jpeg"), 20 * f + 5)
     (base / "P002" / "Fear").mkdir()
     _img(str(tmp_path / "Oulu" / "OriginalImg" / "VL" / "Weak" / "P001" / "Anger" / "000.jpeg"), 1)
     ds = read_oulu(str(tmp_path / "Oulu"))
     got = [(s.subject, ds.classes[s.expression], s.frame) for s in ds.samples]
-    assert got == [("P001", "anger", f) for f in (2, 3, 4)] + [("P001", "happiness", f) for f in (1, 2, 3)] + \
-                  [("P002", "surprise", f) for f in (0, 1, 2)]
+    assert got == [("P001", "anger", f) for f in (2, 3, 4)] + [
+        ("P001", "happiness", f) for f in (1, 2, 3)
+    ] + [("P002", "surprise", f) for f in (0, 1, 2)]
     paths = _issue_paths(ds)
     assert any(p.endswith(os.path.join("P002", "Smile")) for p in paths)
     assert any(p.endswith(os.path.join("P002", "Fear")) for p in paths)
@@ -100,7 +124,7 @@ def test_oulu_vl_strong_layout(tmp_path):
     assert read_oulu(str(base)).samples == ds.samples  # the Strong folder itself works too
 
 
-# ----------------------------------------------------------------------------------------------- MMI
+# ------------------------------------------------------------ MMI
 def test_mmi_manifest_middle_frames_folder_and_video(tmp_path):
     import cv2
 
@@ -128,11 +152,17 @@ def test_mmi_manifest_middle_frames_folder_and_video(tmp_path):
     assert "boredom" in ds.issues[0].reason
 
 
-# ----------------------------------------------------------------------------------------------- FER2013 / FERPlus
+# ------------------------------------------------------------ FER2013 / FERPlus
 def _fer_rows():
     good = lambda v: " ".join([str(v)] * 2304)  # noqa: E731
-    return [("0", good(10), "Training"), ("3", good(20), "PublicTest"), ("6", good(30), "PrivateTest"),
-            ("2", " ".join(["1"] * 2303), "Training"), ("9", good(40), "Training"), ("4", good(50), "Training")]
+    return [
+        ("0", good(10), "Training"),
+        ("3", good(20), "PublicTest"),
+        ("6", good(30), "PrivateTest"),
+        ("2", " ".join(["1"] * 2303), "Training"),
+        ("9", good(40), "Training"),
+        ("4", good(50), "Training"),
+    ]
 
 
 def test_fer2013_csv_pixels_labels_splits_and_bad_rows(tmp_path):
@@ -142,7 +172,11 @@ def test_fer2013_csv_pixels_labels_splits_and_bad_rows(tmp_path):
         wr.writerows(_fer_rows())
     ds = read_fer2013(str(tmp_path))
     assert [(ds.classes[s.expression], s.split, int(s.pixels[0, 0])) for s in ds.samples] == [
-        ("anger", "train", 10), ("happiness", "val", 20), ("neutral", "test", 30), ("sadness", "train", 50)]
+        ("anger", "train", 10),
+        ("happiness", "val", 20),
+        ("neutral", "test", 30),
+        ("sadness", "train", 50),
+    ]
     assert all(s.pixels.shape == (48, 48) and s.subject is None for s in ds.samples)
     assert [i.path.rsplit(":", 1)[1] for i in ds.issues] == ["5", "6"]
     assert "2303 pixel values" in ds.issues[0].reason
@@ -155,15 +189,27 @@ def test_ferplus_majority_vote(tmp_path):
         wr = csv.writer(fh)
         wr.writerow(["emotion", "pixels", "Usage"])
         wr.writerows(_fer_rows())
-    header = ["Usage", "Image name", "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
-              "contempt", "unknown", "NF"]
+    header = [
+        "Usage",
+        "Image name",
+        "neutral",
+        "happiness",
+        "surprise",
+        "sadness",
+        "anger",
+        "disgust",
+        "fear",
+        "contempt",
+        "unknown",
+        "NF",
+    ]
     votes = [
-        ("Training", "fer0000000.png", [0, 0, 0, 0, 0, 0, 0, 9, 1, 0]),   # contempt
+        ("Training", "fer0000000.png", [0, 0, 0, 0, 0, 0, 0, 9, 1, 0]),  # contempt
         ("PublicTest", "fer0000001.png", [4, 4, 0, 0, 0, 0, 0, 0, 2, 0]),  # no majority: dropped
         ("PrivateTest", "fer0000002.png", [6, 0, 0, 0, 0, 0, 0, 0, 0, 4]),  # neutral
         ("Training", "fer0000003.png", [0, 0, 0, 0, 0, 0, 0, 0, 0, 10]),  # not a face: dropped
-        ("Training", "", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),                 # removed by FERPlus
-        ("Training", "fer0000005.png", [0, 0, 0, 7, 3, 0, 0, 0, 0, 0]),   # sadness
+        ("Training", "", [10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),  # removed by FERPlus
+        ("Training", "fer0000005.png", [0, 0, 0, 7, 3, 0, 0, 0, 0, 0]),  # sadness
     ]
     with open(tmp_path / "fer2013new.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
@@ -173,7 +219,10 @@ def test_ferplus_majority_vote(tmp_path):
     ds = read_ferplus(str(tmp_path))
     assert ds.classes[0] == "neutral" and len(ds.classes) == 8
     assert [(ds.classes[s.expression], s.split, int(s.pixels[0, 0])) for s in ds.samples] == [
-        ("contempt", "train", 10), ("neutral", "test", 30), ("sadness", "train", 50)]
+        ("contempt", "train", 10),
+        ("neutral", "test", 30),
+        ("sadness", "train", 50),
+    ]
     assert ds.issues == []
     with open(tmp_path / "fer2013new.csv", "a", newline="") as fh:
         csv.writer(fh).writerow(["Training", "x.png", 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
@@ -181,7 +230,7 @@ def test_ferplus_majority_vote(tmp_path):
         read_ferplus(str(tmp_path))
 
 
-# ----------------------------------------------------------------------------------------------- identity, manifest
+# ------------------------------------------------------------ identity, manifest
 def test_identity_folders(tmp_path):
     for ident, n in [("0000045", 3), ("0000099", 2)]:
         for i in range(n):
@@ -197,8 +246,10 @@ def test_identity_folders(tmp_path):
 def test_manifest_reader(tmp_path):
     for i in range(5):
         _img(str(tmp_path / "img" / f"{i}.png"), i)
-    rows = [{"path": f"img/{i}.png", "expression": e, "subject": "A", "sequence": "a1", "frame": i}
-            for i, e in enumerate(["happy", "happy", "happy", "happy"])]
+    rows = [
+        {"path": f"img/{i}.png", "expression": e, "subject": "A", "sequence": "a1", "frame": i}
+        for i, e in enumerate(["happy", "happy", "happy", "happy"])
+    ]
     rows.append({"path": "img/4.png", "expression": "Sad", "subject": "B", "sequence": None, "frame": None})
     write_manifest(str(tmp_path / "manifest.csv"), rows)
     with open(tmp_path / "manifest.csv", "a") as fh:
@@ -206,7 +257,11 @@ def test_manifest_reader(tmp_path):
     ds = read_manifest(str(tmp_path), frames="last")
     assert ds.classes == ["happiness", "sadness"]
     assert [(s.subject, s.frame, ds.classes[s.expression]) for s in ds.samples] == [
-        ("A", 1, "happiness"), ("A", 2, "happiness"), ("A", 3, "happiness"), ("B", None, "sadness")]
+        ("A", 1, "happiness"),
+        ("A", 2, "happiness"),
+        ("A", 3, "happiness"),
+        ("B", None, "sadness"),
+    ]
     assert [i.path.rsplit(":", 1)[1] for i in ds.issues] == ["7", "8"]
     assert "grumpy" in ds.issues[0].reason and "frame" in ds.issues[1].reason
     (tmp_path / "bad.csv").write_text("file,label\nx.png,happy\n")
@@ -214,7 +269,7 @@ def test_manifest_reader(tmp_path):
         read_manifest(str(tmp_path / "bad.csv"))
 
 
-# ----------------------------------------------------------------------------------------------- SynthFER
+# ------------------------------------------------------------ SynthFER
 def test_synthfer_deterministic_sizes_and_manifest_roundtrip(tmp_path):
     t = time.perf_counter()
     a, rows = generate(n_subjects=5, n_frames=4, size=64, seed=3)
@@ -261,13 +316,16 @@ def test_synthfer_identity_sets_how_expressions_are_shown():
     assert resid.var() < 0.85 * y.var()
 
 
-# ----------------------------------------------------------------------------------------------- protocol
+# ------------------------------------------------------------ protocol
 def _toy_dataset(n_subjects=23, per=(3, 6)):
     from fer_models.data.base import FaceDataset, Sample
 
     rng = np.random.default_rng(1)
-    samples = [Sample(f"{s}_{i}.png", int(rng.integers(6)), f"S{s:02d}", f"S{s:02d}_q", i)
-               for s in range(n_subjects) for i in range(int(rng.integers(*per)))]
+    samples = [
+        Sample(f"{s}_{i}.png", int(rng.integers(6)), f"S{s:02d}", f"S{s:02d}_q", i)
+        for s in range(n_subjects)
+        for i in range(int(rng.integers(*per)))
+    ]
     return FaceDataset("toy", list(BASIC6), samples)
 
 
@@ -301,7 +359,7 @@ def test_folds_are_subject_disjoint_cover_everyone_and_are_reused(tmp_path):
     assert validation_subjects(["a", "b", "c"], 0.0, 0) == []
 
 
-# ----------------------------------------------------------------------------------------------- augmentation, crops
+# ------------------------------------------------------------ augmentation, crops
 def test_augment14_versions():
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (2, 60, 60), dtype=np.uint8)
@@ -329,10 +387,10 @@ def test_crops():
     assert r1.shape == (3, 1, 48, 48) and torch.equal(r1, r2)
     for i in range(3):  # every crop is a 48x48 window of its own image
         top, left = divmod(int(r1[i, 0, 0, 0]) - i * 3600, 60)
-        assert torch.equal(r1[i], x[i, :, top:top + 48, left:left + 48])
+        assert torch.equal(r1[i], x[i, :, top : top + 48, left : left + 48])
 
 
-# ----------------------------------------------------------------------------------------------- fer-prep
+# ------------------------------------------------------------ fer-prep
 def test_eye_alignment_levels_the_eyes():
     from fer_models.prep import eye_alignment
 
@@ -353,20 +411,34 @@ def test_fer_prep_detects_crops_and_reports_misses(tmp_path, capsys):
     for i in (1, 3, 13):  # apex frames
         big = cv2.copyMakeBorder(faces[i], 64, 64, 64, 64, cv2.BORDER_REPLICATE)
         Image.fromarray(big).save(tmp_path / f"f{i}.png")
-        entries.append({"path": f"f{i}.png", "expression": rows[i]["expression"], "subject": rows[i]["subject"],
-                        "sequence": rows[i]["sequence"], "frame": rows[i]["frame"]})
+        entries.append(
+            {
+                "path": f"f{i}.png",
+                "expression": rows[i]["expression"],
+                "subject": rows[i]["subject"],
+                "sequence": rows[i]["sequence"],
+                "frame": rows[i]["frame"],
+            }
+        )
     Image.fromarray(np.full((200, 200), 128, np.uint8)).save(tmp_path / "blank.png")
-    entries.append({"path": "blank.png", "expression": "fear", "subject": "S009", "sequence": "x", "frame": 0})
+    entries.append(
+        {"path": "blank.png", "expression": "fear", "subject": "S009", "sequence": "x", "frame": 0}
+    )
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    entries.append({"path": "broken.png", "expression": "fear", "subject": "S009", "sequence": "x", "frame": 1})
+    entries.append(
+        {"path": "broken.png", "expression": "fear", "subject": "S009", "sequence": "x", "frame": 1}
+    )
     write_manifest(str(tmp_path / "manifest.csv"), entries)
     out = tmp_path / "prep"
-    assert prep.main(["--dataset", "manifest", "--data", str(tmp_path), "--out", str(out), "--size", "60"]) == 0
+    assert (
+        prep.main(["--dataset", "manifest", "--data", str(tmp_path), "--out", str(out), "--size", "60"]) == 0
+    )
     err = capsys.readouterr().err
     assert "blank.png: no face found" in err and "broken.png" in err
     ds = read_manifest(str(out))
     assert [(s.subject, ds.classes[s.expression]) for s in ds.samples] == [
-        (e["subject"], e["expression"]) for e in entries[:3]]
+        (e["subject"], e["expression"]) for e in entries[:3]
+    ]
     _, imgs = load_images(ds, 60)
     assert imgs.shape == (3, 60, 60)
     info = json.load(open(out / "prep.json"))
@@ -376,8 +448,22 @@ def test_fer_prep_detects_crops_and_reports_misses(tmp_path, capsys):
         x, y, w, h = r["box"]
         assert abs(x + w / 2 - 128) < 20 and abs(y + h / 2 - 128) < 25
     out2 = tmp_path / "prep2"
-    assert prep.main(["--dataset", "manifest", "--data", str(tmp_path), "--out", str(out2), "--no-detect",
-                      "--size", "32"]) == 0
+    assert (
+        prep.main(
+            [
+                "--dataset",
+                "manifest",
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(out2),
+                "--no-detect",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert len(read_manifest(str(out2))) == 4  # everything readable is kept when detection is skipped
 
 

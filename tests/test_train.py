@@ -1,4 +1,5 @@
-"""fer-train / fer-eval / fer-predict / demo end to end on SynthFER with a tiny registered model, exact resume,
+"""fer-train / fer-eval / fer-predict / demo end to end on SynthFER with a tiny registered model, exact
+resume,
 --fold all, two-stage initialisation, and DDP with two CPU processes (torchrun, gloo, loopback)."""
 
 import json
@@ -7,22 +8,21 @@ import socket
 import subprocess
 import sys
 import textwrap
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from fer_models import demo, evaluate, predict, train
 from fer_models.data import write_synthfer
 from fer_models.data.protocol import Folds
-from fer_models.registry import list_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A small conv net that follows the model contract (forward -> .expression / .identity, .loss, .input_size),
 # registered the way a user's own model would be: in a module passed to --import.
-PLUGIN = textwrap.dedent('''
+PLUGIN = textwrap.dedent("""
     from types import SimpleNamespace
 
     import torch
@@ -65,7 +65,7 @@ PLUGIN = textwrap.dedent('''
 
     if "tiny_test" not in list_models():
         register_model(lambda **kw: TinyNet(**kw), name="tiny_test")
-''')
+""")
 
 
 @pytest.fixture(autouse=True)
@@ -94,8 +94,26 @@ def synth(tmp_path_factory):
 
 
 def _train(out, synth, *extra):
-    args = ["--import", "tiny_fer_plugin", "--model", "tiny_test", "--dataset", "synthfer", "--data", synth,
-            "--out", str(out), "--folds", "4", "--batch-size", "32", "--lr", "0.05", "--no-progress", *extra]
+    args = [
+        "--import",
+        "tiny_fer_plugin",
+        "--model",
+        "tiny_test",
+        "--dataset",
+        "synthfer",
+        "--data",
+        synth,
+        "--out",
+        str(out),
+        "--folds",
+        "4",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--no-progress",
+        *extra,
+    ]
     return train.main(args)
 
 
@@ -122,7 +140,11 @@ def test_train_writes_metrics_confusion_folds_and_checkpoints(tmp_path, synth, p
     assert m["history"][0]["images_per_s"] > 0 and m["train_images_per_s"] > 0
     assert (out / "fold_1" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pre = _json(out / "preprocessing.json")
-    assert pre["resize"] == [60, 60] and pre["train_crop"] == "random 48x48" and pre["test_crop"] == "center 48x48"
+    assert (
+        pre["resize"] == [60, 60]
+        and pre["train_crop"] == "random 48x48"
+        and pre["test_crop"] == "center 48x48"
+    )
     assert pre["offline_augmentation"].startswith("14x")
     for name in ("last.pt", "best.pt"):
         ck = torch.load(out / "fold_1" / "checkpoints" / name, weights_only=False)
@@ -141,7 +163,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, synth, pl
     assert not (tmp_path / "b" / "fold_0" / "metrics.json").exists()
     assert torch.load(tmp_path / "b" / "fold_0" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
     assert _train(tmp_path / "b", synth, *common, "--resume") == 0
-    a, b = _json(tmp_path / "a" / "fold_0" / "metrics.json"), _json(tmp_path / "b" / "fold_0" / "metrics.json")
+    a, b = (
+        _json(tmp_path / "a" / "fold_0" / "metrics.json"),
+        _json(tmp_path / "b" / "fold_0" / "metrics.json"),
+    )
     for key in ("accuracy", "confusion_matrix", "per_class_accuracy", "selected_epoch", "val_accuracy"):
         assert a[key] == b[key], key
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")} for r in h]  # noqa
@@ -157,7 +182,9 @@ def test_fold_all_summary(tmp_path, synth, plugin):
     s = _json(tmp_path / "summary.json")
     accs = [_json(tmp_path / f"fold_{k}" / "metrics.json")["accuracy"] for k in range(4)]
     assert s["fold_accuracy"] == accs
-    assert s["accuracy_mean"] == pytest.approx(np.mean(accs)) and s["accuracy_std"] == pytest.approx(np.std(accs))
+    assert s["accuracy_mean"] == pytest.approx(np.mean(accs)) and s["accuracy_std"] == pytest.approx(
+        np.std(accs)
+    )
     assert np.array(s["pooled"]["confusion_matrix"]).sum() == 12 * 6 * 3  # every subject tested exactly once
 
 
@@ -165,8 +192,23 @@ def test_eval_and_predict_reproduce_the_training_metrics(tmp_path, synth, plugin
     run = tmp_path / "run"
     assert _train(run, synth, "--fold", "2", "--epochs", "2", "--no-augment") == 0
     ckpt = str(run / "fold_2" / "checkpoints" / "best.pt")
-    assert evaluate.main(["--checkpoint", ckpt, "--folds-file", str(run / "folds.json"), "--fold", "2",
-                          "--out", str(tmp_path / "ev"), "--import", "tiny_fer_plugin"]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--checkpoint",
+                ckpt,
+                "--folds-file",
+                str(run / "folds.json"),
+                "--fold",
+                "2",
+                "--out",
+                str(tmp_path / "ev"),
+                "--import",
+                "tiny_fer_plugin",
+            ]
+        )
+        == 0
+    )
     ev, tm = _json(tmp_path / "ev" / "metrics.json"), _json(run / "fold_2" / "metrics.json")
     assert ev["confusion_matrix"] == tm["confusion_matrix"] and ev["accuracy"] == tm["accuracy"]
     assert (tmp_path / "ev" / "confusion.png").exists()
@@ -177,7 +219,9 @@ def test_eval_and_predict_reproduce_the_training_metrics(tmp_path, synth, plugin
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     out = tmp_path / "pred.json"
-    rc = predict.main(["--checkpoint", ckpt, *imgs, str(bad), "--out", str(out), "--import", "tiny_fer_plugin"])
+    rc = predict.main(
+        ["--checkpoint", ckpt, *imgs, str(bad), "--out", str(out), "--import", "tiny_fer_plugin"]
+    )
     assert rc == 1
     res = _json(out)
     assert [r["path"] for r in res] == [*imgs, str(bad)] and "bad.png" in res[3]["error"]
@@ -186,8 +230,8 @@ def test_eval_and_predict_reproduce_the_training_metrics(tmp_path, synth, plugin
         assert r["expression"] == max(r["probabilities"], key=r["probabilities"].get)
     # the predictions agree with the evaluated model on the same images
     ck = torch.load(ckpt, weights_only=False)
-    from fer_models.runtime import model_from_checkpoint, predict_logits
     from fer_models.data.base import read_gray, resize_gray
+    from fer_models.runtime import model_from_checkpoint, predict_logits
 
     x = torch.from_numpy(np.stack([resize_gray(read_gray(p), 60) for p in imgs]))
     probs = predict_logits(model_from_checkpoint(ck), x, 48, 1, torch.device("cpu")).softmax(1)
@@ -207,11 +251,41 @@ def test_two_stage_init(tmp_path, synth, plugin, capsys):
     assert "fc_emo.weight" in skipped and "features.0.weight" in loaded
     assert torch.equal(m.features[0].weight, torch.load(ck, weights_only=False)["model"]["features.0.weight"])
     capsys.readouterr()
-    assert _train(tmp_path / "ft", synth, "--stage", "finetune", "--init", ck, "--fold", "0", "--epochs", "1",
-                  "--no-augment") == 0
+    assert (
+        _train(
+            tmp_path / "ft",
+            synth,
+            "--stage",
+            "finetune",
+            "--init",
+            ck,
+            "--fold",
+            "0",
+            "--epochs",
+            "1",
+            "--no-augment",
+        )
+        == 0
+    )
     assert "loaded" in capsys.readouterr().out
-    assert _train(tmp_path / "ft2", synth, "--stage", "finetune", "--init-emotion", ck, "--init-identity", ck,
-                  "--fold", "0", "--epochs", "1", "--no-augment") == 0
+    assert (
+        _train(
+            tmp_path / "ft2",
+            synth,
+            "--stage",
+            "finetune",
+            "--init-emotion",
+            ck,
+            "--init-identity",
+            ck,
+            "--fold",
+            "0",
+            "--epochs",
+            "1",
+            "--no-augment",
+        )
+        == 0
+    )
     assert "initialised tiny_test from" in capsys.readouterr().out
     cfg = _json(tmp_path / "ft2" / "config.json")
     assert cfg["stage"] == "finetune" and cfg["lr"] == 0.05
@@ -224,12 +298,43 @@ def _free_port():
 
 
 def test_ddp_two_cpu_processes(tmp_path, synth, plugin):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([plugin, ROOT, os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", GLOO_SOCKET_IFNAME="lo")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "fer_models.train", "--import", "tiny_fer_plugin",
-           "--model", "tiny_test", "--dataset", "synthfer", "--data", synth, "--out", str(tmp_path),
-           "--folds", "4", "--fold", "0", "--epochs", "2", "--no-augment", "--batch-size", "32", "--no-progress"]
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([plugin, ROOT, os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        GLOO_SOCKET_IFNAME="lo",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "fer_models.train",
+        "--import",
+        "tiny_fer_plugin",
+        "--model",
+        "tiny_test",
+        "--dataset",
+        "synthfer",
+        "--data",
+        synth,
+        "--out",
+        str(tmp_path),
+        "--folds",
+        "4",
+        "--fold",
+        "0",
+        "--epochs",
+        "2",
+        "--no-augment",
+        "--batch-size",
+        "32",
+        "--no-progress",
+    ]
     p = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     m = _json(tmp_path / "fold_0" / "metrics.json")
@@ -239,8 +344,25 @@ def test_ddp_two_cpu_processes(tmp_path, synth, plugin):
 
 
 def test_demo_runs_and_reports(tmp_path, plugin, capsys):
-    assert demo.main(["--model", "tiny_test", "--import", "tiny_fer_plugin", "--out", str(tmp_path), "--subjects",
-                      "10", "--epochs", "1", "--no-augment", "--no-progress"]) == 0
+    assert (
+        demo.main(
+            [
+                "--model",
+                "tiny_test",
+                "--import",
+                "tiny_fer_plugin",
+                "--out",
+                str(tmp_path),
+                "--subjects",
+                "10",
+                "--epochs",
+                "1",
+                "--no-augment",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test accuracy" in out and "images/s" in out and "confusion.png" in out
     assert (tmp_path / "run" / "fold_0" / "eval" / "confusion.png").exists()

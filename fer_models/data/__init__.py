@@ -6,7 +6,15 @@
 from __future__ import annotations
 
 from fer_models.data.base import (
-    BASIC6, CKPLUS7, DataError, FaceDataset, Issue, Sample, canonical_expression, load_images, report_issues,
+    BASIC6,
+    CKPLUS7,
+    DataError,
+    FaceDataset,
+    Issue,
+    Sample,
+    canonical_expression,
+    load_images,
+    report_issues,
 )
 from fer_models.data.ckplus import read_ckplus
 from fer_models.data.fer2013 import read_fer2013, read_ferplus
@@ -24,8 +32,13 @@ DATASETS = ("synthfer", "ckplus", "oulu", "mmi", "fer2013", "ferplus", "identity
 def load_dataset(name: str, path: str, strict: bool = False, **options) -> FaceDataset:
     """Read dataset ``name`` (one of :data:`DATASETS`) from ``path`` with the reader's keyword ``options``."""
     readers = {
-        "synthfer": read_synthfer, "ckplus": read_ckplus, "oulu": read_oulu, "mmi": read_mmi,
-        "fer2013": read_fer2013, "ferplus": read_ferplus, "identity": read_identity_folders,
+        "synthfer": read_synthfer,
+        "ckplus": read_ckplus,
+        "oulu": read_oulu,
+        "mmi": read_mmi,
+        "fer2013": read_fer2013,
+        "ferplus": read_ferplus,
+        "identity": read_identity_folders,
         "manifest": read_manifest,
     }
     if name not in readers:
@@ -34,8 +47,30 @@ def load_dataset(name: str, path: str, strict: bool = False, **options) -> FaceD
 
 
 __all__ = [
-    "BASIC6", "CKPLUS7", "DATASETS", "DataError", "FaceDataset", "Folds", "Issue", "Sample",
-    "canonical_expression", "generate_synthfer", "load_dataset", "load_images", "load_or_make_folds",
-    "make_folds", "read_ckplus", "read_fer2013", "read_ferplus", "read_identity_folders", "read_manifest",
-    "read_mmi", "read_oulu", "read_synthfer", "report_issues", "split_fold", "write_manifest", "write_synthfer",
+    "BASIC6",
+    "CKPLUS7",
+    "DATASETS",
+    "DataError",
+    "FaceDataset",
+    "Folds",
+    "Issue",
+    "Sample",
+    "canonical_expression",
+    "generate_synthfer",
+    "load_dataset",
+    "load_images",
+    "load_or_make_folds",
+    "make_folds",
+    "read_ckplus",
+    "read_fer2013",
+    "read_ferplus",
+    "read_identity_folders",
+    "read_manifest",
+    "read_mmi",
+    "read_oulu",
+    "read_synthfer",
+    "report_issues",
+    "split_fold",
+    "write_manifest",
+    "write_synthfer",
 ]

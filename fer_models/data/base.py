@@ -1,7 +1,8 @@
 """Samples, datasets, issue reports and image decoding shared by every reader.
 
 A reader turns a layout on disk into a :class:`FaceDataset`: one :class:`Sample` per image with its expression
-index (into ``dataset.classes``), subject id (``None`` where the dataset has none), sequence id and frame index.
+index (into ``dataset.classes``), subject id (``None`` where the dataset has none), sequence id and frame
+index.
 Readers never guess a label: an input they cannot label is recorded in ``dataset.issues`` with its path and
 reason and left out (or, with ``strict=True``, rejected with :class:`DataError`). Images are decoded later by
 :func:`load_images`, which reports and drops unreadable files the same way.
@@ -19,19 +20,43 @@ log = logging.getLogger("fer_models.data")
 
 # The expression names every reader maps onto (lower case, one spelling each).
 ANGER, CONTEMPT, DISGUST, FEAR, HAPPINESS, SADNESS, SURPRISE, NEUTRAL = (
-    "anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+    "anger",
+    "contempt",
+    "disgust",
+    "fear",
+    "happiness",
+    "sadness",
+    "surprise",
+    "neutral",
+)
 BASIC6 = (ANGER, DISGUST, FEAR, HAPPINESS, SADNESS, SURPRISE)
 CKPLUS7 = (ANGER, CONTEMPT, DISGUST, FEAR, HAPPINESS, SADNESS, SURPRISE)
 
 _ALIASES = {
-    "angry": ANGER, "anger": ANGER, "an": ANGER,
-    "contempt": CONTEMPT, "co": CONTEMPT,
-    "disgust": DISGUST, "disgusted": DISGUST, "di": DISGUST,
-    "fear": FEAR, "afraid": FEAR, "fearful": FEAR, "fe": FEAR,
-    "happiness": HAPPINESS, "happy": HAPPINESS, "joy": HAPPINESS, "ha": HAPPINESS,
-    "sadness": SADNESS, "sad": SADNESS, "sa": SADNESS,
-    "surprise": SURPRISE, "surprised": SURPRISE, "su": SURPRISE,
-    "neutral": NEUTRAL, "ne": NEUTRAL,
+    "angry": ANGER,
+    "anger": ANGER,
+    "an": ANGER,
+    "contempt": CONTEMPT,
+    "co": CONTEMPT,
+    "disgust": DISGUST,
+    "disgusted": DISGUST,
+    "di": DISGUST,
+    "fear": FEAR,
+    "afraid": FEAR,
+    "fearful": FEAR,
+    "fe": FEAR,
+    "happiness": HAPPINESS,
+    "happy": HAPPINESS,
+    "joy": HAPPINESS,
+    "ha": HAPPINESS,
+    "sadness": SADNESS,
+    "sad": SADNESS,
+    "sa": SADNESS,
+    "surprise": SURPRISE,
+    "surprised": SURPRISE,
+    "su": SURPRISE,
+    "neutral": NEUTRAL,
+    "ne": NEUTRAL,
 }
 
 
@@ -60,8 +85,10 @@ class Issue:
 class Sample:
     """One labelled face image.
 
-    ``expression`` indexes ``FaceDataset.classes`` (-1 where unknown, e.g. identity folders); ``subject`` is the
-    dataset's subject id or None; ``pixels`` holds the image for in-file datasets (FER2013 CSV) and is None when
+    ``expression`` indexes ``FaceDataset.classes`` (-1 where unknown, e.g. identity folders); ``subject``
+    is the
+    dataset's subject id or None; ``pixels`` holds the image for in-file datasets (FER2013 CSV) and is None
+    when
     the image lives at ``path``; ``split`` is the dataset's own split name where it has one (FER2013 Usage).
     """
 
@@ -98,8 +125,9 @@ class FaceDataset:
 
     def subset(self, keep) -> FaceDataset:
         """A dataset with the samples for which ``keep(sample)`` is true (same classes, same issues)."""
-        return FaceDataset(self.name, list(self.classes), [s for s in self.samples if keep(s)],
-                           list(self.issues), self.root)
+        return FaceDataset(
+            self.name, list(self.classes), [s for s in self.samples if keep(s)], list(self.issues), self.root
+        )
 
     def counts(self) -> dict[str, int]:
         """Number of samples per class name."""
@@ -151,7 +179,7 @@ def select_frames(frames: list, mode: str, k: int = 3) -> list:
         return list(frames[-k:])
     if mode == "middle":
         start = (len(frames) - k) // 2
-        return list(frames[start:start + k])
+        return list(frames[start : start + k])
     raise ValueError(f"frame selection must be 'last', 'middle' or 'all', got {mode!r}")
 
 
@@ -231,7 +259,28 @@ def rel(path: str, root: str) -> str:
 
 
 __all__ = [
-    "ANGER", "BASIC6", "CKPLUS7", "CONTEMPT", "DISGUST", "FEAR", "HAPPINESS", "NEUTRAL", "SADNESS", "SURPRISE",
-    "DataError", "FaceDataset", "Issue", "IssueLog", "Sample", "canonical_expression", "group_sequences",
-    "is_image", "load_images", "read_gray", "replace", "report_issues", "resize_gray", "select_frames",
+    "ANGER",
+    "BASIC6",
+    "CKPLUS7",
+    "CONTEMPT",
+    "DISGUST",
+    "FEAR",
+    "HAPPINESS",
+    "NEUTRAL",
+    "SADNESS",
+    "SURPRISE",
+    "DataError",
+    "FaceDataset",
+    "Issue",
+    "IssueLog",
+    "Sample",
+    "canonical_expression",
+    "group_sequences",
+    "is_image",
+    "load_images",
+    "read_gray",
+    "replace",
+    "report_issues",
+    "resize_gray",
+    "select_frames",
 ]

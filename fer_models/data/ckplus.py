@@ -18,7 +18,16 @@ from __future__ import annotations
 import os
 import re
 
-from fer_models.data.base import BASIC6, CKPLUS7, DataError, FaceDataset, IssueLog, Sample, is_image, select_frames
+from fer_models.data.base import (
+    BASIC6,
+    CKPLUS7,
+    DataError,
+    FaceDataset,
+    IssueLog,
+    Sample,
+    is_image,
+    select_frames,
+)
 
 _CODES = {1: "anger", 2: "contempt", 3: "disgust", 4: "fear", 5: "happiness", 6: "sadness", 7: "surprise"}
 
@@ -29,9 +38,11 @@ def _find_dir(root: str, name: str) -> str:
     for dirpath, dirnames, _ in os.walk(root):
         if name in dirnames:
             return os.path.join(dirpath, name)
-        if dirpath[len(root):].count(os.sep) >= 2:
+        if dirpath[len(root) :].count(os.sep) >= 2:
             dirnames[:] = []
-    raise DataError(f"{root}: no '{name}' folder found (expected the CK+ layout cohn-kanade-images/ + Emotion/)")
+    raise DataError(
+        f"{root}: no '{name}' folder found (expected the CK+ layout cohn-kanade-images/ + Emotion/)"
+    )
 
 
 def _frame_number(name: str) -> int:
@@ -39,7 +50,9 @@ def _frame_number(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def read_ckplus(root: str, classes: int = 7, frames: str = "last", k: int = 3, strict: bool = False) -> FaceDataset:
+def read_ckplus(
+    root: str, classes: int = 7, frames: str = "last", k: int = 3, strict: bool = False
+) -> FaceDataset:
     """Read CK+ under ``root``.
 
     Args:
@@ -63,7 +76,11 @@ def read_ckplus(root: str, classes: int = 7, frames: str = "last", k: int = 3, s
             if not os.path.isdir(qdir):
                 continue
             ldir = os.path.join(emo_root, subject, seq)
-            labels = sorted(f for f in os.listdir(ldir) if f.endswith("_emotion.txt")) if os.path.isdir(ldir) else []
+            labels = (
+                sorted(f for f in os.listdir(ldir) if f.endswith("_emotion.txt"))
+                if os.path.isdir(ldir)
+                else []
+            )
             if not labels:
                 issues.note(qdir, f"no emotion label file in {ldir} (unlabelled sequence)")
                 continue
@@ -88,8 +105,15 @@ def read_ckplus(root: str, classes: int = 7, frames: str = "last", k: int = 3, s
                 issues(qdir, "labelled sequence has no images")
                 continue
             for f in select_frames(imgs, frames, k):
-                samples.append(Sample(os.path.join(qdir, f), names.index(name), subject, f"{subject}/{seq}",
-                                      _frame_number(f)))
+                samples.append(
+                    Sample(
+                        os.path.join(qdir, f),
+                        names.index(name),
+                        subject,
+                        f"{subject}/{seq}",
+                        _frame_number(f),
+                    )
+                )
     # label files whose image folder does not exist
     for subject in sorted(os.listdir(emo_root)):
         sdir = os.path.join(emo_root, subject)

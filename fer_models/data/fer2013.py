@@ -7,11 +7,14 @@ FER2013 (``fer2013.csv``): columns ``emotion,pixels,Usage``; emotion 0 angry, 1 
 FERPlus (``fer2013new.csv`` beside ``fer2013.csv``): the same images in the same row order, relabelled by ten
 annotators: ``Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF``.
 Majority vote as in the FERPlus release: a row keeps the emotion with more than half of its votes; rows whose
-majority is ``unknown`` or ``NF`` (not a face), rows with no majority, and rows with an empty image name (removed
+majority is ``unknown`` or ``NF`` (not a face), rows with no majority, and rows with an empty image name
+(removed
 by FERPlus) are left out. The 8 classes are the FERPlus ones (with neutral and contempt).
 
-Left out and reported in ``issues`` (path ``file:line``): a pixel string with the wrong count or a value outside
-0..255, a label outside the documented range, a vote row that does not parse. A missing column, or a FERPlus file
+Left out and reported in ``issues`` (path ``file:line``): a pixel string with the wrong count or a value
+outside
+0..255, a label outside the documented range, a vote row that does not parse. A missing column, or a
+FERPlus file
 whose row count differs from fer2013.csv, rejects the input (:class:`DataError`).
 """
 
@@ -103,8 +106,10 @@ def read_ferplus(root: str, strict: bool = False) -> FaceDataset:
     with f:
         pixel_rows = [r[pcol["pixels"]] if len(r) > pcol["pixels"] else "" for r in reader]
     if len(pixel_rows) != len(label_rows):
-        raise DataError(f"{label_path}: {len(label_rows)} rows but {pixel_path} has {len(pixel_rows)}; "
-                        "FERPlus labels must match fer2013.csv row for row")
+        raise DataError(
+            f"{label_path}: {len(label_rows)} rows but {pixel_path} has {len(pixel_rows)}; "
+            "FERPlus labels must match fer2013.csv row for row"
+        )
     samples = []
     for (lineno, row), pixtext in zip(label_rows, pixel_rows, strict=True):
         where = f"{label_path}:{lineno}"

@@ -1,8 +1,11 @@
 """Identity folders in the CASIA-WebFace layout, for identity pre-training: ``ROOT/<identity>/<image>``.
 
-Every image gets ``subject`` = its folder name and ``expression`` = -1 (unknown); train with ``--target identity``
-so that the class is the identity. Left out and reported in ``issues``: non-image files and empty identity folders.
-``min_images`` drops identities with fewer images (dropped by design, counted in ``issues``); ``max_identities``
+Every image gets ``subject`` = its folder name and ``expression`` = -1 (unknown); train with ``--target
+identity``
+so that the class is the identity. Left out and reported in ``issues``: non-image files and empty identity
+folders.
+``min_images`` drops identities with fewer images (dropped by design, counted in ``issues``);
+``max_identities``
 keeps the first N identities in name order (for small pre-training runs).
 """
 
@@ -13,8 +16,9 @@ import os
 from fer_models.data.base import DataError, FaceDataset, IssueLog, Sample, is_image
 
 
-def read_identity_folders(root: str, min_images: int = 1, max_identities: int | None = None,
-                          strict: bool = False) -> FaceDataset:
+def read_identity_folders(
+    root: str, min_images: int = 1, max_identities: int | None = None, strict: bool = False
+) -> FaceDataset:
     """Read ``root/<identity>/*.jpg`` (any image extension)."""
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a folder of identity folders")

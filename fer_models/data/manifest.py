@@ -1,10 +1,14 @@
-"""The generic manifest CSV: one row per image, ``path,expression,subject,sequence,frame`` (+ optional ``split``).
+"""The generic manifest CSV: one row per image, ``path,expression,subject,sequence,frame``
+(+ optional ``split``).
 
-``path`` is relative to the manifest's folder (or absolute); ``expression`` is an expression name (any spelling
-:func:`~fer_models.data.base.canonical_expression` knows); ``subject``, ``sequence`` and ``frame`` may be empty.
+``path`` is relative to the manifest's folder (or absolute); ``expression`` is an expression name (any
+spelling
+:func:`~fer_models.data.base.canonical_expression` knows); ``subject``, ``sequence`` and ``frame`` may be
+empty.
 This is the layout SynthFER and ``fer-prep`` write, and the way to bring any other data set in.
 
-A missing required column rejects the file (:class:`DataError`). Left out and reported in ``issues``: rows with an
+A missing required column rejects the file (:class:`DataError`). Left out and reported in ``issues``: rows
+with an
 unknown expression name, a non-integer frame, a wrong number of fields, or an empty path.
 """
 
@@ -14,8 +18,20 @@ import csv
 import os
 
 from fer_models.data.base import (
-    ANGER, CONTEMPT, DISGUST, FEAR, HAPPINESS, NEUTRAL, SADNESS, SURPRISE, DataError, FaceDataset, IssueLog, Sample,
-    canonical_expression, group_sequences,
+    ANGER,
+    CONTEMPT,
+    DISGUST,
+    FEAR,
+    HAPPINESS,
+    NEUTRAL,
+    SADNESS,
+    SURPRISE,
+    DataError,
+    FaceDataset,
+    IssueLog,
+    Sample,
+    canonical_expression,
+    group_sequences,
 )
 
 COLUMNS = ("path", "expression", "subject", "sequence", "frame")
@@ -33,8 +49,14 @@ def write_manifest(path: str, rows: list[dict]) -> None:
             w.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in cols})
 
 
-def read_manifest(path: str, classes: list[str] | None = None, frames: str = "all", k: int = 3,
-                  strict: bool = False, name: str = "manifest") -> FaceDataset:
+def read_manifest(
+    path: str,
+    classes: list[str] | None = None,
+    frames: str = "all",
+    k: int = 3,
+    strict: bool = False,
+    name: str = "manifest",
+) -> FaceDataset:
     """Read a manifest CSV.
 
     Args:
@@ -86,8 +108,16 @@ def read_manifest(path: str, classes: list[str] | None = None, frames: str = "al
             if not p:
                 issues(where, "empty path")
                 continue
-            rows.append((os.path.join(root, p), expr, get("subject") or None, get("sequence") or None, frame,
-                         get("split") or None))
+            rows.append(
+                (
+                    os.path.join(root, p),
+                    expr,
+                    get("subject") or None,
+                    get("sequence") or None,
+                    frame,
+                    get("split") or None,
+                )
+            )
     if classes is None:
         present = {r[1] for r in rows}
         classes = [c for c in CANONICAL_ORDER if c in present]

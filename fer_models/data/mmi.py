@@ -19,7 +19,14 @@ import csv
 import os
 
 from fer_models.data.base import (
-    BASIC6, DataError, FaceDataset, IssueLog, Sample, canonical_expression, is_image, select_frames,
+    BASIC6,
+    DataError,
+    FaceDataset,
+    IssueLog,
+    Sample,
+    canonical_expression,
+    is_image,
+    select_frames,
 )
 
 _CODES = {"1": "anger", "2": "disgust", "3": "fear", "4": "happiness", "5": "sadness", "6": "surprise"}
@@ -46,8 +53,9 @@ def _video_frames(path: str, mode: str, k: int):
         cap.release()
 
 
-def read_mmi(root: str, manifest: str = "mmi.csv", frames: str = "middle", k: int = 3,
-             strict: bool = False) -> FaceDataset:
+def read_mmi(
+    root: str, manifest: str = "mmi.csv", frames: str = "middle", k: int = 3, strict: bool = False
+) -> FaceDataset:
     """Read the MMI sequences listed in ``root/manifest`` (``root`` may also be the CSV itself)."""
     path = root if os.path.isfile(root) else os.path.join(root, manifest)
     if not os.path.isfile(path):

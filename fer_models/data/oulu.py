@@ -15,8 +15,16 @@ from __future__ import annotations
 import os
 import re
 
-from fer_models.data.base import BASIC6, DataError, FaceDataset, IssueLog, Sample, canonical_expression, is_image
-from fer_models.data.base import select_frames
+from fer_models.data.base import (
+    BASIC6,
+    DataError,
+    FaceDataset,
+    IssueLog,
+    Sample,
+    canonical_expression,
+    is_image,
+    select_frames,
+)
 
 _SUBJECT = re.compile(r"^P\d+$", re.IGNORECASE)
 
@@ -32,7 +40,7 @@ def _find_strong(root: str, illumination: str) -> str:
             cand = os.path.join(dirpath, cam, illumination)
             if os.path.isdir(cand) and has_subjects(cand):
                 return cand
-        if dirpath[len(root):].count(os.sep) >= 3:
+        if dirpath[len(root) :].count(os.sep) >= 3:
             dirnames[:] = []
     raise DataError(f"{root}: no VL/{illumination}/P### folders found (expected the Oulu-CASIA layout)")
 
@@ -42,8 +50,9 @@ def _frame_number(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def read_oulu(root: str, illumination: str = "Strong", frames: str = "last", k: int = 3,
-              strict: bool = False) -> FaceDataset:
+def read_oulu(
+    root: str, illumination: str = "Strong", frames: str = "last", k: int = 3, strict: bool = False
+) -> FaceDataset:
     """Read Oulu-CASIA VIS sequences under ``root`` (six classes, subject = ``P###`` folder)."""
     base = _find_strong(root, illumination)
     issues = IssueLog(strict)
@@ -66,6 +75,13 @@ def read_oulu(root: str, illumination: str = "Strong", frames: str = "last", k: 
                 issues(edir, "expression folder has no images")
                 continue
             for f in select_frames(imgs, frames, k):
-                samples.append(Sample(os.path.join(edir, f), names.index(name), subject, f"{subject}/{expr}",
-                                      _frame_number(f)))
+                samples.append(
+                    Sample(
+                        os.path.join(edir, f),
+                        names.index(name),
+                        subject,
+                        f"{subject}/{expr}",
+                        _frame_number(f),
+                    )
+                )
     return FaceDataset("oulu", names, samples, issues.issues, root)

@@ -1,11 +1,15 @@
 """Subject-independent k-fold cross validation, validation splits, and the fold files a run writes and reuses.
 
-Folds partition the *subjects*: every sample of a subject is in the same fold, so no subject is in two folds and
-a test fold's subjects are never seen in training. Subjects are shuffled with the seed and dealt to folds so that
+Folds partition the *subjects*: every sample of a subject is in the same fold, so no subject is in two
+folds and
+a test fold's subjects are never seen in training. Subjects are shuffled with the seed and dealt to folds
+so that
 the folds hold nearly equal numbers of samples (largest subject first to the currently smallest fold). The
-validation subjects for model selection are drawn from the training subjects of each fold (never the test fold).
+validation subjects for model selection are drawn from the training subjects of each fold (never the test
+fold).
 
-A fold file (``folds.json``) records the dataset name, seed, k, and the subject list of each fold. A run writes it
+A fold file (``folds.json``) records the dataset name, seed, k, and the subject list of each fold. A run
+writes it
 next to its outputs; a later run (or ``--resume``) with the same file reuses it, and a fold file that does not
 cover the dataset's subjects is rejected rather than silently re-made.
 """
@@ -105,8 +109,10 @@ def load_or_make_folds(path: str, dataset: FaceDataset, k: int, seed: int) -> tu
             raise DataError(f"{path}: has {folds.k} folds, --folds asks for {k}")
         if have != want:
             extra, missing = sorted(have - want)[:5], sorted(want - have)[:5]
-            raise DataError(f"{path}: fold file does not match the dataset's subjects "
-                            f"(not in data: {extra}, not in folds: {missing})")
+            raise DataError(
+                f"{path}: fold file does not match the dataset's subjects "
+                f"(not in data: {extra}, not in folds: {missing})"
+            )
         return folds, True
     folds = make_folds(dataset, k, seed)
     folds.save(path)
@@ -126,9 +132,11 @@ def split_fold(dataset: FaceDataset, folds: Folds, fold: int, val_fraction: floa
     """``(train, val, test)`` datasets for ``fold``: test = the fold's subjects, val = drawn from the rest."""
     test = folds.test_subjects(fold)
     val = set(validation_subjects(folds.train_subjects(fold), val_fraction, seed * 1000 + fold))
-    return (dataset.subset(lambda s: s.subject not in test and s.subject not in val),
-            dataset.subset(lambda s: s.subject in val),
-            dataset.subset(lambda s: s.subject in test))
+    return (
+        dataset.subset(lambda s: s.subject not in test and s.subject not in val),
+        dataset.subset(lambda s: s.subject in val),
+        dataset.subset(lambda s: s.subject in test),
+    )
 
 
 def split_by_usage(dataset: FaceDataset):
@@ -144,9 +152,14 @@ def split_random(dataset: FaceDataset, val_fraction: float, test_fraction: float
     n = len(dataset)
     perm = np.random.default_rng(seed).permutation(n)
     n_test, n_val = int(round(test_fraction * n)), int(round(val_fraction * n))
-    test_idx, val_idx = set(perm[:n_test].tolist()), set(perm[n_test:n_test + n_val].tolist())
+    test_idx, val_idx = set(perm[:n_test].tolist()), set(perm[n_test : n_test + n_val].tolist())
     samples = dataset.samples
-    pick = lambda idx: FaceDataset(dataset.name, list(dataset.classes), [samples[i] for i in sorted(idx)],  # noqa
-                                   list(dataset.issues), dataset.root)
+    pick = lambda idx: FaceDataset(
+        dataset.name,
+        list(dataset.classes),
+        [samples[i] for i in sorted(idx)],  # noqa
+        list(dataset.issues),
+        dataset.root,
+    )
     train_idx = set(range(n)) - test_idx - val_idx
     return pick(train_idx), pick(val_idx), pick(test_idx)

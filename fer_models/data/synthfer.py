@@ -2,17 +2,22 @@
 
 Each subject gets a face geometry (head shape, skin and hair tone, eye spacing and size, brow, nose and mouth
 placement) and also its own way of showing each expression: the apex of expression ``e`` for subject ``s`` is
-``gain[s, e] * PROTOTYPES[e] + style[s, e]``, added to a subject-specific neutral baseline. Part of the style and
+``gain[s, e] * PROTOTYPES[e] + style[s, e]``, added to a subject-specific neutral baseline. Part of the
+style and
 of the baseline is a fixed linear function of the subject's geometry (so identity features help read the
-expression) and part is the subject's own. Each (subject, expression) is a sequence of ``n_frames`` frames from
+expression) and part is the subject's own. Each (subject, expression) is a sequence of ``n_frames`` frames
+from
 neutral (intensity 0) to apex, like CK+ and Oulu-CASIA. Every image then gets pose jitter (rotation, shift,
 scale), illumination (gain and a directional gradient) and pixel noise.
 
-``difficulty`` in [0, 1] scales everything that makes the task hard at once: subject baseline and style spread,
-how weakly some subjects express, pose, illumination and noise. Rendering is vectorised numpy on a signed-distance
+``difficulty`` in [0, 1] scales everything that makes the task hard at once: subject baseline and style
+spread,
+how weakly some subjects express, pose, illumination and noise. Rendering is vectorised numpy on a
+signed-distance
 description of the face, in chunks, so a few thousand 64x64 images take about a second.
 
-The generator writes the generic manifest layout (``images/Sxxx/<expression>/NN.png`` + ``manifest.csv``) so the
+The generator writes the generic manifest layout (``images/Sxxx/<expression>/NN.png`` + ``manifest.csv``)
+so the
 data flows through :func:`~fer_models.data.manifest.read_manifest` exactly as real data does.
 """
 
@@ -29,18 +34,29 @@ from fer_models.data.manifest import read_manifest, write_manifest
 DEFAULT_DIFFICULTY = 0.6
 VERSION = 1
 
-# Action parameters (one column each): brow raise, inner-brow raise (negative: furrow), eye opening, mouth-corner
-# lift, mouth opening, mouth stretch, nose wrinkle.
-ACTIONS = ("brow_raise", "brow_inner", "eye_open", "mouth_curve", "mouth_open", "mouth_stretch", "nose_wrinkle")
-PROTOTYPES = np.array([
-    # raise inner  eye   curve  open  stretch wrinkle
-    [-0.4, -1.0,  0.2, -0.3,  0.0, -0.5,  0.2],   # anger
-    [-0.2, -0.5, -0.5, -0.6,  0.15, 0.0,  1.0],   # disgust
-    [0.7,   0.6,  0.7, -0.3,  0.45, 0.7,  0.0],   # fear
-    [0.0,   0.0, -0.4,  1.0,  0.35, 0.6,  0.1],   # happiness
-    [-0.1,  0.9, -0.3, -0.9,  0.0, -0.2,  0.0],   # sadness
-    [1.0,   0.3,  0.9,  0.0,  1.0, -0.4,  0.0],   # surprise
-], dtype=np.float64)
+# Action parameters (one column each): brow raise, inner-brow raise (negative: furrow), eye opening,
+# mouth-corner lift, mouth opening, mouth stretch, nose wrinkle.
+ACTIONS = (
+    "brow_raise",
+    "brow_inner",
+    "eye_open",
+    "mouth_curve",
+    "mouth_open",
+    "mouth_stretch",
+    "nose_wrinkle",
+)
+PROTOTYPES = np.array(
+    [
+        # raise inner  eye   curve  open  stretch wrinkle
+        [-0.4, -1.0, 0.2, -0.3, 0.0, -0.5, 0.2],  # anger
+        [-0.2, -0.5, -0.5, -0.6, 0.15, 0.0, 1.0],  # disgust
+        [0.7, 0.6, 0.7, -0.3, 0.45, 0.7, 0.0],  # fear
+        [0.0, 0.0, -0.4, 1.0, 0.35, 0.6, 0.1],  # happiness
+        [-0.1, 0.9, -0.3, -0.9, 0.0, -0.2, 0.0],  # sadness
+        [1.0, 0.3, 0.9, 0.0, 1.0, -0.4, 0.0],  # surprise
+    ],
+    dtype=np.float64,
+)
 _N_GEOM = 16
 
 
@@ -49,11 +65,21 @@ def _subject_params(rng: np.random.Generator, n_subjects: int, difficulty: float
     u = rng.random((n_subjects, _N_GEOM))
     lerp = lambda i, a, b: a + (b - a) * u[:, i]  # noqa: E731
     geom = {
-        "face_rx": lerp(0, 0.56, 0.72), "face_ry": lerp(1, 0.72, 0.88), "face_cy": lerp(2, -0.02, 0.06),
-        "skin": lerp(3, 0.45, 0.8), "hair_y": lerp(4, -0.7, -0.38), "hair": lerp(5, 0.05, 0.35),
-        "eye_dx": lerp(6, 0.22, 0.33), "eye_y": lerp(7, -0.2, -0.06), "eye_w": lerp(8, 0.08, 0.12),
-        "eye_h": lerp(9, 0.035, 0.06), "brow_gap": lerp(10, 0.1, 0.16), "brow_len": lerp(11, 0.12, 0.19),
-        "brow_th": lerp(12, 0.018, 0.035), "nose_len": lerp(13, 0.16, 0.26), "mouth_y": lerp(14, 0.3, 0.44),
+        "face_rx": lerp(0, 0.56, 0.72),
+        "face_ry": lerp(1, 0.72, 0.88),
+        "face_cy": lerp(2, -0.02, 0.06),
+        "skin": lerp(3, 0.45, 0.8),
+        "hair_y": lerp(4, -0.7, -0.38),
+        "hair": lerp(5, 0.05, 0.35),
+        "eye_dx": lerp(6, 0.22, 0.33),
+        "eye_y": lerp(7, -0.2, -0.06),
+        "eye_w": lerp(8, 0.08, 0.12),
+        "eye_h": lerp(9, 0.035, 0.06),
+        "brow_gap": lerp(10, 0.1, 0.16),
+        "brow_len": lerp(11, 0.12, 0.19),
+        "brow_th": lerp(12, 0.018, 0.035),
+        "nose_len": lerp(13, 0.16, 0.26),
+        "mouth_y": lerp(14, 0.3, 0.44),
         "mouth_w": lerp(15, 0.17, 0.26),
     }
     code = (u - 0.5) * np.sqrt(12.0)  # unit variance
@@ -62,8 +88,11 @@ def _subject_params(rng: np.random.Generator, n_subjects: int, difficulty: float
     mix_style = rng.standard_normal((_N_GEOM, e * k)) / np.sqrt(_N_GEOM)
     d = float(difficulty)
     baseline = d * 0.35 * (0.7 * code @ mix_base + 0.7 * rng.standard_normal((n_subjects, k)))
-    style = d * 0.45 * (0.7 * (code @ mix_style).reshape(n_subjects, e, k)
-                        + 0.7 * rng.standard_normal((n_subjects, e, k)))
+    style = (
+        d
+        * 0.45
+        * (0.7 * (code @ mix_style).reshape(n_subjects, e, k) + 0.7 * rng.standard_normal((n_subjects, e, k)))
+    )
     gain = 1.0 - d * 0.55 * rng.random((n_subjects, e, 1))
     apex = gain * PROTOTYPES[None] + style
     return geom, baseline, apex
@@ -116,7 +145,9 @@ def _render(p: dict, size: int) -> np.ndarray:
         ir = np.minimum(ew * 0.45, eh * 1.1)
         iris = ellipse(ex, ey, ir, ir) * sclera
         img = paint(img, iris, np.float32(0.12))
-        lid = np.clip(1.0 - np.abs(_seg_dist(x, y, ex - ew, ey - eh * 0.2, ex + ew, ey - eh * 0.2)) / 0.02, 0, 1)
+        lid = np.clip(
+            1.0 - np.abs(_seg_dist(x, y, ex - ew, ey - eh * 0.2, ex + ew, ey - eh * 0.2)) / 0.02, 0, 1
+        )
         img = paint(img, 0.25 * lid * (1 - sclera), np.float32(0.2))
         # brow: inner end moves with brow_inner, both ends with brow_raise; a furrow pulls inner ends together
         by = ey - c(p["brow_gap"]) - 0.06 * a["brow_raise"]
@@ -157,13 +188,21 @@ def _render(p: dict, size: int) -> np.ndarray:
     hole = inside_x * soft(np.abs(y - centre) - half + 0.004) * (half > 0.004)
     img = paint(img, hole, np.float32(0.06))
     # illumination: gain and a directional gradient over the whole image, then pixel noise
-    light = c(p["gain"]) * (1.0 + c(p["grad"]) * (np.cos(c(p["grad_dir"])) * gx + np.sin(c(p["grad_dir"])) * gy))
+    light = c(p["gain"]) * (
+        1.0 + c(p["grad"]) * (np.cos(c(p["grad_dir"])) * gx + np.sin(c(p["grad_dir"])) * gy)
+    )
     img = img * light
     return img
 
 
-def generate(n_subjects: int = 40, n_frames: int = 6, size: int = 64, difficulty: float = DEFAULT_DIFFICULTY,
-             seed: int = 0, chunk: int = 64):
+def generate(
+    n_subjects: int = 40,
+    n_frames: int = 6,
+    size: int = 64,
+    difficulty: float = DEFAULT_DIFFICULTY,
+    seed: int = 0,
+    chunk: int = 64,
+):
     """Generate SynthFER in memory.
 
     Args:
@@ -184,8 +223,10 @@ def generate(n_subjects: int = 40, n_frames: int = 6, size: int = 64, difficulty
     rng = np.random.default_rng([seed, VERSION])
     geom, baseline, apex = _subject_params(rng, n_subjects, difficulty)
     n_expr = len(BASIC6)
-    s_idx, e_idx, f_idx = (a.ravel() for a in np.meshgrid(np.arange(n_subjects), np.arange(n_expr),
-                                                          np.arange(n_frames), indexing="ij"))
+    s_idx, e_idx, f_idx = (
+        a.ravel()
+        for a in np.meshgrid(np.arange(n_subjects), np.arange(n_expr), np.arange(n_frames), indexing="ij")
+    )
     n = s_idx.size
     d = float(difficulty)
     peak = 0.8 + 0.2 * rng.random((n_subjects, n_expr))
@@ -216,21 +257,41 @@ def generate(n_subjects: int = 40, n_frames: int = 6, size: int = 64, difficulty
         img = _render({k: v[sl] for k, v in p.items()}, size)
         img += noise_sigma * rng.standard_normal(img.shape, dtype=np.float32)
         images[sl] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    rows = [{"expression": BASIC6[e], "subject": f"S{s:03d}", "sequence": f"S{s:03d}_{BASIC6[e]}", "frame": int(f),
-             "intensity": float(t)} for s, e, f, t in zip(s_idx, e_idx, f_idx, intensity, strict=True)]
+    rows = [
+        {
+            "expression": BASIC6[e],
+            "subject": f"S{s:03d}",
+            "sequence": f"S{s:03d}_{BASIC6[e]}",
+            "frame": int(f),
+            "intensity": float(t),
+        }
+        for s, e, f, t in zip(s_idx, e_idx, f_idx, intensity, strict=True)
+    ]
     return images, rows
 
 
-def write_synthfer(out_dir: str, n_subjects: int = 40, n_frames: int = 6, size: int = 64,
-                   difficulty: float = DEFAULT_DIFFICULTY, seed: int = 0) -> str:
+def write_synthfer(
+    out_dir: str,
+    n_subjects: int = 40,
+    n_frames: int = 6,
+    size: int = 64,
+    difficulty: float = DEFAULT_DIFFICULTY,
+    seed: int = 0,
+) -> str:
     """Generate SynthFER and write it under ``out_dir`` in the manifest layout; returns the manifest path.
 
     If ``out_dir`` already holds a SynthFER set made with the same parameters it is reused as it is.
     """
     from PIL import Image
 
-    params = {"version": VERSION, "n_subjects": n_subjects, "n_frames": n_frames, "size": size,
-              "difficulty": float(difficulty), "seed": seed}
+    params = {
+        "version": VERSION,
+        "n_subjects": n_subjects,
+        "n_frames": n_frames,
+        "size": size,
+        "difficulty": float(difficulty),
+        "seed": seed,
+    }
     manifest = os.path.join(out_dir, "manifest.csv")
     info = os.path.join(out_dir, "synthfer.json")
     if os.path.isfile(manifest) and os.path.isfile(info):
@@ -247,8 +308,17 @@ def write_synthfer(out_dir: str, n_subjects: int = 40, n_frames: int = 6, size: 
         out_rows.append({**r, "path": relpath})
     write_manifest(manifest, out_rows)
     with open(info, "w") as f:
-        json.dump({"params": params, "classes": list(BASIC6), "actions": list(ACTIONS),
-                   "prototypes": PROTOTYPES.tolist(), "images": len(rows)}, f, indent=1)
+        json.dump(
+            {
+                "params": params,
+                "classes": list(BASIC6),
+                "actions": list(ACTIONS),
+                "prototypes": PROTOTYPES.tolist(),
+                "images": len(rows),
+            },
+            f,
+            indent=1,
+        )
     return manifest
 
 
@@ -261,7 +331,9 @@ def main(argv=None) -> None:
     import argparse
     import time
 
-    ap = argparse.ArgumentParser(prog="python -m fer_models.data.synthfer", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m fer_models.data.synthfer", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("out")
     ap.add_argument("--subjects", type=int, default=40)
     ap.add_argument("--frames", type=int, default=6)

@@ -3,7 +3,8 @@
 ``augment14`` turns each training image into 14: the original, its horizontal flip, the original rotated by
 -15, -10, -5, 5, 10, 15 degrees, and the flips of those rotations (IDEnNet section 4.2, EIFN section 3.1).
 Rotation is about the image centre with replicated borders, so no black corners enter the training set.
-``random_crop`` / ``center_crop`` are the 60 -> 48 crops of IDEnNet (random at training time, centre at test time).
+``random_crop`` / ``center_crop`` are the 60 -> 48 crops of IDEnNet (random at training time, centre at
+test time).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """Centre ``size`` x ``size`` crop of ``x (Tensor[N, C, H, W])``."""
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
 def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -62,9 +63,9 @@ def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch
         return x
     top = torch.randint(0, h - size + 1, (n,), generator=generator)
     left = torch.randint(0, w - size + 1, (n,), generator=generator)
-    rows = (top[:, None] + torch.arange(size))[:, :, None]          # (N, size, 1)
-    cols = (left[:, None] + torch.arange(size))[:, None, :]         # (N, 1, size)
-    out = x[torch.arange(n)[:, None, None], :, rows, cols]          # (N, size, size, C)
+    rows = (top[:, None] + torch.arange(size))[:, :, None]  # (N, size, 1)
+    cols = (left[:, None] + torch.arange(size))[:, None, :]  # (N, 1, size)
+    out = x[torch.arange(n)[:, None, None], :, rows, cols]  # (N, size, size, C)
     return out.permute(0, 3, 1, 2).contiguous()
 
 
@@ -78,11 +79,17 @@ def to_tensor(images: np.ndarray, channels: int = 1) -> torch.Tensor:
 def record(resize: int, crop: int, channels: int, augment: bool) -> dict:
     """The preprocessing description written to ``preprocessing.json`` in a run directory."""
     return {
-        "grayscale": True, "resize": [resize, resize], "channels": channels,
+        "grayscale": True,
+        "resize": [resize, resize],
+        "channels": channels,
         "train_crop": f"random {crop}x{crop}" if crop != resize else "none",
         "test_crop": f"center {crop}x{crop}" if crop != resize else "none",
         "normalise": f"(pixel / 255 - {MEAN}) / {STD}",
-        "offline_augmentation": ("14x: original, horizontal flip, rotations "
-                                 + ", ".join(f"{a:+g}" for a in ANGLES) + " deg and their flips") if augment
+        "offline_augmentation": (
+            "14x: original, horizontal flip, rotations "
+            + ", ".join(f"{a:+g}" for a in ANGLES)
+            + " deg and their flips"
+        )
+        if augment
         else "none",
     }
