@@ -38,9 +38,10 @@ class Dist:
             dist.barrier()
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            t = t.clone()
+        if self.enabled:  # on the process group's device (nccl reduces CUDA tensors only), result on the CPU
+            t = t.to(self.device, copy=True)
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            t = t.cpu()
         return t
 
 

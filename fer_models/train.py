@@ -501,6 +501,9 @@ def main(argv=None) -> int:
     np.random.seed(args.seed % (2**32))
     try:
         return _run(args, d)
+    except DataError as e:
+        print(f"fer-train: {e}", file=sys.stderr)
+        return 2
     finally:
         if d.enabled and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -177,6 +177,63 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, synth, pl
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synth, plugin):
+    """A real kill (SIGKILL, no clean-up) right after the first checkpoint, then --resume."""
+    import signal
+    import time
+
+    common = ["--fold", "0", "--epochs", "3", "--no-augment", "--seed", "5"]
+    assert _train(tmp_path / "a", synth, *common) == 0
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([plugin, ROOT, os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys, torch; torch.set_num_threads(1); from fer_models.train import main; "
+        "sys.exit(main(sys.argv[1:]))",
+        "--import",
+        "tiny_fer_plugin",
+        "--model",
+        "tiny_test",
+        "--dataset",
+        "synthfer",
+        "--data",
+        synth,
+        "--out",
+        str(tmp_path / "k"),
+        "--folds",
+        "4",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--no-progress",
+        *common,
+    ]
+    last = tmp_path / "k" / "fold_0" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert last.exists() and not (tmp_path / "k" / "fold_0" / "metrics.json").exists()
+    assert torch.load(last, weights_only=False)["epoch"] < 3
+    assert _train(tmp_path / "k", synth, *common, "--resume") == 0
+    a, k = (
+        _json(tmp_path / "a" / "fold_0" / "metrics.json"),
+        _json(tmp_path / "k" / "fold_0" / "metrics.json"),
+    )
+    for key in ("accuracy", "confusion_matrix", "selected_epoch", "val_accuracy"):
+        assert a[key] == k[key], key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in k["history"]]
+
+
 def test_fold_all_summary(tmp_path, synth, plugin):
     assert _train(tmp_path, synth, "--fold", "all", "--epochs", "1", "--no-augment") == 0
     s = _json(tmp_path / "summary.json")
