@@ -3,15 +3,16 @@
     python -m fer_models.demo [--model idennet_if_40] [--budget-minutes 6] [--out runs/demo]
 
 The plan is fitted to the budget: a few training steps are timed first, then the number of epochs (and, when
-even one epoch of the 14x augmented set would not fit, training without the offline augmentation) is chosen so
-that training fits in about ``--budget-minutes``. ``--epochs`` fixes the number of epochs instead.
+two epochs of the 14x augmented set would not fit, a smaller seeded draw of images per epoch) is chosen so
+that training fits in about ``--budget-minutes``. ``--epochs`` (with ``--epoch-images``) fixes the plan
+instead. The fold's test subjects are evaluated at the end of training (``metrics.json``, ``confusion.png``);
+with this short budget there is no validation split and the last epoch is the one evaluated.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budget-minutes", type=float, default=6.0, help="training time budget")
     ap.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of fitting the budget")
     ap.add_argument("--max-epochs", type=int, default=30)
+    ap.add_argument("--epoch-images", type=int, default=None, help="images per epoch (with --epochs)")
     ap.add_argument(
         "--no-augment",
         dest="augment",
@@ -45,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def time_steps(model_name: str, num_classes: int, num_ids: int, batch: int, steps: int = 3) -> float:
-    """Training images/s of the model on random data (fwd + bwd + SGD step), after one warm-up step."""
+def time_steps(model_name: str, num_classes: int, num_ids: int, batch: int = 4, seconds: float = 3.0):
+    """Training images/s of the model on random data (forward, backward, SGD step): one warm-up step, then
+    steps until ``seconds`` have passed (at most 5)."""
     from fer_models.registry import create_model
     from fer_models.runtime import WithLoss, input_spec
 
@@ -56,14 +59,19 @@ def time_steps(model_name: str, num_classes: int, num_ids: int, batch: int, step
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     x = torch.randn(batch, c, s, s)
     y, yid = torch.randint(0, num_classes, (batch,)), torch.randint(0, num_ids, (batch,))
-    for i in range(steps + 1):
-        if i == 1:
-            t = time.perf_counter()
+
+    def step():
         _, loss, _ = w(x, y, yid)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return batch * steps / (time.perf_counter() - t)
+
+    step()
+    t, n = time.perf_counter(), 0
+    while n < 5 and (n == 0 or time.perf_counter() - t < seconds):
+        step()
+        n += 1
+    return batch * n / (time.perf_counter() - t)
 
 
 def main(argv=None) -> int:
@@ -80,7 +88,7 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    from fer_models import evaluate, train
+    from fer_models import train
     from fer_models.data.synthfer import DEFAULT_DIFFICULTY, write_synthfer
 
     t_all = time.perf_counter()
@@ -94,21 +102,23 @@ def main(argv=None) -> int:
         flush=True,
     )
 
-    # the plan: about 80% of the subjects train (10 folds, 10% validation), 3 frames each, 14x augmentation
-    n_train = int(args.subjects * 0.9 * 0.9) * 6 * 3
-    augment, epochs = args.augment, args.epochs
+    # the plan: 90% of the subjects train (10 folds; no validation split: the last epoch is evaluated),
+    # 3 frames each, 14x augmentation; what does not fit the budget is cut by fewer images per epoch
+    n_train = int(round(args.subjects * (1 - 1 / args.folds))) * 6 * 3
+    n_epoch = n_train * (14 if args.augment else 1)
+    epochs, epoch_images = args.epochs, args.epoch_images
     if epochs is None:
-        rate = time_steps(args.model, 6, max(1, int(args.subjects * 0.81)), args.batch_size)
-        budget = args.budget_minutes * 60.0 * 0.85
-        epoch_s = n_train * (14 if augment else 1) / rate
-        if augment and epoch_s > budget / 2:
-            augment, epoch_s = False, n_train / rate
-        epochs = max(1, min(args.max_epochs, math.floor(budget / epoch_s)))
+        rate = time_steps(args.model, 6, max(2, int(args.subjects * 0.9)))
+        total = int(rate * args.budget_minutes * 60.0 * 0.8)  # 20% for evaluation and per-epoch overhead
+        if total >= 2 * n_epoch:
+            epochs = min(args.max_epochs, total // n_epoch)
+        else:
+            epochs = 4 if total >= 4 * args.batch_size else 1
+            epoch_images = max(args.batch_size, total // epochs)
         print(
-            f"[demo] {args.model}: ~{rate:.0f} training images/s here; plan {epochs} epoch(s) of "
-            f"{n_train * (14 if augment else 1)} images "
-            f"({'14x augmentation' if augment else 'no augmentation'}, "
-            f"budget {args.budget_minutes:g} min)",
+            f"[demo] {args.model}: ~{rate:.1f} training images/s here; plan {epochs} epoch(s) of "
+            f"{epoch_images or n_epoch} images drawn from {n_epoch} "
+            f"({'14x augmented' if args.augment else 'not augmented'}; budget {args.budget_minutes:g} min)",
             flush=True,
         )
     run = os.path.join(args.out, "run")
@@ -134,7 +144,9 @@ def main(argv=None) -> int:
         "--seed",
         str(args.seed),
     ]
-    train_args += [] if augment else ["--no-augment"]
+    train_args += ["--val-subjects", "0"]
+    train_args += [] if args.augment else ["--no-augment"]
+    train_args += ["--epoch-images", str(epoch_images)] if epoch_images else []
     train_args += [] if args.progress else ["--no-progress"]
     for m in args.imports:
         train_args += ["--import", m]
@@ -144,39 +156,25 @@ def main(argv=None) -> int:
         return rc
     train_s = time.perf_counter() - t
     fold_dir = os.path.join(run, f"fold_{args.fold}")
-    ckpt = os.path.join(fold_dir, "checkpoints", "best.pt")
-    eval_args = [
-        "--checkpoint",
-        ckpt,
-        "--dataset",
-        "synthfer",
-        "--data",
-        data,
-        "--folds-file",
-        os.path.join(run, "folds.json"),
-        "--fold",
-        str(args.fold),
-        "--out",
-        os.path.join(fold_dir, "eval"),
-    ]
-    for m in args.imports:
-        eval_args += ["--import", m]
-    m = evaluate.evaluate(evaluate.build_parser().parse_args(eval_args))
     with open(os.path.join(fold_dir, "metrics.json")) as f:
-        tm = json.load(f)
+        m = json.load(f)
     print(
         f"[demo] {args.model}, fold {args.fold} of {args.folds} (subject-independent), {epochs} epoch(s) in "
         f"{train_s:.0f} s"
     )
     print(
-        f"[demo] test accuracy {m['accuracy']:.2%} on {m['num_samples']} images of unseen subjects "
-        f"(mean class accuracy {m['mean_class_accuracy']:.2%})"
+        f"[demo] test accuracy {m['accuracy']:.2%} on {m['num_samples']} images of {len(m['test_subjects'])} "
+        f"unseen subjects (mean class accuracy {m['mean_class_accuracy']:.2%}; chance 16.7%)"
     )
     print(
-        f"[demo] throughput: training {tm['train_images_per_s']:.0f} images/s, "
-        f"inference {m['eval_images_per_s']:.0f} images/s"
+        f"[demo] throughput: training {m['train_images_per_s']:.1f} images/s, "
+        f"inference {m['eval_images_per_s']:.1f} images/s"
     )
-    print(f"[demo] confusion matrix: {os.path.abspath(m['confusion_png'])}")
+    print(f"[demo] confusion matrix: {os.path.abspath(os.path.join(fold_dir, 'confusion.png'))}")
+    print(
+        f"[demo] re-evaluate with: fer-eval --checkpoint {os.path.join(fold_dir, 'checkpoints', 'best.pt')} "
+        f"--folds-file {os.path.join(run, 'folds.json')} --fold {args.fold}"
+    )
     print(f"[demo] total {time.perf_counter() - t_all:.0f} s")
     return 0
 

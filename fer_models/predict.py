@@ -4,11 +4,9 @@
 
 Each image is read as grayscale, optionally cropped to the largest detected face (``--detect``, the same
 detector as fer-prep), resized and centre-cropped as in the checkpoint's preprocessing. Output: a JSON list
-with,
-per image, ``path``, ``expression`` (the top class), ``confidence`` and ``probabilities`` (class -> p); an
-image
-that cannot be read (or has no face with ``--detect``) gets an ``error`` entry instead, and the exit status
-is 1.
+with, per image, ``path``, ``expression`` (the top class), ``confidence`` and ``probabilities`` (class -> p);
+an image that cannot be read (or has no face with ``--detect``) gets an ``error`` entry instead, and the exit
+status is 1.
 """
 
 from __future__ import annotations

@@ -5,12 +5,11 @@
 
 Faces are found with OpenCV's bundled frontal-face Haar cascade (``haarcascade_frontalface_default.xml`` from
 opencv-python-headless; the largest face is kept). Within the upper half of the face the eye cascade looks for
-the two eyes; where both are found the image is rotated about their midpoint so they lie level, then the
-face box
-(grown by ``--margin``) is cropped and resized to ``--size``. Where no eye pair is found the face is cropped
-unrotated (recorded as ``aligned: false``). Images with no face are reported with their path and left out
-(``--on-miss keep`` keeps the whole image instead). ``--no-detect`` skips detection for already cropped faces
-(grayscale + resize only). Labels, subjects, sequences and frames are carried into ``OUT/manifest.csv``;
+the two eyes; where both are found the image is rotated about their midpoint so they lie level, then the face
+box (grown by ``--margin``) is cropped and resized to ``--size``. Where no eye pair is found the face is
+cropped unrotated (recorded as ``aligned: false``). Images with no face are reported with their path and left
+out (``--on-miss keep`` keeps the whole image instead). ``--no-detect`` skips detection for already cropped
+faces (grayscale + resize only). Labels, subjects, sequences and frames are carried into ``OUT/manifest.csv``;
 ``OUT/prep.json`` records the settings and what happened to each input.
 """
 

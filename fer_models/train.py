@@ -12,10 +12,9 @@ history), ``fold_K/confusion.png`` and ``fold_K/checkpoints/{last,best}.pt``; ``
 uninterrupted run with the same seed would: every epoch re-seeds its shuffling, crops and dropout from
 (seed, fold, epoch), and the checkpoint carries the model, optimiser and schedule.
 
-Two-stage recipes: ``--stage pretrain`` (learning rate 0.1 by default; ``--target identity`` with
-``--dataset identity`` for the identity network) and ``--stage finetune`` with ``--init CHECKPOINT`` (loads
-every
-weight whose name and shape match; EIFN: pre-train on one database, fine-tune on the other) or, for IDEnNet,
+Two-stage recipes: ``--stage pretrain`` (learning rate 0.1 by default; ``--target identity`` with ``--dataset
+identity`` for the identity network) and ``--stage finetune`` with ``--init CHECKPOINT`` (loads every weight
+whose name and shape match; EIFN: pre-train on one database, fine-tune on the other) or, for IDEnNet,
 ``--init-emotion CKPT --init-identity CKPT`` (the model class's ``from_pretrained``).
 """
 
@@ -105,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--no-augment", dest="augment", action="store_false", help="skip the 14x offline augmentation"
+    )
+    ap.add_argument(
+        "--epoch-images",
+        type=int,
+        default=None,
+        help="train on this many images per epoch, a new seeded draw from the training set each epoch "
+        "(short budgets; default: all)",
     )
     ap.add_argument(
         "--resize",
@@ -355,7 +361,10 @@ def train_fold(
         seed = epoch_seed(args.seed, fold, epoch)
         torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
         gen = torch.Generator().manual_seed(seed)
-        order = shard(torch.randperm(n_train, generator=gen), d)
+        order = torch.randperm(n_train, generator=gen)
+        if args.epoch_images:  # a fresh seeded subset of the (augmented) training set each epoch
+            order = order[: args.epoch_images]
+        order = shard(order, d)
         crop_gen = torch.Generator().manual_seed(seed + 1 + d.rank)
         steps = math.ceil(len(order) / per_rank_batch)
         model.train()
@@ -405,6 +414,7 @@ def train_fold(
             "train_loss": sums[0].item() / sums[2].item(),
             "train_accuracy": sums[1].item() / sums[2].item(),
             "train_identity_loss": sums[3].item() / sums[2].item(),
+            "images": int(sums[2].item()),
             "images_per_s": sums[2].item() / max(train_time, 1e-9),
             "epoch_seconds": train_time,
         }
@@ -526,7 +536,7 @@ def _run(args, d: Dist) -> int:
         print(f"fer-train: {args.dataset} has no expression labels; use --target identity", file=sys.stderr)
         return 2
     classes = target_classes(dataset, target)
-    channels, side = input_spec(create_model(args.model, num_expressions=len(classes), num_identities=1))
+    channels, side = input_spec(create_model(args.model, num_expressions=len(classes), num_identities=2))
     resize = args.resize or (60 if side == 48 else side)
     if resize < side:
         print(f"fer-train: --resize {resize} is smaller than the model's input {side}", file=sys.stderr)

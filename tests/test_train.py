@@ -400,29 +400,22 @@ def test_ddp_two_cpu_processes(tmp_path, synth, plugin):
     assert p.stdout.count("test accuracy") == 1  # only rank 0 reports and writes
 
 
-def test_demo_runs_and_reports(tmp_path, plugin, capsys):
-    assert (
-        demo.main(
-            [
-                "--model",
-                "tiny_test",
-                "--import",
-                "tiny_fer_plugin",
-                "--out",
-                str(tmp_path),
-                "--subjects",
-                "10",
-                "--epochs",
-                "1",
-                "--no-augment",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+def test_demo_fits_its_plan_to_the_budget_and_reports(tmp_path, plugin, capsys):
+    import re
+
+    args = ["--model", "tiny_test", "--import", "tiny_fer_plugin", "--out", str(tmp_path), "--subjects", "10"]
+    assert demo.main([*args, "--budget-minutes", "0.05", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "test accuracy" in out and "images/s" in out and "confusion.png" in out
-    assert (tmp_path / "run" / "fold_0" / "eval" / "confusion.png").exists()
+    plan = re.search(r"plan (\d+) epoch\(s\) of (\d+) images drawn from (\d+)", out)
+    assert plan, out
+    epochs, per_epoch, available = map(int, plan.groups())
+    assert available == 9 * 6 * 3 * 14 and per_epoch <= available
+    m = _json(tmp_path / "run" / "fold_0" / "metrics.json")
+    assert [h["images"] for h in m["history"]] == [per_epoch] * epochs
+    assert m["selection"] == "last epoch" and m["num_samples"] == 1 * 6 * 3
+    assert "test accuracy" in out and "images/s" in out
+    assert os.path.join("run", "fold_0", "confusion.png") in out
+    assert (tmp_path / "run" / "fold_0" / "confusion.png").exists()
     assert demo.main(["--model", "no_such_model"]) == 2
     assert "not registered" in capsys.readouterr().err
 

@@ -2,10 +2,9 @@
 
 A reader turns a layout on disk into a :class:`FaceDataset`: one :class:`Sample` per image with its expression
 index (into ``dataset.classes``), subject id (``None`` where the dataset has none), sequence id and frame
-index.
-Readers never guess a label: an input they cannot label is recorded in ``dataset.issues`` with its path and
-reason and left out (or, with ``strict=True``, rejected with :class:`DataError`). Images are decoded later by
-:func:`load_images`, which reports and drops unreadable files the same way.
+index. Readers never guess a label: an input they cannot label is recorded in ``dataset.issues`` with its path
+and reason and left out (or, with ``strict=True``, rejected with :class:`DataError`). Images are decoded later
+by :func:`load_images`, which reports and drops unreadable files the same way.
 """
 
 from __future__ import annotations
@@ -85,11 +84,10 @@ class Issue:
 class Sample:
     """One labelled face image.
 
-    ``expression`` indexes ``FaceDataset.classes`` (-1 where unknown, e.g. identity folders); ``subject``
-    is the
-    dataset's subject id or None; ``pixels`` holds the image for in-file datasets (FER2013 CSV) and is None
-    when
-    the image lives at ``path``; ``split`` is the dataset's own split name where it has one (FER2013 Usage).
+    ``expression`` indexes ``FaceDataset.classes`` (-1 where unknown, e.g. identity folders); ``subject`` is
+    the dataset's subject id or None; ``pixels`` holds the image for in-file datasets (FER2013 CSV) and is
+    None when the image lives at ``path``; ``split`` is the dataset's own split name where it has one (FER2013
+    Usage).
     """
 
     path: str

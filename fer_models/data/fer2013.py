@@ -8,14 +8,11 @@ FERPlus (``fer2013new.csv`` beside ``fer2013.csv``): the same images in the same
 annotators: ``Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF``.
 Majority vote as in the FERPlus release: a row keeps the emotion with more than half of its votes; rows whose
 majority is ``unknown`` or ``NF`` (not a face), rows with no majority, and rows with an empty image name
-(removed
-by FERPlus) are left out. The 8 classes are the FERPlus ones (with neutral and contempt).
+(removed by FERPlus) are left out. The 8 classes are the FERPlus ones (with neutral and contempt).
 
 Left out and reported in ``issues`` (path ``file:line``): a pixel string with the wrong count or a value
-outside
-0..255, a label outside the documented range, a vote row that does not parse. A missing column, or a
-FERPlus file
-whose row count differs from fer2013.csv, rejects the input (:class:`DataError`).
+outside 0..255, a label outside the documented range, a vote row that does not parse. A missing column, or a
+FERPlus file whose row count differs from fer2013.csv, rejects the input (:class:`DataError`).
 """
 
 from __future__ import annotations

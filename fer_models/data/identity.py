@@ -1,12 +1,9 @@
 """Identity folders in the CASIA-WebFace layout, for identity pre-training: ``ROOT/<identity>/<image>``.
 
 Every image gets ``subject`` = its folder name and ``expression`` = -1 (unknown); train with ``--target
-identity``
-so that the class is the identity. Left out and reported in ``issues``: non-image files and empty identity
-folders.
-``min_images`` drops identities with fewer images (dropped by design, counted in ``issues``);
-``max_identities``
-keeps the first N identities in name order (for small pre-training runs).
+identity`` so that the class is the identity. Left out and reported in ``issues``: non-image files and empty
+identity folders. ``min_images`` drops identities with fewer images (dropped by design, counted in
+``issues``); ``max_identities`` keeps the first N identities in name order (for small pre-training runs).
 """
 
 from __future__ import annotations

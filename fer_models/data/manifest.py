@@ -2,14 +2,11 @@
 (+ optional ``split``).
 
 ``path`` is relative to the manifest's folder (or absolute); ``expression`` is an expression name (any
-spelling
-:func:`~fer_models.data.base.canonical_expression` knows); ``subject``, ``sequence`` and ``frame`` may be
-empty.
-This is the layout SynthFER and ``fer-prep`` write, and the way to bring any other data set in.
+spelling :func:`~fer_models.data.base.canonical_expression` knows); ``subject``, ``sequence`` and ``frame``
+may be empty. This is the layout SynthFER and ``fer-prep`` write, and the way to bring any other data set in.
 
 A missing required column rejects the file (:class:`DataError`). Left out and reported in ``issues``: rows
-with an
-unknown expression name, a non-integer frame, a wrong number of fields, or an empty path.
+with an unknown expression name, a non-integer frame, a wrong number of fields, or an empty path.
 """
 
 from __future__ import annotations

@@ -1,17 +1,14 @@
 """Subject-independent k-fold cross validation, validation splits, and the fold files a run writes and reuses.
 
-Folds partition the *subjects*: every sample of a subject is in the same fold, so no subject is in two
-folds and
-a test fold's subjects are never seen in training. Subjects are shuffled with the seed and dealt to folds
-so that
-the folds hold nearly equal numbers of samples (largest subject first to the currently smallest fold). The
-validation subjects for model selection are drawn from the training subjects of each fold (never the test
+Folds partition the *subjects*: every sample of a subject is in the same fold, so no subject is in two folds
+and a test fold's subjects are never seen in training. Subjects are shuffled with the seed and dealt to folds
+so that the folds hold nearly equal numbers of samples (largest subject first to the currently smallest fold).
+The validation subjects for model selection are drawn from the training subjects of each fold (never the test
 fold).
 
 A fold file (``folds.json``) records the dataset name, seed, k, and the subject list of each fold. A run
-writes it
-next to its outputs; a later run (or ``--resume``) with the same file reuses it, and a fold file that does not
-cover the dataset's subjects is rejected rather than silently re-made.
+writes it next to its outputs; a later run (or ``--resume``) with the same file reuses it, and a fold file
+that does not cover the dataset's subjects is rejected rather than silently re-made.
 """
 
 from __future__ import annotations
