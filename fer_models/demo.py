@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     n_epoch = n_train * (14 if args.augment else 1)
     epochs, epoch_images = args.epochs, args.epoch_images
     if epochs is None:
-        rate = time_steps(args.model, 6, max(2, int(args.subjects * 0.9)))
+        rate = time_steps(args.model, 6, max(2, int(args.subjects * 0.9)), batch=min(16, args.batch_size))
         total = int(rate * args.budget_minutes * 60.0 * 0.8)  # 20% for evaluation and per-epoch overhead
         if total >= 2 * n_epoch:
             epochs = min(args.max_epochs, total // n_epoch)

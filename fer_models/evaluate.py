@@ -108,6 +108,7 @@ def evaluate(args) -> dict:
         cfg["channels"],
         Dist(),
         args.batch_size,
+        target=cfg.get("target", "expression"),
     )
     metrics = metrics_from_confusion(cm, classes)
     metrics.update(

@@ -63,6 +63,7 @@ def predict(checkpoint: str, paths: list[str], detect: bool = False, batch_size:
             cfg["channels"],
             torch.device("cpu"),
             batch_size,
+            target=cfg.get("target", "expression"),
         )
         probs = logits.softmax(1)
         for i, pr in zip(where, probs, strict=True):

@@ -68,19 +68,34 @@ def import_plugins(modules: list[str]) -> None:
         importlib.import_module(name)
 
 
+def target_logits(out, target: str = "expression") -> torch.Tensor:
+    """The logits a run is scored on: ``out.expression``, or for ``target='identity'`` ``out.identity`` (an
+    identity-task network, e.g. the identity DenseNet) falling back to ``out.expression`` (a one-head network
+    trained on identities)."""
+    if target == "identity" and getattr(out, "identity", None) is not None:
+        return out.identity
+    if out.expression is None:
+        raise ValueError(
+            f"the model gives no expression logits (out.expression is None); target is {target!r}"
+        )
+    return out.expression
+
+
 class WithLoss(nn.Module):
     """Runs forward and the model's own loss in one call, so DistributedDataParallel sees every parameter the
-    loss uses (e.g. center-loss centres) inside its forward."""
+    loss uses (e.g. center-loss centres) inside its forward. Returns (scored logits, total loss, [expression,
+    identity] loss parts)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, target: str = "expression"):
         super().__init__()
         self.model = model
+        self.target = target
 
     def forward(self, x, expression, identity):
         out = self.model(x)
         losses = self.model.loss(out, expression, identity)
         parts = torch.stack([_as_scalar(losses.get(k), x) for k in ("expression", "identity")])
-        return out.expression, losses["total"], parts
+        return target_logits(out, self.target), losses["total"], parts
 
 
 def _as_scalar(v, like: torch.Tensor) -> torch.Tensor:
@@ -127,15 +142,23 @@ def shard(indices: torch.Tensor, d: Dist) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, crop: int, channels: int, device, batch_size: int = 256
+    model: nn.Module,
+    images: torch.Tensor,
+    crop: int,
+    channels: int,
+    device,
+    batch_size: int = 256,
+    target: str = "expression",
 ) -> torch.Tensor:
-    """Expression logits for uint8 ``images (Tensor[N, R, R])`` (centre crop); float32 (N, E) on CPU."""
+    """Logits (:func:`target_logits`) for uint8 ``images (Tensor[N, R, R])`` (centre crop); float32 (N, E) on
+    the CPU."""
     was = model.training
     model.eval()
     outs = []
     for i in range(0, len(images), batch_size):
         idx = torch.arange(i, min(len(images), i + batch_size))
-        outs.append(model(make_batch(images, idx, crop, channels, device, None)).expression.float().cpu())
+        out = model(make_batch(images, idx, crop, channels, device, None))
+        outs.append(target_logits(out, target).float().cpu())
     model.train(was)
     return torch.cat(outs) if outs else torch.zeros(0, 0)
 
@@ -150,6 +173,7 @@ def confusion(
     channels: int,
     d: Dist,
     batch_size: int = 256,
+    target: str = "expression",
 ) -> tuple[torch.Tensor, float]:
     """Confusion matrix (rows: true class, columns: predicted), summed over ranks; and images/s."""
     if d.enabled:
@@ -158,7 +182,7 @@ def confusion(
             dist.broadcast(b, 0)
     mine = torch.arange(d.rank, len(images), d.world)
     t = time.perf_counter()
-    logits = predict_logits(model, images[mine], crop, channels, d.device, batch_size)
+    logits = predict_logits(model, images[mine], crop, channels, d.device, batch_size, target)
     rate = len(mine) / max(time.perf_counter() - t, 1e-9)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     if len(mine):

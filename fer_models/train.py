@@ -238,20 +238,23 @@ def build_model(args, num_classes: int, num_identities: int, d: Dist) -> tuple[n
             f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}"
         )
     if args.init_emotion or args.init_identity:
-        if not (args.init_emotion and args.init_identity):
-            raise SystemExit("fer-train: --init-emotion and --init-identity go together")
+        if not args.init_emotion:
+            raise SystemExit("fer-train: --init-identity needs --init-emotion (the emotion network)")
         proto = create_model(args.model, **kwargs)
         from_pretrained = getattr(type(proto), "from_pretrained", None)
         if from_pretrained is None:
             raise SystemExit(f"fer-train: {args.model} has no from_pretrained; use --init for this model")
         emo = model_from_checkpoint(load_checkpoint(args.init_emotion))
-        ident = model_from_checkpoint(load_checkpoint(args.init_identity))
-        model = from_pretrained(emo, ident, variant=getattr(proto, "variant", None), **kwargs)
+        ident = model_from_checkpoint(load_checkpoint(args.init_identity)) if args.init_identity else None
+        try:
+            model = from_pretrained(emo, ident, variant=getattr(proto, "variant", None), **kwargs)
+        except ValueError as e:
+            raise SystemExit(f"fer-train: {args.model}.from_pretrained: {e}") from e
         model.input_size = getattr(model, "input_size", proto.input_size)
         if d.main:
             print(
-                f"initialised {args.model} from {args.init_emotion} (emotion) "
-                f"and {args.init_identity} (identity)"
+                f"initialised {args.model} from {args.init_emotion} (emotion)"
+                + (f" and {args.init_identity} (identity)" if args.init_identity else "")
             )
     else:
         model = create_model(args.model, **kwargs)
@@ -292,25 +295,28 @@ def train_fold(
     train_x, val_x, test_x = take(train), take(val), take(test)
     train_y, val_y, test_y = (labels_of(p, target, classes) for p in (train, val, test))
     id_subjects = train.subjects if (target == "expression" and train.has_subjects) else []
-    train_id = (
-        identity_labels(train, id_subjects, args.id_rate, args.seed + fold)
-        if id_subjects
-        else torch.full((len(train),), -1, dtype=torch.int64)
-    )
+    if target == "identity":  # identity pre-training: the class is the identity, for either head of the model
+        train_id = train_y.clone()
+    elif id_subjects:
+        train_id = identity_labels(train, id_subjects, args.id_rate, args.seed + fold)
+    else:
+        train_id = torch.full((len(train),), -1, dtype=torch.int64)
     if args.augment:
         aug, src = augment14(train_x.numpy())
         train_x, train_y, train_id = torch.from_numpy(aug), train_y[src], train_id[src]
     if d.main:
         print(
             f"fold {fold}: train {len(train)} images x{14 if args.augment else 1} = {len(train_x)}, "
-            f"val {len(val_x)}, test {len(test_x)}; {len(classes)} classes, {len(id_subjects)} identities",
+            f"val {len(val_x)}, test {len(test_x)}; {len(classes)} classes"
+            + (f", {len(id_subjects)} training identities" if id_subjects else ""),
             flush=True,
         )
 
     torch.manual_seed(epoch_seed(args.seed, fold, -1))
-    model, model_kwargs = build_model(args, len(classes), len(id_subjects), d)
+    n_ids = len(classes) if target == "identity" else len(id_subjects)
+    model, model_kwargs = build_model(args, len(classes), n_ids, d)
     model.to(d.device)
-    wrapped = WithLoss(model)
+    wrapped = WithLoss(model, target)
     if d.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             wrapped,
@@ -419,7 +425,7 @@ def train_fold(
             "epoch_seconds": train_time,
         }
         if len(val_x):
-            cm, _ = confusion(model, val_x, val_y, len(classes), crop, channels, d)
+            cm, _ = confusion(model, val_x, val_y, len(classes), crop, channels, d, target=target)
             row["val_accuracy"] = metrics_from_confusion(cm, classes)["accuracy"]
         history.append(row)
         improved = len(val_x) and row["val_accuracy"] > best["val_accuracy"]
@@ -451,7 +457,7 @@ def train_fold(
     # the selected model (best validation accuracy, or the last epoch without validation) on the test fold
     selected = load_checkpoint(best_path)
     model.load_state_dict(selected["model"])
-    cm, eval_rate = confusion(model, test_x, test_y, len(classes), crop, channels, d)
+    cm, eval_rate = confusion(model, test_x, test_y, len(classes), crop, channels, d, target=target)
     metrics = metrics_from_confusion(cm, classes)
     metrics.update(
         {

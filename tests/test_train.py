@@ -344,6 +344,29 @@ def test_two_stage_init(tmp_path, synth, plugin, capsys):
         == 0
     )
     assert "initialised tiny_test from" in capsys.readouterr().out
+    # identity pre-training: the classes are the subjects, scored on the identity head, random split
+    assert (
+        _train(
+            tmp_path / "idp",
+            synth,
+            "--stage",
+            "pretrain",
+            "--target",
+            "identity",
+            "--epochs",
+            "1",
+            "--no-augment",
+        )
+        == 0
+    )
+    mi = _json(tmp_path / "idp" / "fold_0" / "metrics.json")
+    assert mi["classes"] == [f"S{i:03d}" for i in range(12)] and np.array(mi["confusion_matrix"]).shape == (
+        12,
+        12,
+    )
+    assert _json(tmp_path / "idp" / "preprocessing.json")["protocol"] == "random"
+    with pytest.raises(SystemExit, match="needs --init-emotion"):
+        _train(tmp_path / "ft3", synth, "--init-identity", ck, "--fold", "0", "--epochs", "1", "--no-augment")
     cfg = _json(tmp_path / "ft2" / "config.json")
     assert cfg["stage"] == "finetune" and cfg["lr"] == 0.05
 
