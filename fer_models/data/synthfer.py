@@ -27,6 +27,9 @@ import numpy as np
 from fer_models.data.base import BASIC6, FaceDataset
 from fer_models.data.manifest import read_manifest, write_manifest
 
+# Calibration (40 subjects, last 3 frames, test = 8 unseen subjects, a plain 3-conv CNN trained 10 epochs with
+# flips): difficulty 0.0 -> 98% test accuracy, 0.4 -> 74%, 0.5 -> 65%, 0.6 -> 56% (training accuracy 93-100%).
+# 0.5 leaves room above a baseline for identity-aware models without making the task unlearnable.
 DEFAULT_DIFFICULTY = 0.5
 VERSION = 1
 
