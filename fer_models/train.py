@@ -1,0 +1,634 @@
+"""fer-train: train a registered model on a FER dataset under the subject-independent k-fold protocol.
+
+    fer-train --model idennet_if_40 --dataset synthfer --data data/synthfer --folds 10 --fold 0 --epochs 30 \\
+              --out runs/synth
+    torchrun --nproc_per_node=2 -m fer_models.train ...       # DistributedDataParallel (gloo on CPU, nccl
+    on GPU)
+
+A run directory holds ``folds.json`` (the subject folds, reused when present), ``preprocessing.json``,
+``config.json`` and per fold ``fold_K/metrics.json`` (accuracy, per-class accuracy, confusion matrix, training
+history), ``fold_K/confusion.png`` and ``fold_K/checkpoints/{last,best}.pt``; ``--fold all`` adds
+``summary.json`` (mean +- std over folds). ``--resume`` continues from ``last.pt`` and ends exactly where an
+uninterrupted run with the same seed would: every epoch re-seeds its shuffling, crops and dropout from
+(seed, fold, epoch), and the checkpoint carries the model, optimiser and schedule.
+
+Two-stage recipes: ``--stage pretrain`` (learning rate 0.1 by default; ``--target identity`` with ``--dataset
+identity`` for the identity network) and ``--stage finetune`` with ``--init CHECKPOINT`` (loads every weight
+whose name and shape match; EIFN: pre-train on one database, fine-tune on the other) or, for IDEnNet,
+``--init-emotion CKPT --init-identity CKPT`` (the model class's ``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from fer_models.data import DATASETS, DataError, FaceDataset, load_dataset, load_images, report_issues
+from fer_models.data.protocol import load_or_make_folds, split_by_usage, split_fold, split_random
+from fer_models.data.transforms import augment14, record
+from fer_models.registry import create_model, list_models
+from fer_models.runtime import (
+    Dist,
+    WithLoss,
+    atomic_save,
+    confusion,
+    import_plugins,
+    init_distributed,
+    input_spec,
+    load_checkpoint,
+    make_batch,
+    metrics_from_confusion,
+    model_from_checkpoint,
+    plot_confusion,
+    shard,
+    write_json,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="fer-train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--model", default="idennet_if_40", help="registered model name (see --list-models)")
+    ap.add_argument("--list-models", action="store_true", help="print the registered models and exit")
+    ap.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (e.g. a module that registers your own models); repeatable",
+    )
+    ap.add_argument("--dataset", default="synthfer", choices=DATASETS)
+    ap.add_argument(
+        "--data", default="data/synthfer", help="dataset root (SynthFER is generated here if absent)"
+    )
+    ap.add_argument("--out", default="runs/train", help="run directory")
+    ap.add_argument("--folds", type=int, default=10, help="k of the subject-independent k-fold protocol")
+    ap.add_argument("--fold", default="0", help="fold index, or 'all'")
+    ap.add_argument("--folds-file", default=None, help="fold file to reuse (default: OUT/folds.json)")
+    ap.add_argument(
+        "--protocol",
+        choices=("auto", "kfold", "split", "random"),
+        default="auto",
+        help="kfold (subjects), split (the dataset's own train/val/test), random (identity pre-training);"
+        " auto: kfold when every sample has a subject, else split",
+    )
+    ap.add_argument(
+        "--val-subjects",
+        type=float,
+        default=0.1,
+        help="fraction of the training subjects held out for model selection (0: select the last epoch)",
+    )
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=128, help="global batch size (split across processes)")
+    ap.add_argument("--lr", type=float, default=None, help="default 0.1 for --stage pretrain, else 0.01")
+    ap.add_argument("--momentum", type=float, default=0.9)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument(
+        "--milestones",
+        type=float,
+        nargs="*",
+        default=[0.5, 0.75],
+        help="learning rate / 10 at these fractions of --epochs (both papers: 0.5 0.75)",
+    )
+    ap.add_argument(
+        "--no-augment", dest="augment", action="store_false", help="skip the 14x offline augmentation"
+    )
+    ap.add_argument(
+        "--epoch-images",
+        type=int,
+        default=None,
+        help="train on this many images per epoch, a new seeded draw from the training set each epoch "
+        "(short budgets; default: all)",
+    )
+    ap.add_argument(
+        "--resize",
+        type=int,
+        default=None,
+        help="stored face size; default 60 for 48-pixel models (60->48 crops), else the input size",
+    )
+    ap.add_argument(
+        "--frames",
+        choices=("last", "middle", "all"),
+        default=None,
+        help="frames per sequence (default: the dataset's protocol)",
+    )
+    ap.add_argument("--ck-classes", type=int, choices=(6, 7), default=7, help="CK+: 7 classes or the basic 6")
+    ap.add_argument(
+        "--target",
+        choices=("expression", "identity"),
+        default=None,
+        help="what the classifier learns (default: identity for --dataset identity, else expression)",
+    )
+    ap.add_argument(
+        "--id-rate",
+        type=float,
+        default=1.0,
+        help="fraction of training subjects whose identity label is used (IDEnNet's ID-rate ablation)",
+    )
+    ap.add_argument("--stage", choices=("train", "pretrain", "finetune"), default="train")
+    ap.add_argument("--init", default=None, help="checkpoint whose matching weights initialise the model")
+    ap.add_argument("--init-emotion", default=None, help="IDEnNet fine-tuning: pre-trained emotion network")
+    ap.add_argument("--init-identity", default=None, help="IDEnNet fine-tuning: pre-trained identity network")
+    ap.add_argument("--resume", action="store_true", help="continue each fold from its last checkpoint")
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many epochs in total, as an interruption would (checkpoint kept)",
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers-threads", type=int, default=None, help="torch intra-op threads per process")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument(
+        "--strict-data", action="store_true", help="reject the dataset on the first malformed input"
+    )
+    ap.add_argument(
+        "--find-unused-parameters",
+        action="store_true",
+        help="DDP option for models with branches that some batches skip",
+    )
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--synth-subjects", type=int, default=40)
+    ap.add_argument("--synth-frames", type=int, default=6)
+    ap.add_argument("--synth-size", type=int, default=64)
+    ap.add_argument("--synth-difficulty", type=float, default=None)
+    return ap
+
+
+# ----------------------------------------------------------------------------------------------- data
+def open_dataset(args, d: Dist) -> FaceDataset:
+    opts = {}
+    if args.dataset == "synthfer":
+        from fer_models.data.synthfer import DEFAULT_DIFFICULTY, write_synthfer
+
+        if d.main and not os.path.isfile(os.path.join(args.data, "manifest.csv")):
+            t = time.perf_counter()
+            write_synthfer(
+                args.data,
+                args.synth_subjects,
+                args.synth_frames,
+                args.synth_size,
+                DEFAULT_DIFFICULTY if args.synth_difficulty is None else args.synth_difficulty,
+                args.seed,
+            )
+            print(f"SynthFER written to {args.data} in {time.perf_counter() - t:.1f} s", flush=True)
+        d.barrier()
+    if args.frames and args.dataset in ("synthfer", "ckplus", "oulu", "mmi", "manifest"):
+        opts["frames"] = args.frames
+    if args.dataset == "ckplus":
+        opts["classes"] = args.ck_classes
+    return load_dataset(args.dataset, args.data, strict=args.strict_data, **opts)
+
+
+def target_classes(dataset: FaceDataset, target: str) -> list[str]:
+    return dataset.subjects if target == "identity" else list(dataset.classes)
+
+
+def labels_of(dataset: FaceDataset, target: str, classes: list[str]) -> torch.Tensor:
+    if target == "identity":
+        index = {s: i for i, s in enumerate(classes)}
+        return torch.tensor([index[s.subject] for s in dataset.samples], dtype=torch.int64)
+    return torch.tensor([s.expression for s in dataset.samples], dtype=torch.int64)
+
+
+def identity_labels(dataset: FaceDataset, subjects: list[str], id_rate: float, seed: int) -> torch.Tensor:
+    """Identity index (into ``subjects``) of each sample; -1 for unknown subjects and for the subjects left
+    without identity labels by ``id_rate``."""
+    keep = set(subjects)
+    if id_rate < 1.0:
+        n = int(round(id_rate * len(subjects)))
+        keep = {subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))[:n]}
+    index = {s: i for i, s in enumerate(subjects)}
+    return torch.tensor(
+        [index[s.subject] if s.subject in keep else -1 for s in dataset.samples], dtype=torch.int64
+    )
+
+
+# ----------------------------------------------------------------------------------------------- model
+def load_matching(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    """Load the entries of ``state`` whose name and shape match ``model``; returns (loaded, skipped)."""
+    own = model.state_dict()
+    loaded, skipped = [], []
+    for k, v in state.items():
+        if k in own and own[k].shape == v.shape:
+            own[k] = v
+            loaded.append(k)
+        else:
+            skipped.append(k)
+    model.load_state_dict(own)
+    return loaded, skipped
+
+
+def build_model(args, num_classes: int, num_identities: int, d: Dist) -> tuple[nn.Module, dict]:
+    kwargs = {"num_expressions": num_classes, "num_identities": max(1, num_identities)}
+    if args.model not in list_models():
+        raise SystemExit(
+            f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}"
+        )
+    if args.init_emotion or args.init_identity:
+        if not args.init_emotion:
+            raise SystemExit("fer-train: --init-identity needs --init-emotion (the emotion network)")
+        proto = create_model(args.model, **kwargs)
+        from_pretrained = getattr(type(proto), "from_pretrained", None)
+        if from_pretrained is None:
+            raise SystemExit(f"fer-train: {args.model} has no from_pretrained; use --init for this model")
+        emo = model_from_checkpoint(load_checkpoint(args.init_emotion))
+        ident = model_from_checkpoint(load_checkpoint(args.init_identity)) if args.init_identity else None
+        try:
+            model = from_pretrained(emo, ident, variant=getattr(proto, "variant", None), **kwargs)
+        except ValueError as e:
+            raise SystemExit(f"fer-train: {args.model}.from_pretrained: {e}") from e
+        model.input_size = getattr(model, "input_size", proto.input_size)
+        if d.main:
+            print(
+                f"initialised {args.model} from {args.init_emotion} (emotion)"
+                + (f" and {args.init_identity} (identity)" if args.init_identity else "")
+            )
+    else:
+        model = create_model(args.model, **kwargs)
+    if args.init:
+        loaded, skipped = load_matching(model, load_checkpoint(args.init)["model"])
+        if d.main:
+            print(
+                f"--init {args.init}: loaded {len(loaded)} tensors, skipped {len(skipped)}"
+                + (f" ({', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})" if skipped else "")
+            )
+        if not loaded:
+            raise SystemExit(f"fer-train: --init {args.init} has no weight that fits {args.model}")
+    return model, kwargs
+
+
+# ----------------------------------------------------------------------------------------------- training
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    return (seed * 1_000_003 + fold * 10_007 + epoch * 101 + 7) % (2**31)
+
+
+def train_fold(
+    args,
+    d: Dist,
+    dataset: FaceDataset,
+    images: np.ndarray,
+    parts,
+    fold: int,
+    fold_dir: str,
+    classes: list[str],
+    target: str,
+    resize: int,
+    crop: int,
+    channels: int,
+) -> dict:
+    train, val, test = parts
+    pos = {id(s): i for i, s in enumerate(dataset.samples)}
+    take = lambda ds: torch.from_numpy(images[[pos[id(s)] for s in ds.samples]])  # noqa: E731
+    train_x, val_x, test_x = take(train), take(val), take(test)
+    train_y, val_y, test_y = (labels_of(p, target, classes) for p in (train, val, test))
+    id_subjects = train.subjects if (target == "expression" and train.has_subjects) else []
+    if target == "identity":  # identity pre-training: the class is the identity, for either head of the model
+        train_id = train_y.clone()
+    elif id_subjects:
+        train_id = identity_labels(train, id_subjects, args.id_rate, args.seed + fold)
+    else:
+        train_id = torch.full((len(train),), -1, dtype=torch.int64)
+    if args.augment:
+        aug, src = augment14(train_x.numpy())
+        train_x, train_y, train_id = torch.from_numpy(aug), train_y[src], train_id[src]
+    if d.main:
+        print(
+            f"fold {fold}: train {len(train)} images x{14 if args.augment else 1} = {len(train_x)}, "
+            f"val {len(val_x)}, test {len(test_x)}; {len(classes)} classes"
+            + (f", {len(id_subjects)} training identities" if id_subjects else ""),
+            flush=True,
+        )
+
+    torch.manual_seed(epoch_seed(args.seed, fold, -1))
+    n_ids = len(classes) if target == "identity" else len(id_subjects)
+    model, model_kwargs = build_model(args, len(classes), n_ids, d)
+    model.to(d.device)
+    wrapped = WithLoss(model, target)
+    if d.enabled:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            wrapped,
+            device_ids=[d.device.index] if d.device.type == "cuda" else None,
+            find_unused_parameters=args.find_unused_parameters,
+        )
+    lr = args.lr if args.lr is not None else (0.1 if args.stage == "pretrain" else 0.01)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    milestones = sorted({max(1, int(round(f * args.epochs))) for f in args.milestones if 0 < f < 1})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+    ckpt_dir = os.path.join(fold_dir, "checkpoints")
+    last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
+    config = {
+        "model": args.model,
+        "model_kwargs": model_kwargs,
+        "classes": classes,
+        "target": target,
+        "input_size": list(model.input_size),
+        "resize": resize,
+        "crop": crop,
+        "channels": channels,
+        "dataset": args.dataset,
+        "data": os.path.abspath(args.data),
+        "fold": fold,
+        "seed": args.seed,
+        "stage": args.stage,
+        "args": {k: v for k, v in vars(args).items() if k != "list_models"},
+    }
+    start, history, best = 0, [], {"epoch": None, "val_accuracy": -1.0}
+    if args.resume and os.path.isfile(last_path):
+        ck = load_checkpoint(last_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start, history, best = ck["epoch"], ck["history"], ck["best"]
+        if d.main:
+            print(f"fold {fold}: resumed from {last_path} after epoch {start}", flush=True)
+
+    per_rank_batch = max(1, math.ceil(args.batch_size / d.world))
+    n_train = len(train_x)
+    for epoch in range(start, args.epochs):
+        if args.stop_after is not None and epoch >= args.stop_after:
+            if d.main:
+                print(f"fold {fold}: stopped after epoch {epoch} (--stop-after)", flush=True)
+            return {"stopped": True, "epoch": epoch}
+        seed = epoch_seed(args.seed, fold, epoch)
+        torch.manual_seed(seed)  # dropout and anything else drawing from the global generator
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n_train, generator=gen)
+        if args.epoch_images:  # a fresh seeded subset of the (augmented) training set each epoch
+            order = order[: args.epoch_images]
+        order = shard(order, d)
+        crop_gen = torch.Generator().manual_seed(seed + 1 + d.rank)
+        steps = math.ceil(len(order) / per_rank_batch)
+        model.train()
+        sums = torch.zeros(4, dtype=torch.float64)  # loss*n, correct, n, identity-loss*n
+        t0 = time.perf_counter()
+        bar = None
+        if d.main and args.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=steps,
+                desc=f"fold {fold} epoch {epoch + 1}/{args.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
+        for step in range(steps):
+            idx = order[step * per_rank_batch : (step + 1) * per_rank_batch]
+            x = make_batch(train_x, idx, crop, channels, d.device, crop_gen)
+            y, yid = train_y[idx].to(d.device), train_id[idx].to(d.device)
+            logits, loss, parts_ = wrapped(x, y, yid)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = len(idx)
+            sums += torch.tensor(
+                [float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n, float(parts_[1]) * n],
+                dtype=torch.float64,
+            )
+            if bar is not None:
+                rate = sums[2].item() * d.world / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(
+                    loss=f"{sums[0].item() / sums[2].item():.3f}",
+                    acc=f"{sums[1].item() / sums[2].item():.3f}",
+                    img_s=f"{rate:.0f}",
+                )
+                bar.update()
+        if bar is not None:
+            bar.close()
+        lr_used = opt.param_groups[0]["lr"]
+        sched.step()
+        train_time = time.perf_counter() - t0
+        sums = d.all_sum(sums)
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr_used,
+            "train_loss": sums[0].item() / sums[2].item(),
+            "train_accuracy": sums[1].item() / sums[2].item(),
+            "train_identity_loss": sums[3].item() / sums[2].item(),
+            "images": int(sums[2].item()),
+            "images_per_s": sums[2].item() / max(train_time, 1e-9),
+            "epoch_seconds": train_time,
+        }
+        if len(val_x):
+            cm, _ = confusion(model, val_x, val_y, len(classes), crop, channels, d, target=target)
+            row["val_accuracy"] = metrics_from_confusion(cm, classes)["accuracy"]
+        history.append(row)
+        improved = len(val_x) and row["val_accuracy"] > best["val_accuracy"]
+        if improved:
+            best = {"epoch": epoch + 1, "val_accuracy": row["val_accuracy"]}
+        if d.main:
+            state = {"model": model.state_dict(), "config": config, "epoch": epoch + 1}
+            if improved or not len(val_x):
+                atomic_save(state, best_path)
+            atomic_save(
+                {
+                    **state,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                    "best": best,
+                },
+                last_path,
+            )
+            msg = (
+                f"fold {fold} epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f} "
+                f"acc {row['train_accuracy']:.4f} {row['images_per_s']:.0f} img/s"
+            )
+            if "val_accuracy" in row:
+                msg += f" | val acc {row['val_accuracy']:.4f}"
+            print(msg, flush=True)
+        d.barrier()
+
+    # the selected model (best validation accuracy, or the last epoch without validation) on the test fold
+    selected = load_checkpoint(best_path)
+    model.load_state_dict(selected["model"])
+    cm, eval_rate = confusion(model, test_x, test_y, len(classes), crop, channels, d, target=target)
+    metrics = metrics_from_confusion(cm, classes)
+    metrics.update(
+        {
+            "fold": fold,
+            "model": args.model,
+            "dataset": args.dataset,
+            "selected_epoch": selected["epoch"],
+            "selection": "best validation accuracy" if len(val_x) else "last epoch",
+            "val_accuracy": best["val_accuracy"] if len(val_x) else None,
+            "train_images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
+            "eval_images_per_s": eval_rate * d.world,
+            "world_size": d.world,
+            "test_subjects": test.subjects,
+            "val_subjects": val.subjects,
+            "history": history,
+        }
+    )
+    if d.main:
+        write_json(metrics, os.path.join(fold_dir, "metrics.json"))
+        plot_confusion(
+            cm,
+            classes,
+            os.path.join(fold_dir, "confusion.png"),
+            f"{args.model} on {args.dataset}, fold {fold}: {metrics['accuracy']:.2%}",
+        )
+        print(
+            f"fold {fold}: test accuracy {metrics['accuracy']:.4f} (epoch {selected['epoch']}); "
+            f"{os.path.join(fold_dir, 'metrics.json')}",
+            flush=True,
+        )
+    return metrics
+
+
+def summarize(fold_metrics: list[dict], classes: list[str]) -> dict:
+    acc = np.array([m["accuracy"] for m in fold_metrics], dtype=np.float64)
+    cm = np.sum([np.array(m["confusion_matrix"]) for m in fold_metrics], axis=0)
+    return {
+        "folds": [m["fold"] for m in fold_metrics],
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=0)),
+        "fold_accuracy": acc.tolist(),
+        "mean_class_accuracy_mean": float(np.mean([m["mean_class_accuracy"] for m in fold_metrics])),
+        "pooled": metrics_from_confusion(torch.from_numpy(cm), classes),
+    }
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import_plugins(args.imports)
+    if args.list_models:
+        print("\n".join(list_models()))
+        return 0
+    if args.workers_threads:
+        torch.set_num_threads(args.workers_threads)
+    d = init_distributed(args.device)
+    random.seed(args.seed)
+    np.random.seed(args.seed % (2**32))
+    try:
+        return _run(args, d)
+    except DataError as e:
+        print(f"fer-train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if d.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _run(args, d: Dist) -> int:
+    if args.model not in list_models():
+        print(
+            f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        dataset = open_dataset(args, d)
+    except DataError as e:
+        print(f"fer-train: {e}", file=sys.stderr)
+        return 2
+    target = args.target or ("identity" if args.dataset == "identity" else "expression")
+    if target == "expression" and not dataset.classes:
+        print(f"fer-train: {args.dataset} has no expression labels; use --target identity", file=sys.stderr)
+        return 2
+    classes = target_classes(dataset, target)
+    channels, side = input_spec(create_model(args.model, num_expressions=len(classes), num_identities=2))
+    resize = args.resize or (60 if side == 48 else side)
+    if resize < side:
+        print(f"fer-train: --resize {resize} is smaller than the model's input {side}", file=sys.stderr)
+        return 2
+    dataset, images = load_images(dataset, resize, strict=args.strict_data)
+    if d.main:
+        text = report_issues(dataset)
+        if text:
+            print(text, file=sys.stderr)
+        print(
+            f"{args.dataset}: {len(dataset)} images, {len(dataset.subjects)} subjects, classes "
+            f"{dict(dataset.counts()) if target == 'expression' else len(classes)}",
+            flush=True,
+        )
+    os.makedirs(args.out, exist_ok=True)
+    protocol = args.protocol
+    if protocol == "auto":
+        protocol = "random" if target == "identity" else ("kfold" if dataset.has_subjects else "split")
+    if protocol == "kfold":
+        folds_path = args.folds_file or os.path.join(args.out, "folds.json")
+        if d.main:
+            try:
+                folds, reused = load_or_make_folds(folds_path, dataset, args.folds, args.seed)
+            except DataError as e:
+                print(f"fer-train: {e}", file=sys.stderr)
+                return 2
+            print(f"folds: {'reused' if reused else 'wrote'} {folds_path}", flush=True)
+            if os.path.abspath(folds_path) != os.path.abspath(os.path.join(args.out, "folds.json")):
+                folds.save(os.path.join(args.out, "folds.json"))
+        d.barrier()
+        from fer_models.data.protocol import Folds
+
+        folds = Folds.load(folds_path)
+        todo = list(range(folds.k)) if args.fold == "all" else [int(args.fold)]
+        if any(not 0 <= f < folds.k for f in todo):
+            print(f"fer-train: --fold {args.fold} outside 0..{folds.k - 1}", file=sys.stderr)
+            return 2
+        parts_of = lambda f: split_fold(dataset, folds, f, args.val_subjects, args.seed)  # noqa: E731
+    else:
+        if args.fold not in ("0", "all"):
+            print(
+                f"fer-train: --fold applies to the kfold protocol only (protocol is {protocol})",
+                file=sys.stderr,
+            )
+            return 2
+        todo = [0]
+        if protocol == "split":
+            parts_of = lambda f: split_by_usage(dataset)  # noqa: E731
+        else:
+            parts_of = lambda f: split_random(dataset, args.val_subjects, 0.1, args.seed)  # noqa: E731
+    if d.main:
+        write_json(
+            record(resize, side, channels, args.augment)
+            | {"dataset": args.dataset, "protocol": protocol, "frames": args.frames or "dataset default"},
+            os.path.join(args.out, "preprocessing.json"),
+        )
+        write_json({k: v for k, v in vars(args).items()}, os.path.join(args.out, "config.json"))
+    results = []
+    for f in todo:
+        m = train_fold(
+            args,
+            d,
+            dataset,
+            images,
+            parts_of(f),
+            f,
+            os.path.join(args.out, f"fold_{f}"),
+            classes,
+            target,
+            resize,
+            side,
+            channels,
+        )
+        if m.get("stopped"):
+            return 0
+        results.append(m)
+    if args.fold == "all" and d.main:
+        summary = summarize(results, classes)
+        write_json(summary, os.path.join(args.out, "summary.json"))
+        print(
+            f"{len(results)} folds: accuracy {summary['accuracy_mean']:.4f} "
+            f"+- {summary['accuracy_std']:.4f}; "
+            f"{os.path.join(args.out, 'summary.json')}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

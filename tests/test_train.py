@@ -1,0 +1,453 @@
+"""fer-train / fer-eval / fer-predict / demo end to end on SynthFER with a tiny registered model, exact
+resume,
+--fold all, two-stage initialisation, and DDP with two CPU processes (torchrun, gloo, loopback)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tomllib
+import torch
+
+from fer_models import demo, evaluate, predict, train
+from fer_models.data import write_synthfer
+from fer_models.data.protocol import Folds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A small conv net that follows the model contract (forward -> .expression / .identity, .loss, .input_size),
+# registered the way a user's own model would be: in a module passed to --import.
+PLUGIN = textwrap.dedent("""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from fer_models.registry import list_models, register_model
+
+
+    class TinyNet(nn.Module):
+        def __init__(self, num_expressions, num_identities, size=48, variant="IF"):
+            super().__init__()
+            self.input_size = (1, size, size)
+            self.variant = variant
+            self.features = nn.Sequential(
+                nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
+                nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(6), nn.Flatten(), nn.Dropout(0.3))
+            self.fc_emo = nn.Linear(12 * 36, num_expressions)
+            self.fc_id = nn.Linear(12 * 36, num_identities)
+
+        def forward(self, x):
+            h = self.features(x)
+            return SimpleNamespace(expression=self.fc_emo(h), identity=self.fc_id(h))
+
+        def loss(self, out, expression, identity):
+            e = F.cross_entropy(out.expression, expression)
+            known = identity >= 0
+            i = (F.cross_entropy(out.identity[known], identity[known]) if bool(known.any())
+                 else out.identity.sum() * 0)
+            return {"total": e + 0.1 * i, "expression": e, "identity": i}
+
+        @classmethod
+        def from_pretrained(cls, emotion_net, identity_net, variant=None, **kw):
+            m = cls(variant=variant or "IF", **kw)
+            m.features.load_state_dict(emotion_net.features.state_dict())
+            m.fed_from = (emotion_net, identity_net)
+            return m
+
+
+    if "tiny_test" not in list_models():
+        register_model(lambda **kw: TinyNet(**kw), name="tiny_test")
+""")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model runs fastest on one thread; it also keeps these tests light on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plugin")
+    (d / "tiny_fer_plugin.py").write_text(PLUGIN)
+    sys.path.insert(0, str(d))
+    yield str(d)
+    sys.path.remove(str(d))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    write_synthfer(str(d), n_subjects=12, n_frames=4, size=64, difficulty=0.3, seed=0)
+    return str(d)
+
+
+def _train(out, synth, *extra):
+    args = [
+        "--import",
+        "tiny_fer_plugin",
+        "--model",
+        "tiny_test",
+        "--dataset",
+        "synthfer",
+        "--data",
+        synth,
+        "--out",
+        str(out),
+        "--folds",
+        "4",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--no-progress",
+        *extra,
+    ]
+    return train.main(args)
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_train_writes_metrics_confusion_folds_and_checkpoints(tmp_path, synth, plugin, capsys):
+    out = tmp_path / "run"
+    assert _train(out, synth, "--fold", "1", "--epochs", "1") == 0
+    printed = capsys.readouterr().out
+    assert "x14" in printed and "img/s" in printed
+    m = _json(out / "fold_1" / "metrics.json")
+    folds = Folds.load(str(out / "folds.json"))
+    assert sorted(m["test_subjects"]) == sorted(folds.folds[1])
+    assert not set(m["val_subjects"]) & set(m["test_subjects"]) and m["val_subjects"]
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (6, 6) and cm.sum() == m["num_samples"] == 3 * 6 * 3  # 3 subjects x 6 expr x 3 frames
+    assert m["accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    for i, c in enumerate(m["classes"]):
+        assert m["per_class_accuracy"][c] == pytest.approx(cm[i, i] / cm[i].sum())
+    assert len(m["history"]) == 1 and m["selected_epoch"] == 1
+    assert m["history"][0]["images_per_s"] > 0 and m["train_images_per_s"] > 0
+    assert (out / "fold_1" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pre = _json(out / "preprocessing.json")
+    assert (
+        pre["resize"] == [60, 60]
+        and pre["train_crop"] == "random 48x48"
+        and pre["test_crop"] == "center 48x48"
+    )
+    assert pre["offline_augmentation"].startswith("14x")
+    for name in ("last.pt", "best.pt"):
+        ck = torch.load(out / "fold_1" / "checkpoints" / name, weights_only=False)
+        assert ck["config"]["model"] == "tiny_test" and ck["config"]["classes"] == m["classes"]
+    # fold file reused by a second run (even with another seed), and --fold out of range rejected
+    before = (out / "folds.json").read_text()
+    assert _train(out, synth, "--fold", "0", "--epochs", "1", "--no-augment", "--seed", "7") == 0
+    assert (out / "folds.json").read_text() == before
+    assert _train(out, synth, "--fold", "9", "--epochs", "1") == 2
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, synth, plugin):
+    common = ("--fold", "0", "--epochs", "3", "--no-augment", "--seed", "3")
+    assert _train(tmp_path / "a", synth, *common) == 0
+    assert _train(tmp_path / "b", synth, *common, "--stop-after", "1") == 0
+    assert not (tmp_path / "b" / "fold_0" / "metrics.json").exists()
+    assert torch.load(tmp_path / "b" / "fold_0" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 1
+    assert _train(tmp_path / "b", synth, *common, "--resume") == 0
+    a, b = (
+        _json(tmp_path / "a" / "fold_0" / "metrics.json"),
+        _json(tmp_path / "b" / "fold_0" / "metrics.json"),
+    )
+    for key in ("accuracy", "confusion_matrix", "per_class_accuracy", "selected_epoch", "val_accuracy"):
+        assert a[key] == b[key], key
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("images_per_s", "epoch_seconds")} for r in h]  # noqa
+    assert strip(a["history"]) == strip(b["history"])
+    assert a["history"][0]["train_loss"] != a["history"][2]["train_loss"]  # it did train
+    wa = torch.load(tmp_path / "a" / "fold_0" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    wb = torch.load(tmp_path / "b" / "fold_0" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synth, plugin):
+    """A real kill (SIGKILL, no clean-up) right after the first checkpoint, then --resume."""
+    import signal
+    import time
+
+    common = ["--fold", "0", "--epochs", "3", "--no-augment", "--seed", "5"]
+    assert _train(tmp_path / "a", synth, *common) == 0
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([plugin, ROOT, os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+    )
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys, torch; torch.set_num_threads(1); from fer_models.train import main; "
+        "sys.exit(main(sys.argv[1:]))",
+        "--import",
+        "tiny_fer_plugin",
+        "--model",
+        "tiny_test",
+        "--dataset",
+        "synthfer",
+        "--data",
+        synth,
+        "--out",
+        str(tmp_path / "k"),
+        "--folds",
+        "4",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--no-progress",
+        *common,
+    ]
+    last = tmp_path / "k" / "fold_0" / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert last.exists() and not (tmp_path / "k" / "fold_0" / "metrics.json").exists()
+    assert torch.load(last, weights_only=False)["epoch"] < 3
+    assert _train(tmp_path / "k", synth, *common, "--resume") == 0
+    a, k = (
+        _json(tmp_path / "a" / "fold_0" / "metrics.json"),
+        _json(tmp_path / "k" / "fold_0" / "metrics.json"),
+    )
+    for key in ("accuracy", "confusion_matrix", "selected_epoch", "val_accuracy"):
+        assert a[key] == k[key], key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in k["history"]]
+
+
+def test_fold_all_summary(tmp_path, synth, plugin):
+    assert _train(tmp_path, synth, "--fold", "all", "--epochs", "1", "--no-augment") == 0
+    s = _json(tmp_path / "summary.json")
+    accs = [_json(tmp_path / f"fold_{k}" / "metrics.json")["accuracy"] for k in range(4)]
+    assert s["fold_accuracy"] == accs
+    assert s["accuracy_mean"] == pytest.approx(np.mean(accs)) and s["accuracy_std"] == pytest.approx(
+        np.std(accs)
+    )
+    assert np.array(s["pooled"]["confusion_matrix"]).sum() == 12 * 6 * 3  # every subject tested exactly once
+
+
+def test_eval_and_predict_reproduce_the_training_metrics(tmp_path, synth, plugin, capsys):
+    run = tmp_path / "run"
+    assert _train(run, synth, "--fold", "2", "--epochs", "2", "--no-augment") == 0
+    ckpt = str(run / "fold_2" / "checkpoints" / "best.pt")
+    assert (
+        evaluate.main(
+            [
+                "--checkpoint",
+                ckpt,
+                "--folds-file",
+                str(run / "folds.json"),
+                "--fold",
+                "2",
+                "--out",
+                str(tmp_path / "ev"),
+                "--import",
+                "tiny_fer_plugin",
+            ]
+        )
+        == 0
+    )
+    ev, tm = _json(tmp_path / "ev" / "metrics.json"), _json(run / "fold_2" / "metrics.json")
+    assert ev["confusion_matrix"] == tm["confusion_matrix"] and ev["accuracy"] == tm["accuracy"]
+    assert (tmp_path / "ev" / "confusion.png").exists()
+    assert "accuracy" in capsys.readouterr().out
+    # predict on three images of a test subject and one unreadable file
+    subject = tm["test_subjects"][0]
+    imgs = [os.path.join(synth, "images", subject, e, "03.png") for e in ("anger", "fear", "surprise")]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    out = tmp_path / "pred.json"
+    rc = predict.main(
+        ["--checkpoint", ckpt, *imgs, str(bad), "--out", str(out), "--import", "tiny_fer_plugin"]
+    )
+    assert rc == 1
+    res = _json(out)
+    assert [r["path"] for r in res] == [*imgs, str(bad)] and "bad.png" in res[3]["error"]
+    for r in res[:3]:
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["expression"] == max(r["probabilities"], key=r["probabilities"].get)
+    # the predictions agree with the evaluated model on the same images
+    ck = torch.load(ckpt, weights_only=False)
+    from fer_models.data.base import read_gray, resize_gray
+    from fer_models.runtime import model_from_checkpoint, predict_logits
+
+    x = torch.from_numpy(np.stack([resize_gray(read_gray(p), 60) for p in imgs]))
+    probs = predict_logits(model_from_checkpoint(ck), x, 48, 1, torch.device("cpu")).softmax(1)
+    assert [ck["config"]["classes"][i] for i in probs.argmax(1)] == [r["expression"] for r in res[:3]]
+
+
+def test_two_stage_init(tmp_path, synth, plugin, capsys):
+    pre = tmp_path / "pre"
+    assert _train(pre, synth, "--stage", "pretrain", "--fold", "0", "--epochs", "1", "--no-augment") == 0
+    ck = str(pre / "fold_0" / "checkpoints" / "best.pt")
+    # generic --init: every matching tensor loaded (here all of them: same classes)
+    from fer_models.registry import create_model
+    from fer_models.train import load_matching
+
+    m = create_model("tiny_test", num_expressions=7, num_identities=5)
+    loaded, skipped = load_matching(m, torch.load(ck, weights_only=False)["model"])
+    assert "fc_emo.weight" in skipped and "features.0.weight" in loaded
+    assert torch.equal(m.features[0].weight, torch.load(ck, weights_only=False)["model"]["features.0.weight"])
+    capsys.readouterr()
+    assert (
+        _train(
+            tmp_path / "ft",
+            synth,
+            "--stage",
+            "finetune",
+            "--init",
+            ck,
+            "--fold",
+            "0",
+            "--epochs",
+            "1",
+            "--no-augment",
+        )
+        == 0
+    )
+    assert "loaded" in capsys.readouterr().out
+    assert (
+        _train(
+            tmp_path / "ft2",
+            synth,
+            "--stage",
+            "finetune",
+            "--init-emotion",
+            ck,
+            "--init-identity",
+            ck,
+            "--fold",
+            "0",
+            "--epochs",
+            "1",
+            "--no-augment",
+        )
+        == 0
+    )
+    assert "initialised tiny_test from" in capsys.readouterr().out
+    # identity pre-training: the classes are the subjects, scored on the identity head, random split
+    assert (
+        _train(
+            tmp_path / "idp",
+            synth,
+            "--stage",
+            "pretrain",
+            "--target",
+            "identity",
+            "--epochs",
+            "1",
+            "--no-augment",
+        )
+        == 0
+    )
+    mi = _json(tmp_path / "idp" / "fold_0" / "metrics.json")
+    assert mi["classes"] == [f"S{i:03d}" for i in range(12)] and np.array(mi["confusion_matrix"]).shape == (
+        12,
+        12,
+    )
+    assert _json(tmp_path / "idp" / "preprocessing.json")["protocol"] == "random"
+    with pytest.raises(SystemExit, match="needs --init-emotion"):
+        _train(tmp_path / "ft3", synth, "--init-identity", ck, "--fold", "0", "--epochs", "1", "--no-augment")
+    cfg = _json(tmp_path / "ft2" / "config.json")
+    assert cfg["stage"] == "finetune" and cfg["lr"] == 0.05
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(tmp_path, synth, plugin):
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([plugin, ROOT, os.environ.get("PYTHONPATH", "")]),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        GLOO_SOCKET_IFNAME="lo",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "fer_models.train",
+        "--import",
+        "tiny_fer_plugin",
+        "--model",
+        "tiny_test",
+        "--dataset",
+        "synthfer",
+        "--data",
+        synth,
+        "--out",
+        str(tmp_path),
+        "--folds",
+        "4",
+        "--fold",
+        "0",
+        "--epochs",
+        "2",
+        "--no-augment",
+        "--batch-size",
+        "32",
+        "--no-progress",
+    ]
+    p = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    m = _json(tmp_path / "fold_0" / "metrics.json")
+    assert m["world_size"] == 2 and len(m["history"]) == 2
+    assert np.array(m["confusion_matrix"]).sum() == 3 * 6 * 3  # every test image counted once across ranks
+    assert p.stdout.count("test accuracy") == 1  # only rank 0 reports and writes
+
+
+def test_demo_fits_its_plan_to_the_budget_and_reports(tmp_path, plugin, capsys):
+    import re
+
+    args = ["--model", "tiny_test", "--import", "tiny_fer_plugin", "--out", str(tmp_path), "--subjects", "10"]
+    assert demo.main([*args, "--budget-minutes", "0.05", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    plan = re.search(r"plan (\d+) epoch\(s\) of (\d+) images drawn from (\d+)", out)
+    assert plan, out
+    epochs, per_epoch, available = map(int, plan.groups())
+    assert available == 9 * 6 * 3 * 14 and per_epoch <= available
+    m = _json(tmp_path / "run" / "fold_0" / "metrics.json")
+    assert [h["images"] for h in m["history"]] == [per_epoch] * epochs
+    assert m["selection"] == "last epoch" and m["num_samples"] == 1 * 6 * 3
+    assert "test accuracy" in out and "images/s" in out
+    assert os.path.join("run", "fold_0", "confusion.png") in out
+    assert (tmp_path / "run" / "fold_0" / "confusion.png").exists()
+    assert demo.main(["--model", "no_such_model"]) == 2
+    assert "not registered" in capsys.readouterr().err
+
+
+def test_console_scripts_declared():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    import importlib
+
+    for name in ("fer-train", "fer-eval", "fer-predict", "fer-prep"):
+        mod, fn = scripts[name].split(":")
+        assert callable(getattr(importlib.import_module(mod), fn))
