@@ -43,8 +43,10 @@ endif
 test: build cuda-check
 	FER_KERNELS_REQUIRE_CPP=1 $(PY) -m pytest -q
 
+# The main job: backends and per-op throughput, then SynthFER -> train IDEnNet-IF (fused) on one fold -> evaluate.
 demo: build
 	$(PY) -m fer_kernels
+	$(PY) -m fer_models.demo --model idennet_if_16 --out runs/demo --budget-minutes 5
 
 bench: build
 	$(VENV)/bin/fer-bench
