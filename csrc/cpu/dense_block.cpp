@@ -1,0 +1,652 @@
+// dense_block_cpu: a DenseNet-BC dense block, BN-ReLU-Conv1x1-BN-ReLU-Conv3x3 + concatenation, fused.
+//
+// Math (DESIGN section 4). Layer l reads the first C_l = C0 + l*k channels of one preallocated block buffer
+// out (N, C0 + L*k, H*W) and writes its k new channels straight into the next slice:
+//   a = relu(s1 * x + t1)   (s1 = g1 * invstd, t1 = b1 - mean * s1, per input channel)
+//   h = W1 a                (1x1, B = bn_size*k out)
+//   c = relu(s2 * h + t2)
+//   y = W2 * c              (3x3, pad 1)
+// Training: mean/var of every buffer channel are computed once, in the epilogue of the kernel that writes
+// the channel (double sum/sum of squares), and reused by every later layer; h's statistics likewise.
+// Eval: running statistics give s, t; the 1x1 and 3x3 run back to back per image, h never leaves a
+// per-thread (B, H*W) scratch.
+//
+// Tiling. 1x1: per (image, pixel tile of <= 512 px) the BN-ReLU prologue packs a (C, P) tile in cache,
+// then one GEMM h_tile = W1 (B, C) @ a_tile. 3x3: per (image, tile of R rows, R*W ~ 192 px) the prologue
+// normalises the tile's rows of h plus one halo row each side into a (B, R+2, W) scratch, im2col packs
+// (9B, R*W), and one GEMM y = W2 (k, 9B) @ col writes the output slice. GEMMs call MKL's sgemm/dgemm
+// (single-threaded: we parallelise over (image, tile) with at::parallel_for).
+//
+// Saved for backward: the block buffer (the output itself), h (L, N, B, H*W) in training (in eval h is
+// recomputed in backward), and per-channel mean/var. Backward walks the layers in reverse, recomputing c
+// and a tile by tile from h / the buffer and the cached statistics:
+//   dW2 += gy @ col(c)^T;  dc = W2r @ col_flip(gy);  dz2 = dc * [c > 0]
+//   dh = s2 * (dz2 - sum(dz2)/M - hhat * sum(dz2*hhat)/M)   (train; eval: s2 * dz2)
+//   dW1 += dh @ a^T;  da = W1^T @ dh;  dz1 = da * [a > 0];  dx += same BN formula (added into the
+//   gradient of the shared buffer, so the gradients of a channel accumulate over every later layer).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+extern "C" {
+// MKL / reference BLAS (exported by libtorch_cpu where torch is built with MKL). Weak: if absent we fall
+// back to at::mm on the same tiles.
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
+namespace fer_kernels {
+namespace {
+
+using idx = int64_t;
+
+constexpr idx kTile1x1 = 512;  // pixels per 1x1 tile
+constexpr idx kTile3x3 = 192;  // target pixels per 3x3 row tile
+
+// Row-major C[M, N] (ldc) = op(A)[M, K] @ op(B)[K, N] + beta * C.
+template <typename T>
+void gemm_rm(bool ta, bool tb, idx M, idx N, idx K, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
+             idx ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (idx i = 0; i < M; ++i)
+      for (idx j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  // Column-major view: C^T (N, M) = op(B)^T (N, K) @ op(A)^T (K, M).
+  const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
+  const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
+  const T one = 1;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_) {
+      sgemm_(&opa, &opb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+      return;
+    }
+  } else {
+    if (dgemm_) {
+      dgemm_(&opa, &opb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+      return;
+    }
+  }
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor a = ta ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, opts).t()
+                    : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+  at::Tensor b = tb ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, opts).t()
+                    : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == T(0)) c.copy_(at::mm(a, b)); else c.mul_(beta).add_(at::mm(a, b));
+}
+
+// dst (C, P) = relu(scale * src[:, p0:p0+P] + shift); src channel stride cs.
+template <typename T>
+inline void pack_bnrelu(const T* src, idx cs, idx C, idx p0, idx P, const T* scale, const T* shift, T* dst) {
+  for (idx c = 0; c < C; ++c) {
+    const T s = scale[c], t = shift[c];
+    const T* in = src + c * cs + p0;
+    T* out = dst + c * P;
+#pragma omp simd
+    for (idx p = 0; p < P; ++p) out[p] = std::max(s * in[p] + t, T(0));
+  }
+}
+
+// Accumulates sum and sum of squares of rows (C, P) (stride ld) into acc[2c], acc[2c+1].
+template <typename T>
+inline void accumulate_stats(const T* src, idx ld, idx C, idx P, double* acc) {
+  for (idx c = 0; c < C; ++c) {
+    const T* in = src + c * ld;
+    double s = 0, ss = 0;
+#pragma omp simd reduction(+ : s, ss)
+    for (idx p = 0; p < P; ++p) {
+      const double v = (double)in[p];
+      s += v;
+      ss += v * v;
+    }
+    acc[2 * c] += s;
+    acc[2 * c + 1] += ss;
+  }
+}
+
+// Normalised rows r0-1 .. r0+R of h (B, H, W) into halo (B, R+2, W): relu(scale * h + shift); rows outside
+// the image are left untouched (im2col never reads them).
+template <typename T>
+inline void halo_bnrelu(const T* h, idx hs, idx B, idx H, idx W, idx r0, idx R, const T* scale, const T* shift,
+                        T* halo) {
+  const idx ylo = std::max<idx>(0, r0 - 1), yhi = std::min<idx>(H, r0 + R + 1);
+  for (idx b = 0; b < B; ++b) {
+    const T s = scale[b], t = shift[b];
+    const T* in = h + b * hs + ylo * W;
+    T* out = halo + b * (R + 2) * W + (ylo - (r0 - 1)) * W;
+    const idx n = (yhi - ylo) * W;
+#pragma omp simd
+    for (idx p = 0; p < n; ++p) out[p] = std::max(s * in[p] + t, T(0));
+  }
+}
+
+// im2col for a 3x3, pad-1 convolution over output rows r0 .. r0+R-1.
+// src: channel c, image row y at src + c*cs + (y - ybase)*W (valid image rows only are read).
+// dst (9*Ch, R*W): row c*9 + dy*3 + dx holds src[c, y + oy, x + ox], oy = dy-1 (flip: 1-dy), likewise ox.
+template <typename T>
+inline void im2col3x3(const T* src, idx cs, idx ybase, idx Ch, idx H, idx W, idx r0, idx R, bool flip, T* dst) {
+  const idx P = R * W;
+  for (idx c = 0; c < Ch; ++c) {
+    for (idx dy = 0; dy < 3; ++dy) {
+      const idx oy = flip ? 1 - dy : dy - 1;
+      for (idx dx = 0; dx < 3; ++dx) {
+        const idx ox = flip ? 1 - dx : dx - 1;
+        T* d = dst + (c * 9 + dy * 3 + dx) * P;
+        for (idx r = 0; r < R; ++r) {
+          const idx sy = r0 + r + oy;
+          T* drow = d + r * W;
+          if (sy < 0 || sy >= H) {
+            std::memset(drow, 0, sizeof(T) * W);
+            continue;
+          }
+          const T* s = src + c * cs + (sy - ybase) * W;
+          const idx xlo = std::max<idx>(0, -ox), xhi = std::min<idx>(W, W - ox);
+          for (idx x = 0; x < xlo; ++x) drow[x] = T(0);
+          if (xhi > xlo) std::memcpy(drow + xlo, s + xlo + ox, sizeof(T) * (xhi - xlo));
+          for (idx x = std::max(xhi, xlo); x < W; ++x) drow[x] = T(0);
+        }
+      }
+    }
+  }
+}
+
+// Per-thread double accumulators, reduced after a parallel phase.
+struct ThreadAcc {
+  idx size;
+  std::vector<double> data;
+  ThreadAcc(idx sz) : size(sz), data((size_t)(sz * at::get_num_threads()), 0.0) {}
+  double* mine() { return data.data() + (idx)at::get_thread_num() * size; }
+  std::vector<double> sum() const {
+    std::vector<double> out((size_t)size, 0.0);
+    const idx nt = (idx)data.size() / std::max<idx>(size, 1);
+    for (idx t = 0; t < nt; ++t)
+      for (idx i = 0; i < size; ++i) out[i] += data[t * size + i];
+    return out;
+  }
+};
+
+struct Shape {
+  idx N, C0, H, W, HW, L, k, B, Ctot;
+};
+
+struct LayerRef {
+  const at::Tensor *g1, *b1, *m1, *v1, *w1, *g2, *b2, *m2, *v2, *w2;
+};
+
+// Per-channel scale/shift of a BatchNorm from mean/var (train: batch, eval: running).
+template <typename T>
+void bn_affine(const at::Tensor& gamma, const at::Tensor& beta, const double* mean, const double* var, idx C,
+               double eps, std::vector<T>& scale, std::vector<T>& shift, std::vector<double>* invstd = nullptr) {
+  scale.resize(C);
+  shift.resize(C);
+  if (invstd) invstd->resize(C);
+  const T* g = gamma.data_ptr<T>();
+  const T* b = beta.data_ptr<T>();
+  for (idx c = 0; c < C; ++c) {
+    const double is = 1.0 / std::sqrt(var[c] + eps);
+    const double s = (double)g[c] * is;
+    scale[c] = (T)s;
+    shift[c] = (T)((double)b[c] - mean[c] * s);
+    if (invstd) (*invstd)[c] = is;
+  }
+}
+
+std::vector<double> to_double(const at::Tensor& t) {
+  auto d = t.to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+// 1x1 phase over all images: hdst (N, B, HW) = W1 @ relu(s1 * buf[:, :C] + t1); optional h statistics.
+template <typename T>
+void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1, const T* t1, T* hdst,
+                   ThreadAcc* hstats) {
+  const idx ntile = (S.HW + kTile1x1 - 1) / kTile1x1;
+  at::parallel_for(0, S.N * ntile, 1, [&](idx begin, idx end) {
+    std::vector<T> a((size_t)(C * std::min(kTile1x1, S.HW)));
+    double* acc = hstats ? hstats->mine() : nullptr;
+    for (idx it = begin; it < end; ++it) {
+      const idx n = it / ntile, p0 = (it % ntile) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+      pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, s1, t1, a.data());
+      T* hout = hdst + n * S.B * S.HW + p0;
+      gemm_rm<T>(false, false, S.B, P, C, w1, C, a.data(), P, T(0), hout, S.HW);
+      if (acc) accumulate_stats(hout, S.HW, S.B, P, acc);
+    }
+  });
+}
+
+// 3x3 phase: buf[:, C:C+k] = W2 * relu(s2 * h + t2); optional statistics of the new channels.
+template <typename T>
+void conv3x3_tile(const Shape& S, const T* hn, const T* w2, const T* s2, const T* t2, idx r0, idx R, T* halo,
+                  T* col, T* yout) {
+  halo_bnrelu(hn, S.HW, S.B, S.H, S.W, r0, R, s2, t2, halo);
+  im2col3x3(halo, (R + 2) * S.W, r0 - 1, S.B, S.H, S.W, r0, R, false, col);
+  gemm_rm<T>(false, false, S.k, R * S.W, 9 * S.B, w2, 9 * S.B, col, R * S.W, T(0), yout, S.HW);
+}
+
+template <typename T>
+void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, const T* s2, const T* t2,
+                   ThreadAcc* ystats) {
+  const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+  const idx ntile = (S.H + R - 1) / R;
+  at::parallel_for(0, S.N * ntile, 1, [&](idx begin, idx end) {
+    std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(9 * S.B * R * S.W));
+    double* acc = ystats ? ystats->mine() : nullptr;
+    for (idx it = begin; it < end; ++it) {
+      const idx n = it / ntile, r0 = (it % ntile) * R, Rt = std::min(R, S.H - r0);
+      T* yout = buf + (n * S.Ctot + C) * S.HW + r0 * S.W;
+      conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, halo.data(), col.data(), yout);
+      if (acc) accumulate_stats(yout, S.HW, S.k, Rt * S.W, acc);
+    }
+  });
+}
+
+template <typename T>
+void finish_stats(const std::vector<double>& acc, idx C, double M, double* mean, double* var) {
+  for (idx c = 0; c < C; ++c) {
+    const double m = acc[2 * c] / M;
+    mean[c] = m;
+    var[c] = std::max(acc[2 * c + 1] / M - m * m, 0.0);
+  }
+}
+
+void check_inputs(const at::Tensor& x, const std::vector<LayerRef>& layers, bool training) {
+  TORCH_CHECK(x.dim() == 4, "dense_block: x: expected a 4-d tensor (N, C0, H, W), got shape ", x.sizes());
+  TORCH_CHECK(x.device().is_cpu(), "dense_block_cpu: x must be a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "dense_block_cpu: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(!layers.empty(), "dense_block: expected at least one layer");
+  const idx k = layers[0].w2->size(0), B = layers[0].w1->size(0);
+  idx C = x.size(1);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& p = layers[l];
+    TORCH_CHECK(p.w1->dim() == 4 && p.w1->size(0) == B && p.w1->size(1) == C && p.w1->size(2) == 1 &&
+                    p.w1->size(3) == 1,
+                "dense_block: layers[", l, "].conv1_weight: expected shape (", B, ", ", C, ", 1, 1), got ",
+                p.w1->sizes());
+    TORCH_CHECK(p.w2->dim() == 4 && p.w2->size(0) == k && p.w2->size(1) == B && p.w2->size(2) == 3 &&
+                    p.w2->size(3) == 3,
+                "dense_block: layers[", l, "].conv2_weight: expected shape (", k, ", ", B, ", 3, 3), got ",
+                p.w2->sizes());
+    for (auto* t : {p.g1, p.b1}) TORCH_CHECK(t->numel() == C, "dense_block: layers[", l, "].norm1: expected ", C, " channels");
+    for (auto* t : {p.g2, p.b2}) TORCH_CHECK(t->numel() == B, "dense_block: layers[", l, "].norm2: expected ", B, " channels");
+    if (!training) {
+      TORCH_CHECK(p.m1 && p.v1 && p.m2 && p.v2, "dense_block: eval mode needs running statistics");
+      TORCH_CHECK(p.m1->numel() == C && p.v1->numel() == C && p.m2->numel() == B && p.v2->numel() == B,
+                  "dense_block: layers[", l, "]: running statistics have the wrong size");
+    }
+    for (auto* t : {p.g1, p.b1, p.w1, p.g2, p.b2, p.w2})
+      TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
+                  "dense_block_cpu: every parameter must be a CPU tensor of x's dtype");
+    C += k;
+  }
+}
+
+std::vector<LayerRef> make_layers(const at::TensorList& g1, const at::TensorList& b1, const at::TensorList& m1,
+                                  const at::TensorList& v1, const at::TensorList& w1, const at::TensorList& g2,
+                                  const at::TensorList& b2, const at::TensorList& m2, const at::TensorList& v2,
+                                  const at::TensorList& w2) {
+  const size_t L = w1.size();
+  TORCH_CHECK(g1.size() == L && b1.size() == L && g2.size() == L && b2.size() == L && w2.size() == L,
+              "dense_block: every per-layer list must have one tensor per layer");
+  TORCH_CHECK(m1.size() == 0 || (m1.size() == L && v1.size() == L && m2.size() == L && v2.size() == L),
+              "dense_block: running statistics must be given for every layer or for none");
+  std::vector<LayerRef> out(L);
+  for (size_t l = 0; l < L; ++l) {
+    const bool run = m1.size() == L;
+    out[l] = {&g1[l], &b1[l], run ? &m1[l] : nullptr, run ? &v1[l] : nullptr, &w1[l],
+              &g2[l], &b2[l], run ? &m2[l] : nullptr, run ? &v2[l] : nullptr, &w2[l]};
+  }
+  return out;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const at::Tensor& x_in, const std::vector<LayerRef>& layers, bool training, double eps) {
+  Shape S;
+  S.N = x_in.size(0); S.C0 = x_in.size(1); S.H = x_in.size(2); S.W = x_in.size(3); S.HW = S.H * S.W;
+  S.L = (idx)layers.size(); S.k = layers[0].w2->size(0); S.B = layers[0].w1->size(0);
+  S.Ctot = S.C0 + S.L * S.k;
+  const double M = (double)(S.N * S.HW);
+  auto opts = x_in.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty({S.N, S.Ctot, S.H, S.W}, opts);
+  T* buf = out.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, S.N, 1, [&](idx b, idx e) {
+    for (idx n = b; n < e; ++n) std::memcpy(buf + n * S.Ctot * S.HW, xp + n * S.C0 * S.HW, sizeof(T) * S.C0 * S.HW);
+  });
+  std::vector<at::Tensor> w1c(S.L), w2c(S.L);
+  for (idx l = 0; l < S.L; ++l) {
+    w1c[l] = layers[l].w1->contiguous();
+    w2c[l] = layers[l].w2->contiguous();
+  }
+  std::vector<T> s1, t1, s2, t2;
+  if (!training) {
+    // Eval: per image, the 1x1 output stays in a per-thread scratch and feeds the 3x3 right away.
+    std::vector<std::vector<T>> S1(S.L), T1(S.L), S2(S.L), T2(S.L);
+    for (idx l = 0; l < S.L; ++l) {
+      const idx C = S.C0 + l * S.k;
+      auto m1 = to_double(*layers[l].m1), v1 = to_double(*layers[l].v1);
+      auto m2 = to_double(*layers[l].m2), v2 = to_double(*layers[l].v2);
+      bn_affine<T>(*layers[l].g1, *layers[l].b1, m1.data(), v1.data(), C, eps, S1[l], T1[l]);
+      bn_affine<T>(*layers[l].g2, *layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
+    }
+    const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+    at::parallel_for(0, S.N, 1, [&](idx begin, idx end) {
+      const idx P1 = std::min(kTile1x1, S.HW);
+      std::vector<T> a((size_t)((S.Ctot - S.k) * P1)), hn((size_t)(S.B * S.HW));
+      std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(9 * S.B * R * S.W));
+      for (idx n = begin; n < end; ++n) {
+        T* bn = buf + n * S.Ctot * S.HW;
+        for (idx l = 0; l < S.L; ++l) {
+          const idx C = S.C0 + l * S.k;
+          for (idx p0 = 0; p0 < S.HW; p0 += kTile1x1) {
+            const idx P = std::min(kTile1x1, S.HW - p0);
+            pack_bnrelu(bn, S.HW, C, p0, P, S1[l].data(), T1[l].data(), a.data());
+            gemm_rm<T>(false, false, S.B, P, C, w1c[l].data_ptr<T>(), C, a.data(), P, T(0), hn.data() + p0, S.HW);
+          }
+          for (idx r0 = 0; r0 < S.H; r0 += R) {
+            const idx Rt = std::min(R, S.H - r0);
+            conv3x3_tile(S, hn.data(), w2c[l].data_ptr<T>(), S2[l].data(), T2[l].data(), r0, Rt, halo.data(),
+                         col.data(), bn + C * S.HW + r0 * S.W);
+          }
+        }
+      }
+    });
+    auto e = at::empty({0}, x_in.options().dtype(at::kDouble));
+    return {out, at::empty({0}, opts), e, e.clone(), e.clone(), e.clone()};
+  }
+  at::Tensor hbuf = at::empty({S.L, S.N, S.B, S.H, S.W}, opts);
+  auto dopts = x_in.options().dtype(at::kDouble);
+  at::Tensor xmean = at::zeros({S.Ctot}, dopts), xvar = at::zeros({S.Ctot}, dopts);
+  at::Tensor hmean = at::zeros({S.L, S.B}, dopts), hvar = at::zeros({S.L, S.B}, dopts);
+  double *xm = xmean.data_ptr<double>(), *xv = xvar.data_ptr<double>();
+  {
+    // Statistics of the block input channels (once; reused by every layer).
+    std::vector<double> acc((size_t)(2 * S.C0), 0.0);
+    at::parallel_for(0, S.C0, 1, [&](idx b, idx e) {
+      for (idx c = b; c < e; ++c) {
+        double a2[2] = {0, 0};
+        for (idx n = 0; n < S.N; ++n) accumulate_stats(xp + (n * S.C0 + c) * S.HW, S.HW, 1, S.HW, a2);
+        acc[2 * c] = a2[0];
+        acc[2 * c + 1] = a2[1];
+      }
+    });
+    finish_stats<T>(acc, S.C0, M, xm, xv);
+  }
+  for (idx l = 0; l < S.L; ++l) {
+    const idx C = S.C0 + l * S.k;
+    bn_affine<T>(*layers[l].g1, *layers[l].b1, xm, xv, C, eps, s1, t1);
+    T* hl = hbuf.data_ptr<T>() + l * S.N * S.B * S.HW;
+    ThreadAcc hacc(2 * S.B);
+    conv1x1_phase<T>(S, buf, C, w1c[l].data_ptr<T>(), s1.data(), t1.data(), hl, &hacc);
+    double* hm = hmean.data_ptr<double>() + l * S.B;
+    double* hv = hvar.data_ptr<double>() + l * S.B;
+    finish_stats<T>(hacc.sum(), S.B, M, hm, hv);
+    bn_affine<T>(*layers[l].g2, *layers[l].b2, hm, hv, S.B, eps, s2, t2);
+    ThreadAcc yacc(2 * S.k);
+    conv3x3_phase<T>(S, hl, buf, C, w2c[l].data_ptr<T>(), s2.data(), t2.data(), &yacc);
+    finish_stats<T>(yacc.sum(), S.k, M, xm + C, xv + C);
+  }
+  return {out, hbuf, xmean, xvar, hmean, hvar};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dense_block_cpu(
+    const at::Tensor& x, at::TensorList norm1_weight, at::TensorList norm1_bias, at::TensorList norm1_mean,
+    at::TensorList norm1_var, at::TensorList conv1_weight, at::TensorList norm2_weight, at::TensorList norm2_bias,
+    at::TensorList norm2_mean, at::TensorList norm2_var, at::TensorList conv2_weight, bool training, double eps) {
+  auto layers = make_layers(norm1_weight, norm1_bias, norm1_mean, norm1_var, conv1_weight, norm2_weight,
+                            norm2_bias, norm2_mean, norm2_var, conv2_weight);
+  check_inputs(x, layers, training);
+  if (training)
+    TORCH_CHECK(x.size(0) * x.size(2) * x.size(3) > 1,
+                "dense_block: expected more than 1 value per channel when training, got input shape ", x.sizes());
+  if (x.scalar_type() == at::kFloat) return forward_impl<float>(x, layers, training, eps);
+  return forward_impl<double>(x, layers, training, eps);
+}
+
+template <typename T>
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& hsaved, const at::Tensor& xmean,
+              const at::Tensor& xvar, const at::Tensor& hmean, const at::Tensor& hvar,
+              const std::vector<LayerRef>& layers, bool training, double eps) {
+  Shape S;
+  S.N = out.size(0); S.Ctot = out.size(1); S.H = out.size(2); S.W = out.size(3); S.HW = S.H * S.W;
+  S.L = (idx)layers.size(); S.k = layers[0].w2->size(0); S.B = layers[0].w1->size(0);
+  S.C0 = S.Ctot - S.L * S.k;
+  const double M = (double)(S.N * S.HW);
+  auto opts = out.options();
+  at::Tensor gbuf_t = grad_out.contiguous().clone();
+  T* gbuf = gbuf_t.data_ptr<T>();
+  const T* buf = out.data_ptr<T>();
+  const bool recompute_h = hsaved.numel() == 0;
+  at::Tensor htmp = recompute_h ? at::empty({S.N, S.B, S.HW}, opts) : at::Tensor();
+  at::Tensor dz2_t = at::empty({S.N, S.B, S.HW}, opts);
+  at::Tensor dz1_t = at::empty({S.N, S.Ctot - S.k, S.HW}, opts);
+  T* dz2 = dz2_t.data_ptr<T>();
+  T* dz1 = dz1_t.data_ptr<T>();
+  std::vector<at::Tensor> gg1(S.L), gb1(S.L), gw1(S.L), gg2(S.L), gb2(S.L), gw2(S.L);
+  const int nt = at::get_num_threads();
+  const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+  const idx ntile3 = (S.H + R - 1) / R;
+  const idx ntile1 = (S.HW + kTile1x1 - 1) / kTile1x1;
+  for (idx l = S.L - 1; l >= 0; --l) {
+    const LayerRef& p = layers[l];
+    const idx C = S.C0 + l * S.k;
+    at::Tensor w1 = p.w1->contiguous();
+    at::Tensor w2 = p.w2->contiguous();
+    at::Tensor w2r = p.w2->permute({1, 0, 2, 3}).contiguous();  // (B, k, 3, 3)
+    std::vector<double> m1, v1, m2, v2;
+    if (training) {
+      m1.assign(xmean.data_ptr<double>(), xmean.data_ptr<double>() + C);
+      v1.assign(xvar.data_ptr<double>(), xvar.data_ptr<double>() + C);
+      m2.assign(hmean.data_ptr<double>() + l * S.B, hmean.data_ptr<double>() + (l + 1) * S.B);
+      v2.assign(hvar.data_ptr<double>() + l * S.B, hvar.data_ptr<double>() + (l + 1) * S.B);
+    } else {
+      m1 = to_double(*p.m1); v1 = to_double(*p.v1); m2 = to_double(*p.m2); v2 = to_double(*p.v2);
+    }
+    std::vector<T> s1, t1, s2, t2;
+    std::vector<double> is1, is2;
+    bn_affine<T>(*p.g1, *p.b1, m1.data(), v1.data(), C, eps, s1, t1, &is1);
+    bn_affine<T>(*p.g2, *p.b2, m2.data(), v2.data(), S.B, eps, s2, t2, &is2);
+    const T* hl;
+    if (recompute_h) {
+      conv1x1_phase<T>(S, buf, C, w1.data_ptr<T>(), s1.data(), t1.data(), htmp.data_ptr<T>(), nullptr);
+      hl = htmp.data_ptr<T>();
+    } else {
+      hl = hsaved.data_ptr<T>() + l * S.N * S.B * S.HW;
+    }
+    std::vector<T> hmeanT(S.B), hisT(S.B), xmeanT(C), xisT(C);
+    for (idx b = 0; b < S.B; ++b) { hmeanT[b] = (T)m2[b]; hisT[b] = (T)is2[b]; }
+    for (idx c = 0; c < C; ++c) { xmeanT[c] = (T)m1[c]; xisT[c] = (T)is1[c]; }
+
+    // Phase C: conv2 backward with the BN2-ReLU recomputed; dz2 = dc * [c > 0].
+    const idx K2 = 9 * S.B;
+    std::vector<T> dw2_acc((size_t)(nt * S.k * K2), T(0));
+    ThreadAcc acc2(2 * S.B);
+    at::parallel_for(0, S.N * ntile3, 1, [&](idx begin, idx end) {
+      std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(K2 * R * S.W));
+      std::vector<T> gcol((size_t)(9 * S.k * R * S.W));
+      T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * S.k * K2;
+      double* acc = acc2.mine();
+      for (idx it = begin; it < end; ++it) {
+        const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0), P = Rt * S.W;
+        const T* hn = hl + n * S.B * S.HW;
+        halo_bnrelu(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), halo.data());
+        im2col3x3(halo.data(), (Rt + 2) * S.W, r0 - 1, S.B, S.H, S.W, r0, Rt, false, col.data());
+        const T* gy_img = gbuf + (n * S.Ctot + C) * S.HW;
+        gemm_rm<T>(false, true, S.k, K2, P, gy_img + r0 * S.W, S.HW, col.data(), P, T(1), dw2, K2);
+        im2col3x3(gy_img, S.HW, 0, S.k, S.H, S.W, r0, Rt, true, gcol.data());
+        T* dz = dz2 + n * S.B * S.HW + r0 * S.W;
+        gemm_rm<T>(false, false, S.B, P, 9 * S.k, w2r.data_ptr<T>(), 9 * S.k, gcol.data(), P, T(0), dz, S.HW);
+        for (idx b = 0; b < S.B; ++b) {
+          T* d = dz + b * S.HW;
+          const T* cc = halo.data() + b * (Rt + 2) * S.W + S.W;
+          const T* hh = hn + b * S.HW + r0 * S.W;
+          const T mu = hmeanT[b], is = hisT[b];
+          double s = 0, sx = 0;
+#pragma omp simd reduction(+ : s, sx)
+          for (idx q = 0; q < P; ++q) {
+            const T v = cc[q] > T(0) ? d[q] : T(0);
+            d[q] = v;
+            s += (double)v;
+            sx += (double)(v * ((hh[q] - mu) * is));
+          }
+          acc[2 * b] += s;
+          acc[2 * b + 1] += sx;
+        }
+      }
+    });
+    {
+      at::Tensor g = at::zeros({S.k, S.B, 3, 3}, opts);
+      T* gp = g.data_ptr<T>();
+      for (int t = 0; t < nt; ++t)
+        for (idx i = 0; i < S.k * K2; ++i) gp[i] += dw2_acc[t * S.k * K2 + i];
+      gw2[l] = g;
+    }
+    auto a2 = acc2.sum();
+    gb2[l] = at::empty({S.B}, opts);
+    gg2[l] = at::empty({S.B}, opts);
+    // dh = A2 * dz2 + Bc2 + Cc2 * h (per channel).
+    std::vector<T> A2(S.B), B2(S.B), C2(S.B);
+    for (idx b = 0; b < S.B; ++b) {
+      gb2[l].data_ptr<T>()[b] = (T)a2[2 * b];
+      gg2[l].data_ptr<T>()[b] = (T)a2[2 * b + 1];
+      const double g = (double)p.g2->data_ptr<T>()[b] * is2[b];
+      if (training) {
+        const double c2 = -g * is2[b] * a2[2 * b + 1] / M;
+        A2[b] = (T)g;
+        C2[b] = (T)c2;
+        B2[b] = (T)(-g * a2[2 * b] / M - c2 * m2[b]);
+      } else {
+        A2[b] = (T)g; B2[b] = T(0); C2[b] = T(0);
+      }
+    }
+
+    // Phase D: conv1 backward with BN1-ReLU recomputed; dz1 = da * [a > 0].
+    std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
+    ThreadAcc acc1(2 * C);
+    at::parallel_for(0, S.N * ntile1, 1, [&](idx begin, idx end) {
+      const idx P1 = std::min(kTile1x1, S.HW);
+      std::vector<T> a((size_t)(C * P1)), dh((size_t)(S.B * P1));
+      T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
+      double* acc = acc1.mine();
+      for (idx it = begin; it < end; ++it) {
+        const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+        for (idx b = 0; b < S.B; ++b) {
+          const T* d = dz2 + (n * S.B + b) * S.HW + p0;
+          const T* hh = hl + (n * S.B + b) * S.HW + p0;
+          T* o = dh.data() + b * P;
+          const T A = A2[b], Bc = B2[b], Cc = C2[b];
+#pragma omp simd
+          for (idx q = 0; q < P; ++q) o[q] = A * d[q] + Bc + Cc * hh[q];
+        }
+        const T* xn = buf + n * S.Ctot * S.HW;
+        pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data());
+        gemm_rm<T>(false, true, S.B, C, P, dh.data(), P, a.data(), P, T(1), dw1, C);
+        T* dz = dz1 + n * (S.Ctot - S.k) * S.HW;  // channel stride HW, C channels used
+        gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), P, T(0), dz + p0, S.HW);
+        for (idx c = 0; c < C; ++c) {
+          T* d = dz + c * S.HW + p0;
+          const T* aa = a.data() + c * P;
+          const T* xx = xn + c * S.HW + p0;
+          const T mu = xmeanT[c], is = xisT[c];
+          double s = 0, sx = 0;
+#pragma omp simd reduction(+ : s, sx)
+          for (idx q = 0; q < P; ++q) {
+            const T v = aa[q] > T(0) ? d[q] : T(0);
+            d[q] = v;
+            s += (double)v;
+            sx += (double)(v * ((xx[q] - mu) * is));
+          }
+          acc[2 * c] += s;
+          acc[2 * c + 1] += sx;
+        }
+      }
+    });
+    {
+      at::Tensor g = at::zeros({S.B, C, 1, 1}, opts);
+      T* gp = g.data_ptr<T>();
+      for (int t = 0; t < nt; ++t)
+        for (idx i = 0; i < S.B * C; ++i) gp[i] += dw1_acc[t * S.B * C + i];
+      gw1[l] = g;
+    }
+    auto a1 = acc1.sum();
+    gb1[l] = at::empty({C}, opts);
+    gg1[l] = at::empty({C}, opts);
+    std::vector<T> A1(C), B1(C), C1(C);
+    for (idx c = 0; c < C; ++c) {
+      gb1[l].data_ptr<T>()[c] = (T)a1[2 * c];
+      gg1[l].data_ptr<T>()[c] = (T)a1[2 * c + 1];
+      const double g = (double)p.g1->data_ptr<T>()[c] * is1[c];
+      if (training) {
+        const double c1 = -g * is1[c] * a1[2 * c + 1] / M;
+        A1[c] = (T)g;
+        C1[c] = (T)c1;
+        B1[c] = (T)(-g * a1[2 * c] / M - c1 * m1[c]);
+      } else {
+        A1[c] = (T)g; B1[c] = T(0); C1[c] = T(0);
+      }
+    }
+    // Phase E: the BN1 input gradient, accumulated into the shared buffer's gradient.
+    at::parallel_for(0, S.N * C, 1, [&](idx begin, idx end) {
+      for (idx it = begin; it < end; ++it) {
+        const idx n = it / C, c = it % C;
+        T* g = gbuf + (n * S.Ctot + c) * S.HW;
+        const T* d = dz1 + (n * (S.Ctot - S.k) + c) * S.HW;
+        const T* xx = buf + (n * S.Ctot + c) * S.HW;
+        const T A = A1[c], Bc = B1[c], Cc = C1[c];
+#pragma omp simd
+        for (idx q = 0; q < S.HW; ++q) g[q] += A * d[q] + Bc + Cc * xx[q];
+      }
+    });
+  }
+  at::Tensor gx = gbuf_t.narrow(1, 0, S.C0).contiguous();
+  return {gx, gg1, gb1, gw1, gg2, gb2, gw2};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+dense_block_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& h,
+                         const at::Tensor& xmean, const at::Tensor& xvar, const at::Tensor& hmean,
+                         const at::Tensor& hvar, at::TensorList norm1_weight, at::TensorList norm1_bias,
+                         at::TensorList norm1_mean, at::TensorList norm1_var, at::TensorList conv1_weight,
+                         at::TensorList norm2_weight, at::TensorList norm2_bias, at::TensorList norm2_mean,
+                         at::TensorList norm2_var, at::TensorList conv2_weight, bool training, double eps) {
+  auto layers = make_layers(norm1_weight, norm1_bias, norm1_mean, norm1_var, conv1_weight, norm2_weight,
+                            norm2_bias, norm2_mean, norm2_var, conv2_weight);
+  TORCH_CHECK(out.dim() == 4 && grad_out.sizes() == out.sizes(), "_dense_block_backward: grad_out must match out");
+  const idx C0 = out.size(1) - (idx)layers.size() * layers[0].w2->size(0);
+  check_inputs(out.narrow(1, 0, C0), layers, training);
+  TORCH_CHECK(out.is_contiguous(), "_dense_block_backward: out must be contiguous");
+  if (training) {
+    TORCH_CHECK(h.numel() == (idx)layers.size() * out.size(0) * layers[0].w1->size(0) * out.size(2) * out.size(3),
+                "_dense_block_backward: h has the wrong size");
+    TORCH_CHECK(xmean.numel() == out.size(1) && hmean.numel() == (idx)layers.size() * layers[0].w1->size(0),
+                "_dense_block_backward: statistics have the wrong size");
+  }
+  at::Tensor hc = h.contiguous(), xm = xmean.contiguous(), xv = xvar.contiguous(), hm = hmean.contiguous(),
+             hv = hvar.contiguous();
+  if (out.scalar_type() == at::kFloat)
+    return backward_impl<float>(grad_out.to(out.scalar_type()), out, hc, xm, xv, hm, hv, layers, training, eps);
+  return backward_impl<double>(grad_out.to(out.scalar_type()), out, hc, xm, xv, hm, hv, layers, training, eps);
+}
+
+}  // namespace
+}  // namespace fer_kernels
+
+TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
+  m.impl("dense_block", &fer_kernels::dense_block_cpu);
+  m.impl("_dense_block_backward", &fer_kernels::dense_block_backward_cpu);
+}
