@@ -113,6 +113,11 @@ def dense_block_backward_reference(grad_out: torch.Tensor, x: torch.Tensor, laye
         (grad_x (Tensor[N, C0, H, W]), list of DenseLayerParams holding the gradients of every parameter,
         with None for the running buffers).
     """
+    with torch.no_grad():
+        return _dense_block_backward(grad_out, x, layers, training, eps)
+
+
+def _dense_block_backward(grad_out, x, layers, training, eps):
     feats = [x]
     saved = []
     for p in layers:
