@@ -15,7 +15,7 @@
 // then one GEMM h_tile = W1 (B, C) @ a_tile. 3x3: per (image, tile of R rows, R*W ~ 192 px) the prologue
 // normalises the tile's rows of h plus one halo row each side into a (B, R+2, W) scratch, im2col packs
 // (9B, R*W), and one GEMM y = W2 (k, 9B) @ col writes the output slice. GEMMs call MKL's sgemm/dgemm
-// (single-threaded: we parallelise over (image, tile) with at::parallel_for).
+// (single-threaded: we parallelise over (image, tile) items, handed out dynamically on the intra-op threads).
 //
 // Saved for backward: the block buffer (the output itself), h (L, N, B, H*W) in training (in eval h is
 // recomputed in backward), and per-channel mean/var. Backward walks the layers in reverse, recomputing c
@@ -29,6 +29,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -160,6 +161,16 @@ inline void im2col3x3(const T* src, idx cs, idx ybase, idx Ch, idx H, idx W, idx
   }
 }
 
+// Runs the worker on every intra-op thread; workers take (image, tile) items one at a time from a shared
+// counter, so on a shared machine a descheduled thread does not leave its static share for the end.
+template <typename Worker>
+void dynamic_for(idx total, const Worker& worker) {
+  std::atomic<idx> counter{0};
+  auto next = [&counter]() { return counter.fetch_add(1, std::memory_order_relaxed); };
+  const idx nt = std::max<idx>(1, std::min<idx>(at::get_num_threads(), total));
+  at::parallel_for(0, nt, 1, [&](idx, idx) { worker(next); });
+}
+
 // Per-thread double accumulators, reduced after a parallel phase.
 struct ThreadAcc {
   idx size;
@@ -211,10 +222,11 @@ template <typename T>
 void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1, const T* t1, T* hdst,
                    ThreadAcc* hstats) {
   const idx ntile = (S.HW + kTile1x1 - 1) / kTile1x1;
-  at::parallel_for(0, S.N * ntile, 1, [&](idx begin, idx end) {
+  const idx total_items = S.N * ntile;
+  dynamic_for(total_items, [&](auto next) {
     std::vector<T> a((size_t)(C * std::min(kTile1x1, S.HW)));
     double* acc = hstats ? hstats->mine() : nullptr;
-    for (idx it = begin; it < end; ++it) {
+    for (idx it; (it = next()) < total_items;) {
       const idx n = it / ntile, p0 = (it % ntile) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
       pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, s1, t1, a.data());
       T* hout = hdst + n * S.B * S.HW + p0;
@@ -238,10 +250,11 @@ void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, co
                    ThreadAcc* ystats) {
   const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
   const idx ntile = (S.H + R - 1) / R;
-  at::parallel_for(0, S.N * ntile, 1, [&](idx begin, idx end) {
+  const idx total_items = S.N * ntile;
+  dynamic_for(total_items, [&](auto next) {
     std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(9 * S.B * R * S.W));
     double* acc = ystats ? ystats->mine() : nullptr;
-    for (idx it = begin; it < end; ++it) {
+    for (idx it; (it = next()) < total_items;) {
       const idx n = it / ntile, r0 = (it % ntile) * R, Rt = std::min(R, S.H - r0);
       T* yout = buf + (n * S.Ctot + C) * S.HW + r0 * S.W;
       conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, halo.data(), col.data(), yout);
@@ -342,11 +355,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       bn_affine<T>(*layers[l].g2, *layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
     }
     const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
-    at::parallel_for(0, S.N, 1, [&](idx begin, idx end) {
+    dynamic_for(S.N, [&](auto next) {
       const idx P1 = std::min(kTile1x1, S.HW);
       std::vector<T> a((size_t)((S.Ctot - S.k) * P1)), hn((size_t)(S.B * S.HW));
       std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(9 * S.B * R * S.W));
-      for (idx n = begin; n < end; ++n) {
+      for (idx n; (n = next()) < S.N;) {
         T* bn = buf + n * S.Ctot * S.HW;
         for (idx l = 0; l < S.L; ++l) {
           const idx C = S.C0 + l * S.k;
@@ -475,12 +488,13 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     const idx K2 = 9 * S.B;
     std::vector<T> dw2_acc((size_t)(nt * S.k * K2), T(0));
     ThreadAcc acc2(2 * S.B);
-    at::parallel_for(0, S.N * ntile3, 1, [&](idx begin, idx end) {
+    const idx total3 = S.N * ntile3;
+    dynamic_for(total3, [&](auto next) {
       std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(K2 * R * S.W));
       std::vector<T> gcol((size_t)(9 * S.k * R * S.W));
       T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * S.k * K2;
       double* acc = acc2.mine();
-      for (idx it = begin; it < end; ++it) {
+      for (idx it; (it = next()) < total3;) {
         const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0), P = Rt * S.W;
         const T* hn = hl + n * S.B * S.HW;
         halo_bnrelu(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), halo.data());
@@ -537,12 +551,13 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     // Phase D: conv1 backward with BN1-ReLU recomputed; dz1 = da * [a > 0].
     std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
     ThreadAcc acc1(2 * C);
-    at::parallel_for(0, S.N * ntile1, 1, [&](idx begin, idx end) {
+    const idx total1 = S.N * ntile1;
+    dynamic_for(total1, [&](auto next) {
       const idx P1 = std::min(kTile1x1, S.HW);
       std::vector<T> a((size_t)(C * P1)), dh((size_t)(S.B * P1));
       T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
       double* acc = acc1.mine();
-      for (idx it = begin; it < end; ++it) {
+      for (idx it; (it = next()) < total1;) {
         const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
         for (idx b = 0; b < S.B; ++b) {
           const T* d = dz2 + (n * S.B + b) * S.HW + p0;
@@ -600,8 +615,9 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
       }
     }
     // Phase E: the BN1 input gradient, accumulated into the shared buffer's gradient.
-    at::parallel_for(0, S.N * C, 1, [&](idx begin, idx end) {
-      for (idx it = begin; it < end; ++it) {
+    const idx totalE = S.N * C;
+    dynamic_for(totalE, [&](auto next) {
+      for (idx it; (it = next()) < totalE;) {
         const idx n = it / C, c = it % C;
         T* g = gbuf + (n * S.Ctot + c) * S.HW;
         const T* d = dz1 + (n * (S.Ctot - S.k) + c) * S.HW;
