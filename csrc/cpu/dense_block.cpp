@@ -12,10 +12,11 @@
 // per-thread (B, H*W) scratch.
 //
 // Tiling. 1x1: per (image, pixel tile of <= 512 px) the BN-ReLU prologue packs a (C, P) tile in cache,
-// then one GEMM h_tile = W1 (B, C) @ a_tile. 3x3: per (image, tile of R rows, R*W ~ 192 px) the prologue
-// normalises the tile's rows of h plus one halo row each side into a (B, R+2, W) scratch, im2col packs
-// (9B, R*W), and one GEMM y = W2 (k, 9B) @ col writes the output slice. GEMMs call MKL's sgemm/dgemm
-// (single-threaded: we parallelise over (image, tile) items, handed out dynamically on the intra-op threads).
+// then one GEMM h_tile = W1 (B, C) @ a_tile. 3x3: per (image, tile of R rows, R*W ~ 384 px) the prologue
+// normalises the tile's rows of h plus one halo row each side into a zero-bordered (B, R+2, W+2) scratch;
+// each of the 9 taps is then a GEMM W2[tap] (k, B) @ shifted view of that scratch (no im2col copy).
+// GEMMs call MKL's sgemm/dgemm single-threaded: (image, tile) items are handed out dynamically to the
+// intra-op threads.
 //
 // Saved for backward: the block buffer (the output itself), h (L, N, B, H*W) in training (in eval h is
 // recomputed in backward), and per-channel mean/var. Backward walks the layers in reverse, recomputing c
@@ -30,6 +31,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -50,7 +54,7 @@ namespace {
 using idx = int64_t;
 
 constexpr idx kTile1x1 = 512;  // pixels per 1x1 tile
-constexpr idx kTile3x3 = 192;  // target pixels per 3x3 row tile
+constexpr idx kTile3x3 = 384;  // target pixels per 3x3 row tile
 
 // Row-major C[M, N] (ldc) = op(A)[M, K] @ op(B)[K, N] + beta * C.
 template <typename T>
@@ -115,51 +119,51 @@ inline void accumulate_stats(const T* src, idx ld, idx C, idx P, double* acc) {
   }
 }
 
-// Normalised rows r0-1 .. r0+R of h (B, H, W) into halo (B, R+2, W): relu(scale * h + shift); rows outside
-// the image are left untouched (im2col never reads them).
+// Rows r0-1 .. r0+R of src (Ch, H, W) (channel stride cs) into pad (Ch, R+2, W+2) with a zero border and
+// zero rows outside the image; with bnrelu, relu(scale * v + shift) is applied on the way (the BN-ReLU
+// prologue of the 3x3 convolution). In pad, the 3x3 tap (dy, dx) of output pixel (r, x) is at linear offset
+// r*(W+2) + x + dy*(W+2) + dx: every tap is one GEMM operand with leading dimension (R+2)*(W+2), no im2col.
 template <typename T>
-inline void halo_bnrelu(const T* h, idx hs, idx B, idx H, idx W, idx r0, idx R, const T* scale, const T* shift,
-                        T* halo) {
-  const idx ylo = std::max<idx>(0, r0 - 1), yhi = std::min<idx>(H, r0 + R + 1);
-  for (idx b = 0; b < B; ++b) {
-    const T s = scale[b], t = shift[b];
-    const T* in = h + b * hs + ylo * W;
-    T* out = halo + b * (R + 2) * W + (ylo - (r0 - 1)) * W;
-    const idx n = (yhi - ylo) * W;
-#pragma omp simd
-    for (idx p = 0; p < n; ++p) out[p] = std::max(s * in[p] + t, T(0));
-  }
-}
-
-// im2col for a 3x3, pad-1 convolution over output rows r0 .. r0+R-1.
-// src: channel c, image row y at src + c*cs + (y - ybase)*W (valid image rows only are read).
-// dst (9*Ch, R*W): row c*9 + dy*3 + dx holds src[c, y + oy, x + ox], oy = dy-1 (flip: 1-dy), likewise ox.
-template <typename T>
-inline void im2col3x3(const T* src, idx cs, idx ybase, idx Ch, idx H, idx W, idx r0, idx R, bool flip, T* dst) {
-  const idx P = R * W;
+inline void pad_rows(const T* src, idx cs, idx Ch, idx H, idx W, idx r0, idx R, const T* scale, const T* shift,
+                     bool bnrelu, T* pad) {
+  const idx Wp = W + 2;
   for (idx c = 0; c < Ch; ++c) {
-    for (idx dy = 0; dy < 3; ++dy) {
-      const idx oy = flip ? 1 - dy : dy - 1;
-      for (idx dx = 0; dx < 3; ++dx) {
-        const idx ox = flip ? 1 - dx : dx - 1;
-        T* d = dst + (c * 9 + dy * 3 + dx) * P;
-        for (idx r = 0; r < R; ++r) {
-          const idx sy = r0 + r + oy;
-          T* drow = d + r * W;
-          if (sy < 0 || sy >= H) {
-            std::memset(drow, 0, sizeof(T) * W);
-            continue;
-          }
-          const T* s = src + c * cs + (sy - ybase) * W;
-          const idx xlo = std::max<idx>(0, -ox), xhi = std::min<idx>(W, W - ox);
-          for (idx x = 0; x < xlo; ++x) drow[x] = T(0);
-          if (xhi > xlo) std::memcpy(drow + xlo, s + xlo + ox, sizeof(T) * (xhi - xlo));
-          for (idx x = std::max(xhi, xlo); x < W; ++x) drow[x] = T(0);
-        }
+    T* pc = pad + c * (R + 2) * Wp;
+    const T s = bnrelu ? scale[c] : T(1), t = bnrelu ? shift[c] : T(0);
+    for (idx i = 0; i < R + 2; ++i) {
+      const idx y = r0 - 1 + i;
+      T* row = pc + i * Wp;
+      if (y < 0 || y >= H) {
+        std::memset(row, 0, sizeof(T) * Wp);
+        continue;
+      }
+      row[0] = T(0);
+      row[W + 1] = T(0);
+      const T* in = src + c * cs + y * W;
+      if (bnrelu) {
+#pragma omp simd
+        for (idx x = 0; x < W; ++x) row[1 + x] = std::max(s * in[x] + t, T(0));
+      } else {
+        std::memcpy(row + 1, in, sizeof(T) * W);
       }
     }
   }
 }
+
+// FER_KERNELS_PROFILE=1 prints the wall time of each backward phase (for tuning; off by default).
+struct PhaseTimer {
+  bool on = std::getenv("FER_KERNELS_PROFILE") != nullptr;
+  double acc[4] = {0, 0, 0, 0};
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  void mark(int i) {
+    auto now = std::chrono::steady_clock::now();
+    acc[i] += std::chrono::duration<double>(now - t).count();
+    t = now;
+  }
+  ~PhaseTimer() {
+    if (on) std::fprintf(stderr, "dense_block backward: prep %.3f conv2 %.3f conv1 %.3f bn1 %.3f s\n", acc[0], acc[1], acc[2], acc[3]);
+  }
+};
 
 // Runs the worker on every intra-op thread; workers take (image, tile) items one at a time from a shared
 // counter, so on a shared machine a descheduled thread does not leave its static share for the end.
@@ -236,13 +240,34 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
   });
 }
 
-// 3x3 phase: buf[:, C:C+k] = W2 * relu(s2 * h + t2); optional statistics of the new channels.
+// 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2), as 9 tap GEMMs over the padded tile, computed
+// on R*(W+2)-2 "padded pixels" (the 2 junk columns per row are dropped on the way out).
+// w2t (9, k, B): the weight of each tap. pad: (B, R+2, W+2) scratch, ypad: (k, R*(W+2)) scratch.
 template <typename T>
-void conv3x3_tile(const Shape& S, const T* hn, const T* w2, const T* s2, const T* t2, idx r0, idx R, T* halo,
-                  T* col, T* yout) {
-  halo_bnrelu(hn, S.HW, S.B, S.H, S.W, r0, R, s2, t2, halo);
-  im2col3x3(halo, (R + 2) * S.W, r0 - 1, S.B, S.H, S.W, r0, R, false, col);
-  gemm_rm<T>(false, false, S.k, R * S.W, 9 * S.B, w2, 9 * S.B, col, R * S.W, T(0), yout, S.HW);
+void conv3x3_tile(const Shape& S, const T* hn, const T* w2t, const T* s2, const T* t2, idx r0, idx R, T* pad,
+                  T* ypad, T* yout) {
+  const idx Wp = S.W + 2, ps = (R + 2) * Wp, Pp = R * Wp - 2;
+  pad_rows(hn, S.HW, S.B, S.H, S.W, r0, R, s2, t2, true, pad);
+  for (idx tap = 0; tap < 9; ++tap) {
+    const idx dy = tap / 3, dx = tap % 3;
+    gemm_rm<T>(false, false, S.k, Pp, S.B, w2t + tap * S.k * S.B, S.B, pad + dy * Wp + dx, ps,
+               tap == 0 ? T(0) : T(1), ypad, Pp);
+  }
+  for (idx o = 0; o < S.k; ++o)
+    for (idx r = 0; r < R; ++r) std::memcpy(yout + o * S.HW + r * S.W, ypad + o * Pp + r * Wp, sizeof(T) * S.W);
+}
+
+// (k, B, 3, 3) -> (9, k, B), or with swap (9, B, k).
+template <typename T>
+std::vector<T> taps(const at::Tensor& w2, bool swap) {
+  const idx k = w2.size(0), B = w2.size(1);
+  const T* w = w2.data_ptr<T>();
+  std::vector<T> out((size_t)(9 * k * B));
+  for (idx o = 0; o < k; ++o)
+    for (idx b = 0; b < B; ++b)
+      for (idx tap = 0; tap < 9; ++tap)
+        out[tap * k * B + (swap ? b * k + o : o * B + b)] = w[(o * B + b) * 9 + tap];
+  return out;
 }
 
 template <typename T>
@@ -252,7 +277,7 @@ void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, co
   const idx ntile = (S.H + R - 1) / R;
   const idx total_items = S.N * ntile;
   dynamic_for(total_items, [&](auto next) {
-    std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(9 * S.B * R * S.W));
+    std::vector<T> halo((size_t)(S.B * (R + 2) * (S.W + 2))), col((size_t)(S.k * R * (S.W + 2)));
     double* acc = ystats ? ystats->mine() : nullptr;
     for (idx it; (it = next()) < total_items;) {
       const idx n = it / ntile, r0 = (it % ntile) * R, Rt = std::min(R, S.H - r0);
@@ -346,19 +371,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   std::vector<T> s1, t1, s2, t2;
   if (!training) {
     // Eval: per image, the 1x1 output stays in a per-thread scratch and feeds the 3x3 right away.
-    std::vector<std::vector<T>> S1(S.L), T1(S.L), S2(S.L), T2(S.L);
+    std::vector<std::vector<T>> S1(S.L), T1(S.L), S2(S.L), T2(S.L), W2T(S.L);
     for (idx l = 0; l < S.L; ++l) {
       const idx C = S.C0 + l * S.k;
       auto m1 = to_double(*layers[l].m1), v1 = to_double(*layers[l].v1);
       auto m2 = to_double(*layers[l].m2), v2 = to_double(*layers[l].v2);
       bn_affine<T>(*layers[l].g1, *layers[l].b1, m1.data(), v1.data(), C, eps, S1[l], T1[l]);
       bn_affine<T>(*layers[l].g2, *layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
+      W2T[l] = taps<T>(w2c[l], false);
     }
     const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
     dynamic_for(S.N, [&](auto next) {
       const idx P1 = std::min(kTile1x1, S.HW);
       std::vector<T> a((size_t)((S.Ctot - S.k) * P1)), hn((size_t)(S.B * S.HW));
-      std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(9 * S.B * R * S.W));
+      std::vector<T> halo((size_t)(S.B * (R + 2) * (S.W + 2))), col((size_t)(S.k * R * (S.W + 2)));
       for (idx n; (n = next()) < S.N;) {
         T* bn = buf + n * S.Ctot * S.HW;
         for (idx l = 0; l < S.L; ++l) {
@@ -370,7 +396,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           }
           for (idx r0 = 0; r0 < S.H; r0 += R) {
             const idx Rt = std::min(R, S.H - r0);
-            conv3x3_tile(S, hn.data(), w2c[l].data_ptr<T>(), S2[l].data(), T2[l].data(), r0, Rt, halo.data(),
+            conv3x3_tile(S, hn.data(), W2T[l].data(), S2[l].data(), T2[l].data(), r0, Rt, halo.data(),
                          col.data(), bn + C * S.HW + r0 * S.W);
           }
         }
@@ -408,7 +434,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     finish_stats<T>(hacc.sum(), S.B, M, hm, hv);
     bn_affine<T>(*layers[l].g2, *layers[l].b2, hm, hv, S.B, eps, s2, t2);
     ThreadAcc yacc(2 * S.k);
-    conv3x3_phase<T>(S, hl, buf, C, w2c[l].data_ptr<T>(), s2.data(), t2.data(), &yacc);
+    const auto w2t = taps<T>(w2c[l], false);
+    conv3x3_phase<T>(S, hl, buf, C, w2t.data(), s2.data(), t2.data(), &yacc);
     finish_stats<T>(yacc.sum(), S.k, M, xm + C, xv + C);
   }
   return {out, hbuf, xmean, xvar, hmean, hvar};
@@ -454,12 +481,12 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
   const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
   const idx ntile3 = (S.H + R - 1) / R;
   const idx ntile1 = (S.HW + kTile1x1 - 1) / kTile1x1;
+  PhaseTimer timer;
   for (idx l = S.L - 1; l >= 0; --l) {
     const LayerRef& p = layers[l];
     const idx C = S.C0 + l * S.k;
     at::Tensor w1 = p.w1->contiguous();
     at::Tensor w2 = p.w2->contiguous();
-    at::Tensor w2r = p.w2->permute({1, 0, 2, 3}).contiguous();  // (B, k, 3, 3)
     std::vector<double> m1, v1, m2, v2;
     if (training) {
       m1.assign(xmean.data_ptr<double>(), xmean.data_ptr<double>() + C);
@@ -484,38 +511,49 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     for (idx b = 0; b < S.B; ++b) { hmeanT[b] = (T)m2[b]; hisT[b] = (T)is2[b]; }
     for (idx c = 0; c < C; ++c) { xmeanT[c] = (T)m1[c]; xisT[c] = (T)is1[c]; }
 
-    // Phase C: conv2 backward with the BN2-ReLU recomputed; dz2 = dc * [c > 0].
-    const idx K2 = 9 * S.B;
-    std::vector<T> dw2_acc((size_t)(nt * S.k * K2), T(0));
+    timer.mark(0);
+    // Phase C: conv2 backward with the BN2-ReLU recomputed, tap by tap on padded tiles (as conv3x3_tile):
+    // dW2[tap] += gy @ c_tap^T, dc = sum_tap W2[tap]^T @ gy_(flipped tap); dz2 = dc * [c > 0].
+    const auto w2rt = taps<T>(w2, true);  // (9, B, k)
+    const idx KB = 9 * S.k * S.B;
+    std::vector<T> dw2_acc((size_t)(nt * KB), T(0));
     ThreadAcc acc2(2 * S.B);
     const idx total3 = S.N * ntile3;
     dynamic_for(total3, [&](auto next) {
-      std::vector<T> halo((size_t)(S.B * (R + 2) * S.W)), col((size_t)(K2 * R * S.W));
-      std::vector<T> gcol((size_t)(9 * S.k * R * S.W));
-      T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * S.k * K2;
+      const idx Wp = S.W + 2;
+      std::vector<T> pad((size_t)(S.B * (R + 2) * Wp)), gpad((size_t)(S.k * (R + 2) * Wp));
+      std::vector<T> dcp((size_t)(S.B * R * Wp));
+      T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB;
       double* acc = acc2.mine();
       for (idx it; (it = next()) < total3;) {
-        const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0), P = Rt * S.W;
+        const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0);
+        const idx ps = (Rt + 2) * Wp, Pp = Rt * Wp - 2;
         const T* hn = hl + n * S.B * S.HW;
-        halo_bnrelu(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), halo.data());
-        im2col3x3(halo.data(), (Rt + 2) * S.W, r0 - 1, S.B, S.H, S.W, r0, Rt, false, col.data());
-        const T* gy_img = gbuf + (n * S.Ctot + C) * S.HW;
-        gemm_rm<T>(false, true, S.k, K2, P, gy_img + r0 * S.W, S.HW, col.data(), P, T(1), dw2, K2);
-        im2col3x3(gy_img, S.HW, 0, S.k, S.H, S.W, r0, Rt, true, gcol.data());
-        T* dz = dz2 + n * S.B * S.HW + r0 * S.W;
-        gemm_rm<T>(false, false, S.B, P, 9 * S.k, w2r.data_ptr<T>(), 9 * S.k, gcol.data(), P, T(0), dz, S.HW);
+        pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
+        pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
+                 false, gpad.data());
+        for (idx tap = 0; tap < 9; ++tap) {
+          const idx dy = tap / 3, dx = tap % 3;
+          gemm_rm<T>(false, true, S.k, S.B, Pp, gpad.data() + Wp + 1, ps, pad.data() + dy * Wp + dx, ps, T(1),
+                     dw2 + tap * S.k * S.B, S.B);
+          gemm_rm<T>(false, false, S.B, Pp, S.k, w2rt.data() + tap * S.k * S.B, S.k,
+                     gpad.data() + (2 - dy) * Wp + (2 - dx), ps, tap == 0 ? T(0) : T(1), dcp.data(), Pp);
+        }
         for (idx b = 0; b < S.B; ++b) {
-          T* d = dz + b * S.HW;
-          const T* cc = halo.data() + b * (Rt + 2) * S.W + S.W;
-          const T* hh = hn + b * S.HW + r0 * S.W;
           const T mu = hmeanT[b], is = hisT[b];
           double s = 0, sx = 0;
+          for (idx r = 0; r < Rt; ++r) {
+            T* d = dz2 + (n * S.B + b) * S.HW + (r0 + r) * S.W;
+            const T* dc = dcp.data() + b * Pp + r * Wp;
+            const T* cc = pad.data() + b * ps + (r + 1) * Wp + 1;
+            const T* hh = hn + b * S.HW + (r0 + r) * S.W;
 #pragma omp simd reduction(+ : s, sx)
-          for (idx q = 0; q < P; ++q) {
-            const T v = cc[q] > T(0) ? d[q] : T(0);
-            d[q] = v;
-            s += (double)v;
-            sx += (double)(v * ((hh[q] - mu) * is));
+            for (idx x = 0; x < S.W; ++x) {
+              const T v = cc[x] > T(0) ? dc[x] : T(0);
+              d[x] = v;
+              s += (double)v;
+              sx += (double)(v * ((hh[x] - mu) * is));
+            }
           }
           acc[2 * b] += s;
           acc[2 * b + 1] += sx;
@@ -526,7 +564,9 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
       at::Tensor g = at::zeros({S.k, S.B, 3, 3}, opts);
       T* gp = g.data_ptr<T>();
       for (int t = 0; t < nt; ++t)
-        for (idx i = 0; i < S.k * K2; ++i) gp[i] += dw2_acc[t * S.k * K2 + i];
+        for (idx tap = 0; tap < 9; ++tap)
+          for (idx o = 0; o < S.k; ++o)
+            for (idx b = 0; b < S.B; ++b) gp[(o * S.B + b) * 9 + tap] += dw2_acc[t * KB + tap * S.k * S.B + o * S.B + b];
       gw2[l] = g;
     }
     auto a2 = acc2.sum();
@@ -548,6 +588,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
       }
     }
 
+    timer.mark(1);
     // Phase D: conv1 backward with BN1-ReLU recomputed; dz1 = da * [a > 0].
     std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
     ThreadAcc acc1(2 * C);
@@ -614,6 +655,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         A1[c] = (T)g; B1[c] = T(0); C1[c] = T(0);
       }
     }
+    timer.mark(2);
     // Phase E: the BN1 input gradient, accumulated into the shared buffer's gradient.
     const idx totalE = S.N * C;
     dynamic_for(totalE, [&](auto next) {
@@ -628,6 +670,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
       }
     });
   }
+  timer.mark(3);
   at::Tensor gx = gbuf_t.narrow(1, 0, S.C0).contiguous();
   return {gx, gg1, gb1, gw1, gg2, gb2, gw2};
 }
