@@ -11,6 +11,7 @@ torchvision's ``memory_efficient``), ``compile`` (torch.compile of the eager blo
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -106,15 +107,14 @@ def make_case(provider, shape_name, mode, device="cpu"):
     return step, forward_with_grad
 
 
-def _provider_list(device):
-    return provider_params(*PROVIDERS, device=device)
+DEVICE = os.environ.get("FER_BENCH_DEVICE") or ("cuda" if HAS_CUDA else "cpu")
 
 
-@pytest.mark.parametrize("provider", _provider_list("cuda" if HAS_CUDA else "cpu"))
-@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("provider", provider_params(*PROVIDERS, device=DEVICE))
+@pytest.mark.parametrize("shape_name", [pytest.param("block1"), pytest.param("block3", marks=pytest.mark.full_only)])
 @pytest.mark.parametrize("mode", ["fwd", "full"])
 def test_dense_block(benchmark, provider, shape_name, mode):
-    device = "cuda" if HAS_CUDA else "cpu"
+    device = DEVICE
     step, fwd = make_case(provider, shape_name, mode, device)
     extra = {"dtype": "float32", "shape": SHAPES[shape_name], "provider": provider, "mode": mode,
              "flops": flops(SHAPES[shape_name], mode)}
@@ -132,7 +132,7 @@ def main():
     ap.add_argument("--providers", nargs="*",
                     default=[p for p in PROVIDERS if p != "triton" or HAS_CUDA])
     args = ap.parse_args()
-    device = "cuda" if HAS_CUDA else "cpu"
+    device = DEVICE
     print(f"device {device}, threads {torch.get_num_threads()}, rounds {args.rounds}")
     for shape_name in args.shapes:
         for mode in args.modes:
