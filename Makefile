@@ -8,7 +8,7 @@ NVCC   ?= $(shell command -v nvcc 2>/dev/null)
 CUDA_ARCHS ?= 80 90
 CSRC_CU := $(wildcard csrc/cuda/*.cu)
 
-.PHONY: all install build test demo bench cuda-check lint clean
+.PHONY: all install build test demo bench bench-quick cuda-check lint clean
 
 all: test
 
@@ -47,7 +47,10 @@ demo: build
 	$(PY) -m fer_kernels
 
 bench: build
-	$(PY) -m pytest benchmarks -q
+	$(VENV)/bin/fer-bench
+
+bench-quick: build
+	$(VENV)/bin/fer-bench --quick
 
 lint: install
 	$(PY) -m ruff check fer_kernels fer_models tests benchmarks

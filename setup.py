@@ -39,7 +39,7 @@ def _extensions():
     sources = rel([os.path.join(HERE, "csrc", "fer_kernels.cpp")])
     sources += rel(glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp")))
     cxx = ["-O0", "-g"] if debug else ["-O3", "-march=native", "-ffp-contract=fast"]
-    cxx += ["-fopenmp", "-std=c++17"]
+    cxx += ["-fopenmp"]
     include_dirs = [os.path.join(HERE, "csrc")]
     if _want_cuda():
         sources += rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))

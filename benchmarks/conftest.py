@@ -8,6 +8,10 @@
   (storages counted once).
 - ``sync(device)``: synchronise inside the timed function.
 - ``bench(benchmark, fn, group, extra)``: runs pytest-benchmark with the group and extra_info filled in.
+- Interleaving: ``--bench-repeat N`` runs every benchmark N times, ordered so that the providers of one
+  group alternate (eager, compile, cpp, eager, compile, cpp, ...); the report takes the median over the
+  repeats, so a slow spell of the machine hits every provider alike. ``--quick`` times fewer rounds.
+  Benchmarks name their provider parameter ``provider``.
 """
 
 from __future__ import annotations
@@ -37,6 +41,51 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "0")  # never benchmark the interpreter
 
 PROVIDERS = ("eager", "compile", "reference", "cpp", "triton", "cuda")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fer-kernels benchmarks")
+    group.addoption("--bench-repeat", type=int, default=1, help="interleaved repeats of every benchmark")
+    group.addoption("--quick", action="store_true", help="fewer rounds and only the first shape of each suite")
+
+
+QUICK = False
+
+
+def pytest_configure(config):
+    global QUICK
+    config.addinivalue_line("markers", "full_only: a shape skipped by --quick")
+    QUICK = bool(config.getoption("--quick", False))
+
+
+@pytest.fixture(autouse=True)
+def bench_rep(request):
+    """Index of the interleaved repeat (see --bench-repeat)."""
+    return getattr(request, "param", 0)
+
+
+def pytest_generate_tests(metafunc):
+    n = metafunc.config.getoption("--bench-repeat")
+    if n > 1 and "benchmark" in metafunc.fixturenames:
+        metafunc.parametrize("bench_rep", range(n), indirect=True, ids=lambda r: f"rep{r}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--quick"):
+        removed = [it for it in items if it.get_closest_marker("full_only") is not None]
+        if removed:
+            config.hook.pytest_deselected(items=removed)
+            items[:] = [it for it in items if it.get_closest_marker("full_only") is None]
+
+    def key(item):
+        params = dict(getattr(getattr(item, "callspec", None), "params", {}))
+        rep = params.pop("bench_rep", 0)
+        provider = params.pop("provider", "")
+        case = (item.module.__name__, item.originalname, tuple(sorted((k, str(v)) for k, v in params.items())))
+        order = PROVIDERS.index(provider) if provider in PROVIDERS else len(PROVIDERS)
+        return case, rep, order
+
+    items.sort(key=key)
 
 
 def provider_params(*names: str, device: str = "cpu"):
@@ -81,11 +130,17 @@ def saved_bytes(fn) -> int:
 
 
 def bench(benchmark, fn, *, group: str, device="cpu", rounds: int | None = None, **extra):
-    """Time ``fn`` (which must synchronise itself) under pytest-benchmark, recording ``extra_info``."""
+    """Time ``fn`` (which must synchronise itself) under pytest-benchmark, recording ``extra_info``.
+
+    ``extra`` should carry ``provider``, ``shape``, ``dtype`` and, where known, ``flops`` and ``bytes``
+    (per call) and ``saved_bytes`` (CPU) / ``peak_bytes`` (GPU); the report derives GFLOP/s and GB/s.
+    """
     benchmark.group = group
     benchmark.extra_info.update({"device": str(device), "allocator_pinned": ALLOCATOR_PINNED,
-                                 "threads": torch.get_num_threads(), **extra})
+                                 "threads": torch.get_num_threads(), "torch": torch.__version__, **extra})
     fn()  # warm-up (and compile) outside the timing
+    if QUICK:
+        rounds = 3
     if rounds:
         return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
     return benchmark(fn)

@@ -1,0 +1,118 @@
+"""Model throughput: a full training step (forward, loss, backward, SGD step) and inference images/s.
+
+Providers: ``eager`` (the model's plain-PyTorch twin, ``model.to_reference()``, same weights), ``compile``
+(``torch.compile`` of that twin), ``cpp`` / ``triton`` / ``cuda`` (the model on fer_kernels with that backend).
+Groups ``models-<mode>-<shape>``; extra_info records images/s (``items_per_call``) and saved-for-backward
+bytes of one training forward. The ``eifn_head`` groups time the bilinear head alone on EIFN's shapes, so
+the report can give the head's share of a training step before (eager) and after (fused).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from benchmarks.conftest import bench, provider_params, saved_bytes, sync
+
+DEVICE = os.environ.get("FER_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+FUSED = ("cpp",) if DEVICE == "cpu" else ("triton", "cuda")
+
+TRAIN_CASES = {  # name -> (model, batch, input size, expressions, identities)
+    "idennet_if_40-n64": ("idennet_if_40", 64, (1, 48, 48), 6, 80),
+    "eifn-n16": ("eifn", 16, (1, 64, 64), 7, 118),
+}
+
+
+def _build(provider: str, name: str, n_exp: int, n_id: int):
+    import fer_models
+
+    torch.manual_seed(0)
+    model = fer_models.create_model(name, num_expressions=n_exp, num_identities=n_id).to(DEVICE)
+    if provider in ("eager", "compile"):
+        plain = model.to_reference().to(DEVICE)
+        fwd = torch.compile(plain) if provider == "compile" else plain
+        return plain, fwd, None
+    return model, model, provider
+
+
+def _batch(n: int, size, n_exp: int, n_id: int):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, *size, generator=g).to(DEVICE)
+    ye = torch.randint(0, n_exp, (n,), generator=g).to(DEVICE)
+    yi = torch.randint(0, n_id, (n,), generator=g).to(DEVICE)
+    return x, ye, yi
+
+
+@pytest.mark.parametrize("provider", provider_params("eager", "compile", *FUSED, device=DEVICE))
+@pytest.mark.parametrize("case", list(TRAIN_CASES))
+def test_train_step(benchmark, provider, case):
+    import fer_kernels
+
+    name, n, size, n_exp, n_id = TRAIN_CASES[case]
+    model, fwd, backend = _build(provider, name, n_exp, n_id)
+    model.train()
+    x, ye, yi = _batch(n, size, n_exp, n_id)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+
+    def loss_of():
+        return model.loss(fwd(x), ye, yi)["total"]
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_of().backward()
+        opt.step()
+        sync(DEVICE)
+
+    with fer_kernels.use_backend(backend or "auto"):
+        saved = saved_bytes(loss_of)
+        bench(benchmark, step, group=f"models-full-{case}", device=DEVICE, rounds=5, provider=provider,
+              shape=f"{name} N={n} {size}", dtype="float32", items_per_call=n, saved_bytes=saved)
+
+
+@pytest.mark.parametrize("provider", provider_params("eager", "compile", *FUSED, device=DEVICE))
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("name", ["idennet_if_40", pytest.param("eifn", marks=pytest.mark.full_only)])
+def test_inference(benchmark, provider, batch, name):
+    import fer_kernels
+
+    _, _, size, n_exp, n_id = next(c for c in TRAIN_CASES.values() if c[0] == name)
+    model, fwd, backend = _build(provider, name, n_exp, n_id)
+    model.eval()
+    x, _, _ = _batch(batch, size, n_exp, n_id)
+
+    def run():
+        with torch.no_grad():
+            fwd(x)
+        sync(DEVICE)
+
+    with fer_kernels.use_backend(backend or "auto"):
+        bench(benchmark, run, group=f"models-infer-{name}-n{batch}", device=DEVICE, provider=provider,
+              shape=f"{name} N={batch} {size}", dtype="float32", items_per_call=batch)
+
+
+@pytest.mark.parametrize("provider", provider_params("eager", *FUSED, device=DEVICE))
+def test_eifn_head(benchmark, provider):
+    """EIFN's bilinear head alone (fwd+bwd), on the feature maps EIFN gives it at 64x64 and N=16."""
+    import fer_kernels
+    import fer_models
+
+    model = fer_models.create_model("eifn", num_expressions=7, num_identities=118).to(DEVICE)
+    x, _, _ = _batch(16, (1, 64, 64), 7, 118)
+    with torch.no_grad():
+        xi = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        a = model.identity_extractor(xi)
+        b = model.expression_extractor(xi)
+    a.requires_grad_(True)
+    b.requires_grad_(True)
+    head = model.to_reference().classifier if provider == "eager" else model.classifier
+
+    def run():
+        head(a, b).sum().backward()
+        sync(DEVICE)
+
+    with fer_kernels.use_backend(provider if provider != "eager" else "auto"):
+        bench(benchmark, run, group="models-full-eifn_head-n16", device=DEVICE, provider=provider,
+              shape=f"a {tuple(a.shape)} b {tuple(b.shape)}", dtype="float32", items_per_call=16)

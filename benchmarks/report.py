@@ -1,0 +1,141 @@
+"""Summarise pytest-benchmark JSON as one ratio table (markdown) and a PNG bar chart.
+
+For every benchmark group (``<op>-<mode>-<shape>``) the fused provider (cpp on CPU; cuda or triton on GPU,
+the faster) is compared with eager and torch.compile measured in the same run: speed-up = other's time /
+fused time (the median over interleaved repeats of each provider's median), memory ratio = fused saved (or
+peak) bytes / eager's.
+
+    python -m benchmarks.report RESULTS.json [--markdown OUT.md] [--png OUT.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+FUSED = ("cpp", "cuda", "triton")
+
+
+def load(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def aggregate(data: dict) -> dict[str, dict[str, dict]]:
+    """group -> provider -> {median_s, n, extra}: median over interleaved repeats."""
+    runs: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    extras: dict[tuple[str, str], dict] = {}
+    for b in data.get("benchmarks", []):
+        provider = b.get("params", {}).get("provider") or b.get("extra_info", {}).get("provider")
+        if provider is None:
+            continue
+        runs[b["group"]][provider].append(b["stats"]["median"])
+        extras[(b["group"], provider)] = b.get("extra_info", {})
+    out: dict[str, dict[str, dict]] = {}
+    for group, provs in runs.items():
+        out[group] = {
+            p: {"median_s": statistics.median(ts), "n": len(ts), "extra": extras[(group, p)]} for p, ts in provs.items()
+        }
+    return out
+
+
+def _mem(extra: dict) -> float | None:
+    for key in ("saved_bytes", "peak_bytes"):
+        if extra.get(key):
+            return float(extra[key])
+    return None
+
+
+def rows(agg: dict) -> list[dict]:
+    table = []
+    for group in sorted(agg):
+        provs = agg[group]
+        fused = [p for p in FUSED if p in provs]
+        if not fused:
+            continue
+        best = min(fused, key=lambda p: provs[p]["median_s"])
+        f = provs[best]
+        row = {"group": group, "fused": best, "fused_ms": f["median_s"] * 1e3, "repeats": f["n"]}
+        for other in ("eager", "compile", "reference"):
+            if other in provs:
+                row[f"{other}_ms"] = provs[other]["median_s"] * 1e3
+                row[f"vs_{other}"] = provs[other]["median_s"] / f["median_s"]
+        fm = _mem(f["extra"])
+        em = _mem(provs.get("eager", {}).get("extra", {}))
+        if fm is not None and em:
+            row["mem_ratio"] = fm / em
+        flops = f["extra"].get("flops")
+        if flops:
+            row["gflops"] = flops / f["median_s"] / 1e9
+        nbytes = f["extra"].get("bytes")
+        if nbytes:
+            row["gbs"] = nbytes / f["median_s"] / 1e9
+        table.append(row)
+    return table
+
+
+def markdown(table: list[dict], title: str = "") -> str:
+    fmt = lambda v, spec: "" if v is None else format(v, spec)
+    lines = [f"### {title}", ""] if title else []
+    lines += [
+        "| group | fused | fused ms | eager ms | compile ms | x eager | x compile | memory vs eager | GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['group']} | {r['fused']} | {fmt(r['fused_ms'], '.2f')} | {fmt(r.get('eager_ms'), '.2f')} | "
+            f"{fmt(r.get('compile_ms'), '.2f')} | {fmt(r.get('vs_eager'), '.2f')} | "
+            f"{fmt(r.get('vs_compile'), '.2f')} | {fmt(r.get('mem_ratio'), '.2f')} | {fmt(r.get('gflops'), '.1f')} |"
+        )
+    lines.append("")
+    lines.append("x eager / x compile: speed-up of the fused provider (their time / its time, higher is better); "
+                 "memory: fused saved-for-backward (CPU) or peak (GPU) bytes over eager's (lower is better).")
+    return "\n".join(lines) + "\n"
+
+
+def chart(table: list[dict], path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [r["group"] for r in table]
+    series = [("vs_eager", "x eager"), ("vs_compile", "x compile"), ("mem_ratio", "memory / eager")]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(groups) + 2), 4.5))
+    width = 0.27
+    for i, (key, label) in enumerate(series):
+        vals = [r.get(key) or 0.0 for r in table]
+        ax.bar([x + (i - 1) * width for x in range(len(groups))], vals, width, label=label)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("ratio")
+    ax.set_title("fer_kernels fused provider vs eager and torch.compile")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", help="pytest-benchmark --benchmark-json output")
+    ap.add_argument("--markdown", help="write the table here")
+    ap.add_argument("--png", help="write the bar chart here")
+    ap.add_argument("--title", default="")
+    args = ap.parse_args(argv)
+    table = rows(aggregate(load(args.json)))
+    md = markdown(table, args.title)
+    print(md)
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    if args.png and table:
+        chart(table, args.png)
+        print(f"chart: {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""EIFN: Expression-Identity Fusion Network (Zhang, Su, Wang), with its ablations EFN and EIFN*.
+
+Two VGG-16 convolutional stacks, the identity-related extractor ``I`` and the expression-related extractor
+``E`` (each truncated at conv5_3, followed by ReLU and max-pool), a bilinear fusion module (sum-pooled outer
+product ``I(l) (x) E(l)``, signed square root, L2 normalisation, softmax classifier: the fused
+:class:`fer_kernels.nn.BilinearClassifier`), and a face-recognition branch (two fully connected layers,
+softmax loss and center loss) on ``I``'s feature maps. Loss (eq. 5):
+``L = lambda2 (L_S_id + lambda1 L_C_id) + lambda3 L_S_exp``.
+
+Reading of the paper where DESIGN section 5 leaves details open:
+
+- The bilinear vector is indexed identity-major: ``a = F_id`` (``ca`` channels), ``b = F_exp``
+  (``cb``), element ``i * cb + j`` (eq. 3 writes ``I(l) (x) E(l)``). Sum pooling over locations (eq. 4).
+- Face-recognition branch: ``flatten(F_id)`` (512 x 2 x 2 at 64x64) -> FC1 -> deep feature (512-d, the
+  feature size of Wen et al.'s face model; the paper gives none) -> FC2 -> identity logits. As in Wen et
+  al., the center loss acts on the FC1 output and FC2 reads it directly. No dropout (none is mentioned).
+- Center loss: Wen et al.'s, centers moved by their update rule with rate 0.5 (see
+  :class:`fer_models.losses.CenterLoss`), not by SGD.
+- Loss weights: (lambda1, lambda2, lambda3) = (0.0001, 1, 6), the paper's setting when training on
+  Oulu-CASIA (fine-tuning stage) and when pre-training on it; (0.0001, 2, 1) is its setting on CK+. They are
+  plain attributes, so a training script can change them between the two stages.
+- Variants (section 3.2): ``EIFN``: L_S_exp is back-propagated into the expression branch *and* the
+  identity extractor ``I``; ``EIFN*``: only into the expression branch (``F_id`` enters the bilinear module
+  detached); ``EFN``: lambda2 = 0, the identity loss is off, so ``I`` is trained by L_S_exp alone. With
+  lambda2 = 0 the two FC layers and the centers would receive nothing and never affect the expression
+  output, so EFN does not build them (``out.identity`` is None); its architecture is otherwise EIFN's.
+- Grayscale input (N, 1, 64, 64) is repeated to three channels, so ImageNet conv1_1 weights apply as they
+  are. :meth:`EIFN.load_vgg16_weights` reads a local torchvision-format VGG-16 state dict
+  (``features.N.weight`` / ``features.N.bias``) into both extractors; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fer_kernels.nn as fnn
+from fer_models.losses import CenterLoss, masked_cross_entropy
+from fer_models.registry import register_model
+
+__all__ = ["EIFNOutput", "EIFN", "vgg16_features", "VGG16_WIDTHS", "load_vgg16_features"]
+
+#: Output channels of VGG-16's five conv stages (conv1_x .. conv5_x).
+VGG16_WIDTHS = (64, 128, 256, 512, 512)
+_VGG16_CONVS_PER_STAGE = (2, 2, 3, 3, 3)
+
+
+@dataclass
+class EIFNOutput:
+    """What EIFN returns.
+
+    Attributes:
+        expression (Tensor[N, E]): expression logits (bilinear fusion + softmax layer).
+        identity (Tensor[N, I] | None): identity logits (None for EFN).
+        identity_features (Tensor[N, D] | None): FC1 output, the deep feature of the center loss.
+    """
+
+    expression: torch.Tensor
+    identity: torch.Tensor | None
+    identity_features: torch.Tensor | None
+
+
+def vgg16_features(widths: Sequence[int] = VGG16_WIDTHS, in_chans: int = 3) -> nn.Sequential:
+    """VGG-16's convolutional part up to conv5_3 + ReLU + max-pool, laid out as torchvision's
+    ``vgg16().features`` (indices 0..30), so ``features.N.*`` state-dict keys load as ``N.*``.
+
+    Args:
+        widths (Sequence[int]): channels of the five stages (VGG-16: 64, 128, 256, 512, 512); smaller values
+            give the same topology at lower cost (tests).
+        in_chans (int): input channels of conv1_1.
+
+    Shape: (N, in_chans, H, W) -> (N, widths[-1], H // 32, W // 32).
+    """
+    if len(widths) != 5:
+        raise ValueError(f"widths: expected 5 stage widths, got {tuple(widths)}")
+    layers: list[nn.Module] = []
+    c = in_chans
+    for width, convs in zip(widths, _VGG16_CONVS_PER_STAGE, strict=True):
+        for _ in range(convs):
+            layers += [nn.Conv2d(c, width, 3, padding=1), nn.ReLU(inplace=True)]
+            c = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+_FEATURE_KEY = re.compile(r"(?:^|\.)features\.(\d+)\.(weight|bias)$")
+
+
+def load_vgg16_features(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``features.N.{weight,bias}`` tensors of a torchvision-format VGG-16 state dict, keyed ``N.*``.
+
+    Args:
+        source: a path to a file saved with ``torch.save(state_dict)`` (loaded with ``weights_only=True``,
+            nothing is downloaded), or the state dict itself. Keys may carry a prefix (``module.``,
+            ``vgg.``); a ``{"state_dict": ...}`` wrapper is unwrapped.
+    """
+    sd = source
+    if not isinstance(source, Mapping):
+        sd = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+        sd = sd["state_dict"]
+    out = {}
+    for key, value in sd.items():
+        m = _FEATURE_KEY.search(key)
+        if m:
+            out[f"{m.group(1)}.{m.group(2)}"] = value
+    if not out:
+        raise ValueError(f"{source!r}: no 'features.N.weight' keys; expected a torchvision VGG-16 state dict")
+    return out
+
+
+class EIFN(nn.Module):
+    """Expression-identity fusion network (Fig. 1) in the variants ``EFN``, ``EIFN*`` and ``EIFN``.
+
+    Args:
+        variant (str): ``EIFN``, ``EIFN*`` (alias ``EIFN_star``) or ``EFN`` (case-insensitive).
+        num_expressions (int): expression classes. num_identities (int): training subjects.
+        in_chans (int): channels of the images the data pipeline gives (1 or 3; recorded in ``input_size``;
+            forward accepts both).
+        img_size (int): input height and width (paper: 64), a multiple of 32.
+        widths (Sequence[int]): VGG stage widths (default VGG-16's; smaller for tests).
+        id_hidden (int): FC1 width, the center-loss feature (512).
+        lambda1, lambda2, lambda3 (float): loss weights of eq. 5 (0.0001, 1, 6; EFN: lambda2 = 0).
+        center_alpha (float): center update rate (Wen et al.: 0.5).
+        eps (float): epsilon inside the signed square root of the bilinear module.
+        vgg16_weights: optional path to (or state dict of) torchvision VGG-16 weights, loaded into both
+            extractors (:meth:`load_vgg16_weights`).
+        bilinear_layer: the bilinear classifier class (fused :class:`fer_kernels.nn.BilinearClassifier` by
+            default; :class:`fer_models.export.BilinearClassifierPlain` fits too).
+
+    Shape:
+        x (Tensor[N, 1 or 3, img_size, img_size]) -> ``out.expression`` (N, num_expressions),
+        ``out.identity`` (N, num_identities) or None, ``out.identity_features`` (N, id_hidden) or None.
+
+    Submodules: ``identity_extractor`` and ``expression_extractor`` (VGG-16 conv stacks), ``classifier``
+    (the bilinear fusion module with its softmax layer), and except for EFN ``fc1``, ``fc2`` and
+    ``center_loss`` (its ``centers`` buffer).
+    """
+
+    VARIANTS = ("EFN", "EIFN*", "EIFN")
+
+    def __init__(
+        self,
+        variant: str = "EIFN",
+        num_expressions: int = 7,
+        num_identities: int = 118,
+        in_chans: int = 1,
+        img_size: int = 64,
+        widths: Sequence[int] = VGG16_WIDTHS,
+        id_hidden: int = 512,
+        lambda1: float = 1e-4,
+        lambda2: float | None = None,
+        lambda3: float = 6.0,
+        center_alpha: float = 0.5,
+        eps: float = 1e-5,
+        vgg16_weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
+        bilinear_layer: type[nn.Module] = fnn.BilinearClassifier,
+    ):
+        super().__init__()
+        self.variant = self.canonical_variant(variant)
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans: expected 1 or 3, got {in_chans}")
+        if img_size % 32 or img_size < 32:
+            raise ValueError(f"img_size: expected a multiple of 32, got {img_size}")
+        if lambda2 is None:
+            lambda2 = 0.0 if self.variant == "EFN" else 1.0
+        if self.variant == "EFN" and lambda2 != 0:
+            raise ValueError(f"lambda2: EFN is EIFN with lambda2 = 0, got {lambda2}")
+        self.num_expressions, self.in_chans, self.img_size = num_expressions, in_chans, img_size
+        self.widths = tuple(int(w) for w in widths)
+        self.lambda1, self.lambda2, self.lambda3 = lambda1, lambda2, lambda3
+        self.detach_identity = self.variant == "EIFN*"
+        self.has_identity_branch = self.variant != "EFN"
+        self.num_identities = num_identities if self.has_identity_branch else None
+        self.identity_extractor = vgg16_features(self.widths)
+        self.expression_extractor = vgg16_features(self.widths)
+        c = self.widths[-1]
+        self.classifier = bilinear_layer(c, c, num_expressions, True, eps)
+        if self.has_identity_branch:
+            if num_identities is None or num_identities < 1:
+                raise ValueError(f"num_identities: expected >= 1, got {num_identities}")
+            side = img_size // 32
+            self.fc1 = nn.Linear(c * side * side, id_hidden)
+            self.fc2 = nn.Linear(id_hidden, num_identities)
+            self.center_loss = CenterLoss(num_identities, id_hidden, center_alpha)
+        self.input_size = (in_chans, img_size, img_size)
+        self._init_weights()
+        if vgg16_weights is not None:
+            self.load_vgg16_weights(vgg16_weights)
+
+    @classmethod
+    def canonical_variant(cls, variant: str) -> str:
+        v = {"efn": "EFN", "eifn": "EIFN", "eifn*": "EIFN*", "eifn_star": "EIFN*"}.get(str(variant).lower())
+        if v is None:
+            raise ValueError(f"variant: expected one of {', '.join(cls.VARIANTS)}, got {variant!r}")
+        return v
+
+    def _init_weights(self) -> None:
+        # torchvision VGG's initialisation (the bilinear classifier keeps nn.Linear's).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def load_vgg16_weights(
+        self,
+        source: str | os.PathLike | Mapping[str, torch.Tensor],
+        extractors: Sequence[str] = ("identity", "expression"),
+    ) -> EIFN:
+        """Initialise the extractors from ImageNet VGG-16 weights on disk (torchvision format).
+
+        Args:
+            source: path to a ``torch.save``-d VGG-16 state dict (``features.N.weight`` keys), or the dict.
+            extractors: which of ``identity`` / ``expression`` to load (both by default, as in the paper).
+
+        Raises:
+            ValueError: a conv weight is missing or has another shape (e.g. a model built with ``widths``).
+        """
+        weights = load_vgg16_features(source)
+        for which in extractors:
+            ext = {"identity": self.identity_extractor, "expression": self.expression_extractor}[which]
+            own = ext.state_dict()
+            missing = sorted(set(own) - set(weights), key=lambda k: (int(k.split(".")[0]), k))
+            if missing:
+                raise ValueError(
+                    f"VGG-16 weights: missing features.{missing[0]} (and {len(missing) - 1} more)"
+                )
+            for k, v in own.items():
+                if weights[k].shape != v.shape:
+                    raise ValueError(
+                        f"VGG-16 weights: features.{k} has shape {tuple(weights[k].shape)}, the "
+                        f"{which} extractor expects {tuple(v.shape)}"
+                    )
+            ext.load_state_dict({k: weights[k] for k in own})
+        return self
+
+    def forward(self, x: torch.Tensor) -> EIFNOutput:
+        if x.dim() != 4 or x.shape[1] not in (1, 3):
+            raise ValueError(f"x: expected (N, 1 or 3, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        f_id = self.identity_extractor(x)
+        f_exp = self.expression_extractor(x)
+        expression = self.classifier(f_id.detach() if self.detach_identity else f_id, f_exp)
+        if not self.has_identity_branch:
+            return EIFNOutput(expression, None, None)
+        feat = self.fc1(f_id.flatten(1))
+        return EIFNOutput(expression, self.fc2(feat), feat)
+
+    def loss(
+        self, out: EIFNOutput, expression: torch.Tensor, identity: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``L = lambda2 (L_S_id + lambda1 L_C_id) + lambda3 L_S_exp`` (eq. 5).
+
+        In training mode this also moves the identity centers (center-loss update rule), once per call.
+
+        Args:
+            out: this model's output.
+            expression (Tensor[N], int64): expression labels.
+            identity (Tensor[N], int64 | None): identity labels; -1 (or None for all) = unknown, adding no
+                identity loss and moving no center.
+
+        Returns:
+            dict: ``total`` (weighted), ``expression`` (L_S_exp),
+            ``identity`` (L_id = L_S_id + lambda1 L_C_id),
+            ``identity_softmax`` (L_S_id), ``identity_center`` (L_C_id); unweighted but ``total``.
+        """
+        l_exp = F.cross_entropy(out.expression, expression)
+        zero = l_exp.new_zeros(())
+        if self.has_identity_branch and identity is not None:
+            l_sid = masked_cross_entropy(out.identity, identity)
+            l_cid = self.center_loss(out.identity_features, identity)
+        else:
+            l_sid = l_cid = zero
+        l_id = l_sid + self.lambda1 * l_cid
+        total = (
+            self.lambda2 * l_id + self.lambda3 * l_exp if self.has_identity_branch else self.lambda3 * l_exp
+        )
+        return {
+            "total": total,
+            "expression": l_exp,
+            "identity": l_id,
+            "identity_softmax": l_sid,
+            "identity_center": l_cid,
+        }
+
+    def to_reference(self) -> EIFN:
+        """A plain-PyTorch copy with the same weights (see :func:`fer_models.export.to_reference`)."""
+        from fer_models.export import to_reference
+
+        return to_reference(self)
+
+
+def _create_eifn(variant: str, num_expressions: int = 7, num_identities: int = 118, **kwargs) -> EIFN:
+    return EIFN(variant, num_expressions, num_identities, **kwargs)
+
+
+# fmt: off
+@register_model
+def eifn(**kw): return _create_eifn("EIFN", **kw)  # noqa: E704
+@register_model
+def eifn_star(**kw): return _create_eifn("EIFN*", **kw)  # noqa: E704
+@register_model
+def efn(**kw): return _create_eifn("EFN", **kw)  # noqa: E704
+# fmt: on
