@@ -572,17 +572,17 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     auto a2 = acc2.sum();
     gb2[l] = at::empty({S.B}, opts);
     gg2[l] = at::empty({S.B}, opts);
-    // dh = A2 * dz2 + Bc2 + Cc2 * h (per channel).
+    // dh = A2 * ((dz2 - Bc2) - Cc2 * (h - mean)), Bc2 = mean(dz2), Cc2 = invstd * mean(dz2 * hhat): the
+    // subtractions come before the scaling, as in the formula, so a nearly constant dz2 cancels exactly.
     std::vector<T> A2(S.B), B2(S.B), C2(S.B);
     for (idx b = 0; b < S.B; ++b) {
       gb2[l].data_ptr<T>()[b] = (T)a2[2 * b];
       gg2[l].data_ptr<T>()[b] = (T)a2[2 * b + 1];
       const double g = (double)p.g2->data_ptr<T>()[b] * is2[b];
       if (training) {
-        const double c2 = -g * is2[b] * a2[2 * b + 1] / M;
         A2[b] = (T)g;
-        C2[b] = (T)c2;
-        B2[b] = (T)(-g * a2[2 * b] / M - c2 * m2[b]);
+        B2[b] = (T)(a2[2 * b] / M);
+        C2[b] = (T)(is2[b] * a2[2 * b + 1] / M);
       } else {
         A2[b] = (T)g; B2[b] = T(0); C2[b] = T(0);
       }
@@ -604,9 +604,9 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
           const T* d = dz2 + (n * S.B + b) * S.HW + p0;
           const T* hh = hl + (n * S.B + b) * S.HW + p0;
           T* o = dh.data() + b * P;
-          const T A = A2[b], Bc = B2[b], Cc = C2[b];
+          const T A = A2[b], Bc = B2[b], Cc = C2[b], mu = hmeanT[b];
 #pragma omp simd
-          for (idx q = 0; q < P; ++q) o[q] = A * d[q] + Bc + Cc * hh[q];
+          for (idx q = 0; q < P; ++q) o[q] = A * ((d[q] - Bc) - Cc * (hh[q] - mu));
         }
         const T* xn = buf + n * S.Ctot * S.HW;
         pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data());
@@ -647,10 +647,9 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
       gg1[l].data_ptr<T>()[c] = (T)a1[2 * c + 1];
       const double g = (double)p.g1->data_ptr<T>()[c] * is1[c];
       if (training) {
-        const double c1 = -g * is1[c] * a1[2 * c + 1] / M;
         A1[c] = (T)g;
-        C1[c] = (T)c1;
-        B1[c] = (T)(-g * a1[2 * c] / M - c1 * m1[c]);
+        B1[c] = (T)(a1[2 * c] / M);
+        C1[c] = (T)(is1[c] * a1[2 * c + 1] / M);
       } else {
         A1[c] = (T)g; B1[c] = T(0); C1[c] = T(0);
       }
@@ -664,9 +663,9 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         T* g = gbuf + (n * S.Ctot + c) * S.HW;
         const T* d = dz1 + (n * (S.Ctot - S.k) + c) * S.HW;
         const T* xx = buf + (n * S.Ctot + c) * S.HW;
-        const T A = A1[c], Bc = B1[c], Cc = C1[c];
+        const T A = A1[c], Bc = B1[c], Cc = C1[c], mu = xmeanT[c];
 #pragma omp simd
-        for (idx q = 0; q < S.HW; ++q) g[q] += A * d[q] + Bc + Cc * xx[q];
+        for (idx q = 0; q < S.HW; ++q) g[q] += A * ((d[q] - Bc) - Cc * (xx[q] - mu));
       }
     });
   }

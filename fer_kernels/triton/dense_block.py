@@ -13,7 +13,7 @@ Kernels (all on the block buffer ``buf`` (N, C0+L*k, H*W), the saved bottleneck 
 - ``_dense_block_bwd_kernel``: weight gradient ``dW[o, q] = sum_m g[m, o] * col[m, q]`` with the BN-ReLU
   prologue recomputing ``col`` (a or c) from the buffer / h; split over pixels, atomically reduced.
 - ``_dense_block_stats_kernel``: statistics of the block input channels.
-- ``_dense_block_bn_bwd_kernel``: the per-channel affine BN input gradient ``A*dz + B + C*x`` (written, or
+- ``_dense_block_bn_bwd_kernel``: the per-channel BN input gradient ``A*((dz - B) - C*(x - mean))`` (written, or
   accumulated into the buffer's gradient).
 
 float32 uses ``input_precision="ieee"``; float16/bfloat16 feed the tensor cores in their dtype and
@@ -165,7 +165,7 @@ def _dense_block_stats_kernel(src, src_sn, s1_ptr, s2_ptr, M, HW, C, ACC: tl.con
 
 
 @triton.jit
-def _dense_block_bn_bwd_kernel(dst, dst_sn, d, d_sn, xs, xs_sn, A, Bc, Cc, M, HW, C, ACCUM: tl.constexpr,
+def _dense_block_bn_bwd_kernel(dst, dst_sn, d, d_sn, xs, xs_sn, A, Bc, Cc, mean, M, HW, C, ACCUM: tl.constexpr,
                                ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -179,7 +179,8 @@ def _dense_block_bn_bwd_kernel(dst, dst_sn, d, d_sn, xs, xs_sn, A, Bc, Cc, M, HW
     a = tl.load(A + offs_c, mask=cmask, other=0.0).to(ACC)
     b = tl.load(Bc + offs_c, mask=cmask, other=0.0).to(ACC)
     c = tl.load(Cc + offs_c, mask=cmask, other=0.0).to(ACC)
-    out = a[None, :] * dz + b[None, :] + c[None, :] * xv
+    mu = tl.load(mean + offs_c, mask=cmask, other=0.0).to(ACC)
+    out = a[None, :] * ((dz - b[None, :]) - c[None, :] * (xv - mu[None, :]))
     ptr = dst + n[:, None] * dst_sn + off
     if ACCUM:
         out += tl.load(ptr, mask=mask, other=0.0).to(ACC)
@@ -229,11 +230,11 @@ def _wgrad(g, src, scale, shift, dw, m, hw, h, wd, cin, cout, ks):
                                                BLOCK_O=bo, BLOCK_Q=bq)
 
 
-def _bn_bwd(dst, d, xs, A, Bc, Cc, m, hw, c, accum):
+def _bn_bwd(dst, d, xs, A, Bc, Cc, mean, m, hw, c, accum):
     _, acc, _ = _modes(dst.dtype)
     grid = (triton.cdiv(m, 64), triton.cdiv(c, 16))
     wrap_triton(_dense_block_bn_bwd_kernel)[grid](dst, dst.stride(0), d, d.stride(0), xs, xs.stride(0), A, Bc, Cc,
-                                                  m, hw, c, ACCUM=accum, ACC=acc, BLOCK_M=64, BLOCK_C=16)
+                                                  mean, m, hw, c, ACCUM=accum, ACC=acc, BLOCK_M=64, BLOCK_C=16)
 
 
 def _affine(gamma, beta, mean, var, eps):
@@ -336,7 +337,7 @@ def _dense_block_triton_backward(
         _conv(gy, s2, t2, w2r, dz2, m, hw, hh, ww, k, b, 3, True, False, 1, True, aux=hl, mean=m2, invstd=is2,
               s1=sum2, s2=sumx2)
         A2, B2, C2 = _bn_coefs(norm2_weight[l], is2, m2, sum2, sumx2, m, training)
-        _bn_bwd(dh, dz2, hl, A2, B2, C2, m, hw, b, False)
+        _bn_bwd(dh, dz2, hl, A2, B2, C2, m2, m, hw, b, False)
         w1 = conv1_weight[l]
         dw1 = torch.zeros(w1.shape, dtype=sdt, device=out.device)
         _wgrad(dh, out, s1, t1, dw1, m, hw, hh, ww, c, b, 1)
@@ -346,19 +347,19 @@ def _dense_block_triton_backward(
         _conv(dh, s1, t1, w1t, dz1, m, hw, hh, ww, b, c, 1, False, False, 1, True, aux=out, mean=m1, invstd=is1,
               s1=sum1, s2=sumx1)
         A1, B1, C1 = _bn_coefs(norm1_weight[l], is1, m1, sum1, sumx1, m, training)
-        _bn_bwd(gbuf, dz1, out, A1, B1, C1, m, hw, c, True)
+        _bn_bwd(gbuf, dz1, out, A1, B1, C1, m1, m, hw, c, True)
         gg1[l], gb1[l], gw1[l] = sumx1.to(out.dtype), sum1.to(out.dtype), dw1.to(out.dtype)
         gg2[l], gb2[l], gw2[l] = sumx2.to(out.dtype), sum2.to(out.dtype), dw2.to(out.dtype)
     return gbuf[:, :c0].contiguous(), gg1, gb1, gw1, gg2, gb2, gw2
 
 
 def _bn_coefs(gamma, invstd, mean, s_dz, s_dzx, m, training):
-    """BN input gradient as ``A * dz + B + C * x`` per channel (DESIGN section 4)."""
+    """BN input gradient as ``A * ((dz - B) - C * (x - mean))`` per channel (DESIGN section 4): the
+    subtractions come before the scaling, so a nearly constant dz (or |mean| >> std) cancels exactly."""
     a = gamma.to(invstd.dtype) * invstd
     if not training:
         return a, torch.zeros_like(a), torch.zeros_like(a)
-    c = -a * invstd * s_dzx / m
-    return a, -a * s_dz / m - c * mean, c
+    return a, s_dz / m, invstd * s_dzx / m
 
 
 @functools.lru_cache(maxsize=None)
