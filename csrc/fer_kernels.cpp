@@ -18,7 +18,19 @@ TORCH_LIBRARY(fer_kernels, m) {
   m.def("_build_info() -> str");
 
   // ---- dense_block: DenseNet-BC block, BN-ReLU-Conv1x1-BN-ReLU-Conv3x3 + concatenation ----
-  // (schemas of the dense_block family go here)
+  // Forward: returns (out (N, C0+L*k, H, W), h (L, N, 4k, H, W) saved for backward, or empty in eval,
+  // per-channel batch mean/var of out (C0+L*k,) and of h (L, 4k), float64; empty in eval). Running buffers
+  // are read in eval (norm*_mean/var) and never written: Python updates them from the returned statistics.
+  m.def("dense_block(Tensor x, Tensor[] norm1_weight, Tensor[] norm1_bias, Tensor[] norm1_mean, "
+        "Tensor[] norm1_var, Tensor[] conv1_weight, Tensor[] norm2_weight, Tensor[] norm2_bias, "
+        "Tensor[] norm2_mean, Tensor[] norm2_var, Tensor[] conv2_weight, bool training, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Backward as an op, so the dispatcher and torch.compile see it: grads of x and of every per-layer list.
+  m.def("_dense_block_backward(Tensor grad_out, Tensor out, Tensor h, Tensor xmean, Tensor xvar, "
+        "Tensor hmean, Tensor hvar, Tensor[] norm1_weight, Tensor[] norm1_bias, Tensor[] norm1_mean, "
+        "Tensor[] norm1_var, Tensor[] conv1_weight, Tensor[] norm2_weight, Tensor[] norm2_bias, "
+        "Tensor[] norm2_mean, Tensor[] norm2_var, Tensor[] conv2_weight, bool training, float eps) "
+        "-> (Tensor, Tensor[], Tensor[], Tensor[], Tensor[], Tensor[], Tensor[])");
   // ---- end dense_block ----
 
   // ---- fusion_conv: concatenation + 1x1 convolution + average pool ----

@@ -96,6 +96,13 @@ def _plain_dense_layer(m: nn.Module) -> bool:
     return {"norm1", "conv1", "norm2", "conv2"} <= names and type(m).__name__ in ("_DenseLayer", "DenseLayerPlain")
 
 
+def _copy_bn_settings(old: nn.Module, new: nn.Module) -> None:
+    """Keep each BatchNorm's momentum and eps (not part of the state dict)."""
+    for name in ("norm1", "norm2"):
+        a, b = getattr(old, name), getattr(new, name)
+        b.momentum, b.eps = a.momentum, a.eps
+
+
 @register_converter
 def _convert_dense(m: nn.Module):
     """torchvision-style ``_DenseBlock`` (children denselayer1..N) -> DenseBlock; ``_DenseLayer`` -> DenseLayer."""
@@ -104,13 +111,19 @@ def _convert_dense(m: nn.Module):
     if _plain_dense_layer(m):
         conv1, conv2 = m.conv1, m.conv2
         new = DenseLayer(conv1.in_channels, conv2.out_channels, conv1.out_channels // conv2.out_channels)
-        new.load_state_dict(m.state_dict(), strict=False)
-        return new.to(conv1.weight.device, conv1.weight.dtype).train(m.training)
+        # Cast before loading, so float64 weights are not rounded through float32.
+        new = new.to(conv1.weight.device, conv1.weight.dtype)
+        new.load_state_dict(m.state_dict(), strict=True)
+        _copy_bn_settings(m, new)
+        return new.train(m.training)
     children = list(m.named_children())
     if children and all(n == f"denselayer{i + 1}" and _plain_dense_layer(c) for i, (n, c) in enumerate(children)):
         first = children[0][1]
         k = first.conv2.out_channels
         new = DenseBlock(len(children), first.conv1.in_channels, k, first.conv1.out_channels // k)
-        new.load_state_dict(m.state_dict(), strict=False)
-        return new.to(first.conv1.weight.device, first.conv1.weight.dtype).train(m.training)
+        new = new.to(first.conv1.weight.device, first.conv1.weight.dtype)
+        new.load_state_dict(m.state_dict(), strict=True)
+        for (_, old), fused in zip(children, new.children()):
+            _copy_bn_settings(old, fused)
+        return new.train(m.training)
     return None

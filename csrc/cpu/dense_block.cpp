@@ -1,0 +1,710 @@
+// dense_block_cpu: a DenseNet-BC dense block, BN-ReLU-Conv1x1-BN-ReLU-Conv3x3 + concatenation, fused.
+//
+// Math (DESIGN section 4). Layer l reads the first C_l = C0 + l*k channels of one preallocated block buffer
+// out (N, C0 + L*k, H*W) and writes its k new channels straight into the next slice:
+//   a = relu(s1 * x + t1)   (s1 = g1 * invstd, t1 = b1 - mean * s1, per input channel)
+//   h = W1 a                (1x1, B = bn_size*k out)
+//   c = relu(s2 * h + t2)
+//   y = W2 * c              (3x3, pad 1)
+// Training: mean/var of every buffer channel are computed once, in the epilogue of the kernel that writes
+// the channel (double sum/sum of squares), and reused by every later layer; h's statistics likewise.
+// Eval: running statistics give s, t; the 1x1 and 3x3 run back to back per image, h never leaves a
+// per-thread (B, H*W) scratch.
+//
+// Tiling. 1x1: per (image, pixel tile of <= 512 px) the BN-ReLU prologue packs a (C, P) tile in cache,
+// then one GEMM h_tile = W1 (B, C) @ a_tile. 3x3: per (image, tile of R rows, R*W ~ 384 px) the prologue
+// normalises the tile's rows of h plus one halo row each side into a zero-bordered (B, R+2, W+2) scratch;
+// each of the 9 taps is then a GEMM W2[tap] (k, B) @ shifted view of that scratch (no im2col copy).
+// GEMMs call MKL's sgemm/dgemm single-threaded: (image, tile) items are handed out dynamically to the
+// intra-op threads.
+//
+// Saved for backward: the block buffer (the output itself), h (L, N, B, H*W) in training (in eval h is
+// recomputed in backward), and per-channel mean/var. Backward walks the layers in reverse, recomputing c
+// and a tile by tile from h / the buffer and the cached statistics:
+//   dW2 += gy @ col(c)^T;  dc = W2r @ col_flip(gy);  dz2 = dc * [c > 0]
+//   dh = s2 * (dz2 - sum(dz2)/M - hhat * sum(dz2*hhat)/M)   (train; eval: s2 * dz2)
+//   dW1 += dh @ a^T;  da = W1^T @ dh;  dz1 = da * [a > 0];  dx += same BN formula (added into the
+//   gradient of the shared buffer, so the gradients of a channel accumulate over every later layer).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cmath>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+extern "C" {
+// MKL / reference BLAS (exported by libtorch_cpu where torch is built with MKL). Weak: if absent we fall
+// back to at::mm on the same tiles.
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+            const int*, const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+}
+
+namespace fer_kernels {
+namespace {
+
+using idx = int64_t;
+
+constexpr idx kTile1x1 = 512;  // pixels per 1x1 tile
+constexpr idx kTile3x3 = 384;  // target pixels per 3x3 row tile
+
+// Row-major C[M, N] (ldc) = op(A)[M, K] @ op(B)[K, N] + beta * C.
+template <typename T>
+void gemm_rm(bool ta, bool tb, idx M, idx N, idx K, const T* A, idx lda, const T* B, idx ldb, T beta, T* C,
+             idx ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    for (idx i = 0; i < M; ++i)
+      for (idx j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
+    return;
+  }
+  // Column-major view: C^T (N, M) = op(B)^T (N, K) @ op(A)^T (K, M).
+  const char opa = tb ? 'T' : 'N', opb = ta ? 'T' : 'N';
+  const int m = (int)N, n = (int)M, k = (int)K, la = (int)ldb, lb = (int)lda, lc = (int)ldc;
+  const T one = 1;
+  if constexpr (std::is_same_v<T, float>) {
+    if (sgemm_) {
+      sgemm_(&opa, &opb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+      return;
+    }
+  } else {
+    if (dgemm_) {
+      dgemm_(&opa, &opb, &m, &n, &k, &one, B, &la, A, &lb, &beta, C, &lc);
+      return;
+    }
+  }
+  auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  at::Tensor a = ta ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, opts).t()
+                    : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, opts);
+  at::Tensor b = tb ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, opts).t()
+                    : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, opts);
+  at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, opts);
+  if (beta == T(0)) c.copy_(at::mm(a, b)); else c.mul_(beta).add_(at::mm(a, b));
+}
+
+// dst (C, P) = relu(scale * src[:, p0:p0+P] + shift); src channel stride cs.
+template <typename T>
+inline void pack_bnrelu(const T* src, idx cs, idx C, idx p0, idx P, const T* scale, const T* shift, T* dst) {
+  for (idx c = 0; c < C; ++c) {
+    const T s = scale[c], t = shift[c];
+    const T* in = src + c * cs + p0;
+    T* out = dst + c * P;
+#pragma omp simd
+    for (idx p = 0; p < P; ++p) out[p] = std::max(s * in[p] + t, T(0));
+  }
+}
+
+// Accumulates sum and sum of squares of rows (C, P) (stride ld) into acc[2c], acc[2c+1].
+template <typename T>
+inline void accumulate_stats(const T* src, idx ld, idx C, idx P, double* acc) {
+  for (idx c = 0; c < C; ++c) {
+    const T* in = src + c * ld;
+    double s = 0, ss = 0;
+#pragma omp simd reduction(+ : s, ss)
+    for (idx p = 0; p < P; ++p) {
+      const double v = (double)in[p];
+      s += v;
+      ss += v * v;
+    }
+    acc[2 * c] += s;
+    acc[2 * c + 1] += ss;
+  }
+}
+
+// Rows r0-1 .. r0+R of src (Ch, H, W) (channel stride cs) into pad (Ch, R+2, W+2) with a zero border and
+// zero rows outside the image; with bnrelu, relu(scale * v + shift) is applied on the way (the BN-ReLU
+// prologue of the 3x3 convolution). In pad, the 3x3 tap (dy, dx) of output pixel (r, x) is at linear offset
+// r*(W+2) + x + dy*(W+2) + dx: every tap is one GEMM operand with leading dimension (R+2)*(W+2), no im2col.
+template <typename T>
+inline void pad_rows(const T* src, idx cs, idx Ch, idx H, idx W, idx r0, idx R, const T* scale, const T* shift,
+                     bool bnrelu, T* pad) {
+  const idx Wp = W + 2;
+  for (idx c = 0; c < Ch; ++c) {
+    T* pc = pad + c * (R + 2) * Wp;
+    const T s = bnrelu ? scale[c] : T(1), t = bnrelu ? shift[c] : T(0);
+    for (idx i = 0; i < R + 2; ++i) {
+      const idx y = r0 - 1 + i;
+      T* row = pc + i * Wp;
+      if (y < 0 || y >= H) {
+        std::memset(row, 0, sizeof(T) * Wp);
+        continue;
+      }
+      row[0] = T(0);
+      row[W + 1] = T(0);
+      const T* in = src + c * cs + y * W;
+      if (bnrelu) {
+#pragma omp simd
+        for (idx x = 0; x < W; ++x) row[1 + x] = std::max(s * in[x] + t, T(0));
+      } else {
+        std::memcpy(row + 1, in, sizeof(T) * W);
+      }
+    }
+  }
+}
+
+// FER_KERNELS_PROFILE=1 prints the wall time of each backward phase (for tuning; off by default).
+struct PhaseTimer {
+  bool on = std::getenv("FER_KERNELS_PROFILE") != nullptr;
+  double acc[4] = {0, 0, 0, 0};
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  void mark(int i) {
+    auto now = std::chrono::steady_clock::now();
+    acc[i] += std::chrono::duration<double>(now - t).count();
+    t = now;
+  }
+  ~PhaseTimer() {
+    if (on) std::fprintf(stderr, "dense_block backward: prep %.3f conv2 %.3f conv1 %.3f bn1 %.3f s\n", acc[0], acc[1], acc[2], acc[3]);
+  }
+};
+
+// Runs the worker on every intra-op thread; workers take (image, tile) items one at a time from a shared
+// counter, so on a shared machine a descheduled thread does not leave its static share for the end.
+template <typename Worker>
+void dynamic_for(idx total, const Worker& worker) {
+  std::atomic<idx> counter{0};
+  auto next = [&counter]() { return counter.fetch_add(1, std::memory_order_relaxed); };
+  const idx nt = std::max<idx>(1, std::min<idx>(at::get_num_threads(), total));
+  at::parallel_for(0, nt, 1, [&](idx, idx) { worker(next); });
+}
+
+// Per-thread double accumulators, reduced after a parallel phase.
+struct ThreadAcc {
+  idx size;
+  std::vector<double> data;
+  ThreadAcc(idx sz) : size(sz), data((size_t)(sz * at::get_num_threads()), 0.0) {}
+  double* mine() { return data.data() + (idx)at::get_thread_num() * size; }
+  std::vector<double> sum() const {
+    std::vector<double> out((size_t)size, 0.0);
+    const idx nt = (idx)data.size() / std::max<idx>(size, 1);
+    for (idx t = 0; t < nt; ++t)
+      for (idx i = 0; i < size; ++i) out[i] += data[t * size + i];
+    return out;
+  }
+};
+
+struct Shape {
+  idx N, C0, H, W, HW, L, k, B, Ctot;
+};
+
+struct LayerRef {
+  const at::Tensor *g1, *b1, *m1, *v1, *w1, *g2, *b2, *m2, *v2, *w2;
+};
+
+// Per-channel scale/shift of a BatchNorm from mean/var (train: batch, eval: running).
+template <typename T>
+void bn_affine(const at::Tensor& gamma, const at::Tensor& beta, const double* mean, const double* var, idx C,
+               double eps, std::vector<T>& scale, std::vector<T>& shift, std::vector<double>* invstd = nullptr) {
+  scale.resize(C);
+  shift.resize(C);
+  if (invstd) invstd->resize(C);
+  const T* g = gamma.data_ptr<T>();
+  const T* b = beta.data_ptr<T>();
+  for (idx c = 0; c < C; ++c) {
+    const double is = 1.0 / std::sqrt(var[c] + eps);
+    const double s = (double)g[c] * is;
+    scale[c] = (T)s;
+    shift[c] = (T)((double)b[c] - mean[c] * s);
+    if (invstd) (*invstd)[c] = is;
+  }
+}
+
+std::vector<double> to_double(const at::Tensor& t) {
+  auto d = t.to(at::kDouble).contiguous();
+  return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+}
+
+// 1x1 phase over all images: hdst (N, B, HW) = W1 @ relu(s1 * buf[:, :C] + t1); optional h statistics.
+template <typename T>
+void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1, const T* t1, T* hdst,
+                   ThreadAcc* hstats) {
+  const idx ntile = (S.HW + kTile1x1 - 1) / kTile1x1;
+  const idx total_items = S.N * ntile;
+  dynamic_for(total_items, [&](auto next) {
+    std::vector<T> a((size_t)(C * std::min(kTile1x1, S.HW)));
+    double* acc = hstats ? hstats->mine() : nullptr;
+    for (idx it; (it = next()) < total_items;) {
+      const idx n = it / ntile, p0 = (it % ntile) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+      pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, s1, t1, a.data());
+      T* hout = hdst + n * S.B * S.HW + p0;
+      gemm_rm<T>(false, false, S.B, P, C, w1, C, a.data(), P, T(0), hout, S.HW);
+      if (acc) accumulate_stats(hout, S.HW, S.B, P, acc);
+    }
+  });
+}
+
+// 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2), as 9 tap GEMMs over the padded tile, computed
+// on R*(W+2)-2 "padded pixels" (the 2 junk columns per row are dropped on the way out).
+// w2t (9, k, B): the weight of each tap. pad: (B, R+2, W+2) scratch, ypad: (k, R*(W+2)) scratch.
+template <typename T>
+void conv3x3_tile(const Shape& S, const T* hn, const T* w2t, const T* s2, const T* t2, idx r0, idx R, T* pad,
+                  T* ypad, T* yout) {
+  const idx Wp = S.W + 2, ps = (R + 2) * Wp, Pp = R * Wp - 2;
+  pad_rows(hn, S.HW, S.B, S.H, S.W, r0, R, s2, t2, true, pad);
+  for (idx tap = 0; tap < 9; ++tap) {
+    const idx dy = tap / 3, dx = tap % 3;
+    gemm_rm<T>(false, false, S.k, Pp, S.B, w2t + tap * S.k * S.B, S.B, pad + dy * Wp + dx, ps,
+               tap == 0 ? T(0) : T(1), ypad, Pp);
+  }
+  for (idx o = 0; o < S.k; ++o)
+    for (idx r = 0; r < R; ++r) std::memcpy(yout + o * S.HW + r * S.W, ypad + o * Pp + r * Wp, sizeof(T) * S.W);
+}
+
+// (k, B, 3, 3) -> (9, k, B), or with swap (9, B, k).
+template <typename T>
+std::vector<T> taps(const at::Tensor& w2, bool swap) {
+  const idx k = w2.size(0), B = w2.size(1);
+  const T* w = w2.data_ptr<T>();
+  std::vector<T> out((size_t)(9 * k * B));
+  for (idx o = 0; o < k; ++o)
+    for (idx b = 0; b < B; ++b)
+      for (idx tap = 0; tap < 9; ++tap)
+        out[tap * k * B + (swap ? b * k + o : o * B + b)] = w[(o * B + b) * 9 + tap];
+  return out;
+}
+
+template <typename T>
+void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, const T* s2, const T* t2,
+                   ThreadAcc* ystats) {
+  const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+  const idx ntile = (S.H + R - 1) / R;
+  const idx total_items = S.N * ntile;
+  dynamic_for(total_items, [&](auto next) {
+    std::vector<T> halo((size_t)(S.B * (R + 2) * (S.W + 2))), col((size_t)(S.k * R * (S.W + 2)));
+    double* acc = ystats ? ystats->mine() : nullptr;
+    for (idx it; (it = next()) < total_items;) {
+      const idx n = it / ntile, r0 = (it % ntile) * R, Rt = std::min(R, S.H - r0);
+      T* yout = buf + (n * S.Ctot + C) * S.HW + r0 * S.W;
+      conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, halo.data(), col.data(), yout);
+      if (acc) accumulate_stats(yout, S.HW, S.k, Rt * S.W, acc);
+    }
+  });
+}
+
+template <typename T>
+void finish_stats(const std::vector<double>& acc, idx C, double M, double* mean, double* var) {
+  for (idx c = 0; c < C; ++c) {
+    const double m = acc[2 * c] / M;
+    mean[c] = m;
+    var[c] = std::max(acc[2 * c + 1] / M - m * m, 0.0);
+  }
+}
+
+void check_inputs(const at::Tensor& x, const std::vector<LayerRef>& layers, bool training) {
+  TORCH_CHECK(x.dim() == 4, "dense_block: x: expected a 4-d tensor (N, C0, H, W), got shape ", x.sizes());
+  TORCH_CHECK(x.device().is_cpu(), "dense_block_cpu: x must be a CPU tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "dense_block_cpu: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(!layers.empty(), "dense_block: expected at least one layer");
+  const idx k = layers[0].w2->size(0), B = layers[0].w1->size(0);
+  idx C = x.size(1);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const auto& p = layers[l];
+    TORCH_CHECK(p.w1->dim() == 4 && p.w1->size(0) == B && p.w1->size(1) == C && p.w1->size(2) == 1 &&
+                    p.w1->size(3) == 1,
+                "dense_block: layers[", l, "].conv1_weight: expected shape (", B, ", ", C, ", 1, 1), got ",
+                p.w1->sizes());
+    TORCH_CHECK(p.w2->dim() == 4 && p.w2->size(0) == k && p.w2->size(1) == B && p.w2->size(2) == 3 &&
+                    p.w2->size(3) == 3,
+                "dense_block: layers[", l, "].conv2_weight: expected shape (", k, ", ", B, ", 3, 3), got ",
+                p.w2->sizes());
+    for (auto* t : {p.g1, p.b1}) TORCH_CHECK(t->numel() == C, "dense_block: layers[", l, "].norm1: expected ", C, " channels");
+    for (auto* t : {p.g2, p.b2}) TORCH_CHECK(t->numel() == B, "dense_block: layers[", l, "].norm2: expected ", B, " channels");
+    if (!training) {
+      TORCH_CHECK(p.m1 && p.v1 && p.m2 && p.v2, "dense_block: eval mode needs running statistics");
+      TORCH_CHECK(p.m1->numel() == C && p.v1->numel() == C && p.m2->numel() == B && p.v2->numel() == B,
+                  "dense_block: layers[", l, "]: running statistics have the wrong size");
+    }
+    for (auto* t : {p.g1, p.b1, p.w1, p.g2, p.b2, p.w2})
+      TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
+                  "dense_block_cpu: every parameter must be a CPU tensor of x's dtype");
+    C += k;
+  }
+}
+
+std::vector<LayerRef> make_layers(const at::TensorList& g1, const at::TensorList& b1, const at::TensorList& m1,
+                                  const at::TensorList& v1, const at::TensorList& w1, const at::TensorList& g2,
+                                  const at::TensorList& b2, const at::TensorList& m2, const at::TensorList& v2,
+                                  const at::TensorList& w2) {
+  const size_t L = w1.size();
+  TORCH_CHECK(g1.size() == L && b1.size() == L && g2.size() == L && b2.size() == L && w2.size() == L,
+              "dense_block: every per-layer list must have one tensor per layer");
+  TORCH_CHECK(m1.size() == 0 || (m1.size() == L && v1.size() == L && m2.size() == L && v2.size() == L),
+              "dense_block: running statistics must be given for every layer or for none");
+  std::vector<LayerRef> out(L);
+  for (size_t l = 0; l < L; ++l) {
+    const bool run = m1.size() == L;
+    out[l] = {&g1[l], &b1[l], run ? &m1[l] : nullptr, run ? &v1[l] : nullptr, &w1[l],
+              &g2[l], &b2[l], run ? &m2[l] : nullptr, run ? &v2[l] : nullptr, &w2[l]};
+  }
+  return out;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
+    const at::Tensor& x_in, const std::vector<LayerRef>& layers, bool training, double eps) {
+  Shape S;
+  S.N = x_in.size(0); S.C0 = x_in.size(1); S.H = x_in.size(2); S.W = x_in.size(3); S.HW = S.H * S.W;
+  S.L = (idx)layers.size(); S.k = layers[0].w2->size(0); S.B = layers[0].w1->size(0);
+  S.Ctot = S.C0 + S.L * S.k;
+  const double M = (double)(S.N * S.HW);
+  auto opts = x_in.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor x = x_in.contiguous();
+  at::Tensor out = at::empty({S.N, S.Ctot, S.H, S.W}, opts);
+  T* buf = out.data_ptr<T>();
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, S.N, 1, [&](idx b, idx e) {
+    for (idx n = b; n < e; ++n) std::memcpy(buf + n * S.Ctot * S.HW, xp + n * S.C0 * S.HW, sizeof(T) * S.C0 * S.HW);
+  });
+  std::vector<at::Tensor> w1c(S.L), w2c(S.L);
+  for (idx l = 0; l < S.L; ++l) {
+    w1c[l] = layers[l].w1->contiguous();
+    w2c[l] = layers[l].w2->contiguous();
+  }
+  std::vector<T> s1, t1, s2, t2;
+  if (!training) {
+    // Eval: per image, the 1x1 output stays in a per-thread scratch and feeds the 3x3 right away.
+    std::vector<std::vector<T>> S1(S.L), T1(S.L), S2(S.L), T2(S.L), W2T(S.L);
+    for (idx l = 0; l < S.L; ++l) {
+      const idx C = S.C0 + l * S.k;
+      auto m1 = to_double(*layers[l].m1), v1 = to_double(*layers[l].v1);
+      auto m2 = to_double(*layers[l].m2), v2 = to_double(*layers[l].v2);
+      bn_affine<T>(*layers[l].g1, *layers[l].b1, m1.data(), v1.data(), C, eps, S1[l], T1[l]);
+      bn_affine<T>(*layers[l].g2, *layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
+      W2T[l] = taps<T>(w2c[l], false);
+    }
+    const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+    dynamic_for(S.N, [&](auto next) {
+      const idx P1 = std::min(kTile1x1, S.HW);
+      std::vector<T> a((size_t)((S.Ctot - S.k) * P1)), hn((size_t)(S.B * S.HW));
+      std::vector<T> halo((size_t)(S.B * (R + 2) * (S.W + 2))), col((size_t)(S.k * R * (S.W + 2)));
+      for (idx n; (n = next()) < S.N;) {
+        T* bn = buf + n * S.Ctot * S.HW;
+        for (idx l = 0; l < S.L; ++l) {
+          const idx C = S.C0 + l * S.k;
+          for (idx p0 = 0; p0 < S.HW; p0 += kTile1x1) {
+            const idx P = std::min(kTile1x1, S.HW - p0);
+            pack_bnrelu(bn, S.HW, C, p0, P, S1[l].data(), T1[l].data(), a.data());
+            gemm_rm<T>(false, false, S.B, P, C, w1c[l].data_ptr<T>(), C, a.data(), P, T(0), hn.data() + p0, S.HW);
+          }
+          for (idx r0 = 0; r0 < S.H; r0 += R) {
+            const idx Rt = std::min(R, S.H - r0);
+            conv3x3_tile(S, hn.data(), W2T[l].data(), S2[l].data(), T2[l].data(), r0, Rt, halo.data(),
+                         col.data(), bn + C * S.HW + r0 * S.W);
+          }
+        }
+      }
+    });
+    auto e = at::empty({0}, x_in.options().dtype(at::kDouble));
+    return {out, at::empty({0}, opts), e, e.clone(), e.clone(), e.clone()};
+  }
+  at::Tensor hbuf = at::empty({S.L, S.N, S.B, S.H, S.W}, opts);
+  auto dopts = x_in.options().dtype(at::kDouble);
+  at::Tensor xmean = at::zeros({S.Ctot}, dopts), xvar = at::zeros({S.Ctot}, dopts);
+  at::Tensor hmean = at::zeros({S.L, S.B}, dopts), hvar = at::zeros({S.L, S.B}, dopts);
+  double *xm = xmean.data_ptr<double>(), *xv = xvar.data_ptr<double>();
+  {
+    // Statistics of the block input channels (once; reused by every layer).
+    std::vector<double> acc((size_t)(2 * S.C0), 0.0);
+    at::parallel_for(0, S.C0, 1, [&](idx b, idx e) {
+      for (idx c = b; c < e; ++c) {
+        double a2[2] = {0, 0};
+        for (idx n = 0; n < S.N; ++n) accumulate_stats(xp + (n * S.C0 + c) * S.HW, S.HW, 1, S.HW, a2);
+        acc[2 * c] = a2[0];
+        acc[2 * c + 1] = a2[1];
+      }
+    });
+    finish_stats<T>(acc, S.C0, M, xm, xv);
+  }
+  for (idx l = 0; l < S.L; ++l) {
+    const idx C = S.C0 + l * S.k;
+    bn_affine<T>(*layers[l].g1, *layers[l].b1, xm, xv, C, eps, s1, t1);
+    T* hl = hbuf.data_ptr<T>() + l * S.N * S.B * S.HW;
+    ThreadAcc hacc(2 * S.B);
+    conv1x1_phase<T>(S, buf, C, w1c[l].data_ptr<T>(), s1.data(), t1.data(), hl, &hacc);
+    double* hm = hmean.data_ptr<double>() + l * S.B;
+    double* hv = hvar.data_ptr<double>() + l * S.B;
+    finish_stats<T>(hacc.sum(), S.B, M, hm, hv);
+    bn_affine<T>(*layers[l].g2, *layers[l].b2, hm, hv, S.B, eps, s2, t2);
+    ThreadAcc yacc(2 * S.k);
+    const auto w2t = taps<T>(w2c[l], false);
+    conv3x3_phase<T>(S, hl, buf, C, w2t.data(), s2.data(), t2.data(), &yacc);
+    finish_stats<T>(yacc.sum(), S.k, M, xm + C, xv + C);
+  }
+  return {out, hbuf, xmean, xvar, hmean, hvar};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dense_block_cpu(
+    const at::Tensor& x, at::TensorList norm1_weight, at::TensorList norm1_bias, at::TensorList norm1_mean,
+    at::TensorList norm1_var, at::TensorList conv1_weight, at::TensorList norm2_weight, at::TensorList norm2_bias,
+    at::TensorList norm2_mean, at::TensorList norm2_var, at::TensorList conv2_weight, bool training, double eps) {
+  auto layers = make_layers(norm1_weight, norm1_bias, norm1_mean, norm1_var, conv1_weight, norm2_weight,
+                            norm2_bias, norm2_mean, norm2_var, conv2_weight);
+  check_inputs(x, layers, training);
+  if (training)
+    TORCH_CHECK(x.size(0) * x.size(2) * x.size(3) > 1,
+                "dense_block: expected more than 1 value per channel when training, got input shape ", x.sizes());
+  if (x.scalar_type() == at::kFloat) return forward_impl<float>(x, layers, training, eps);
+  return forward_impl<double>(x, layers, training, eps);
+}
+
+template <typename T>
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& hsaved, const at::Tensor& xmean,
+              const at::Tensor& xvar, const at::Tensor& hmean, const at::Tensor& hvar,
+              const std::vector<LayerRef>& layers, bool training, double eps) {
+  Shape S;
+  S.N = out.size(0); S.Ctot = out.size(1); S.H = out.size(2); S.W = out.size(3); S.HW = S.H * S.W;
+  S.L = (idx)layers.size(); S.k = layers[0].w2->size(0); S.B = layers[0].w1->size(0);
+  S.C0 = S.Ctot - S.L * S.k;
+  const double M = (double)(S.N * S.HW);
+  auto opts = out.options();
+  at::Tensor gbuf_t = grad_out.contiguous().clone();
+  T* gbuf = gbuf_t.data_ptr<T>();
+  const T* buf = out.data_ptr<T>();
+  const bool recompute_h = hsaved.numel() == 0;
+  at::Tensor htmp = recompute_h ? at::empty({S.N, S.B, S.HW}, opts) : at::Tensor();
+  at::Tensor dz2_t = at::empty({S.N, S.B, S.HW}, opts);
+  at::Tensor dz1_t = at::empty({S.N, S.Ctot - S.k, S.HW}, opts);
+  T* dz2 = dz2_t.data_ptr<T>();
+  T* dz1 = dz1_t.data_ptr<T>();
+  std::vector<at::Tensor> gg1(S.L), gb1(S.L), gw1(S.L), gg2(S.L), gb2(S.L), gw2(S.L);
+  const int nt = at::get_num_threads();
+  const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+  const idx ntile3 = (S.H + R - 1) / R;
+  const idx ntile1 = (S.HW + kTile1x1 - 1) / kTile1x1;
+  PhaseTimer timer;
+  for (idx l = S.L - 1; l >= 0; --l) {
+    const LayerRef& p = layers[l];
+    const idx C = S.C0 + l * S.k;
+    at::Tensor w1 = p.w1->contiguous();
+    at::Tensor w2 = p.w2->contiguous();
+    std::vector<double> m1, v1, m2, v2;
+    if (training) {
+      m1.assign(xmean.data_ptr<double>(), xmean.data_ptr<double>() + C);
+      v1.assign(xvar.data_ptr<double>(), xvar.data_ptr<double>() + C);
+      m2.assign(hmean.data_ptr<double>() + l * S.B, hmean.data_ptr<double>() + (l + 1) * S.B);
+      v2.assign(hvar.data_ptr<double>() + l * S.B, hvar.data_ptr<double>() + (l + 1) * S.B);
+    } else {
+      m1 = to_double(*p.m1); v1 = to_double(*p.v1); m2 = to_double(*p.m2); v2 = to_double(*p.v2);
+    }
+    std::vector<T> s1, t1, s2, t2;
+    std::vector<double> is1, is2;
+    bn_affine<T>(*p.g1, *p.b1, m1.data(), v1.data(), C, eps, s1, t1, &is1);
+    bn_affine<T>(*p.g2, *p.b2, m2.data(), v2.data(), S.B, eps, s2, t2, &is2);
+    const T* hl;
+    if (recompute_h) {
+      conv1x1_phase<T>(S, buf, C, w1.data_ptr<T>(), s1.data(), t1.data(), htmp.data_ptr<T>(), nullptr);
+      hl = htmp.data_ptr<T>();
+    } else {
+      hl = hsaved.data_ptr<T>() + l * S.N * S.B * S.HW;
+    }
+    std::vector<T> hmeanT(S.B), hisT(S.B), xmeanT(C), xisT(C);
+    for (idx b = 0; b < S.B; ++b) { hmeanT[b] = (T)m2[b]; hisT[b] = (T)is2[b]; }
+    for (idx c = 0; c < C; ++c) { xmeanT[c] = (T)m1[c]; xisT[c] = (T)is1[c]; }
+
+    timer.mark(0);
+    // Phase C: conv2 backward with the BN2-ReLU recomputed, tap by tap on padded tiles (as conv3x3_tile):
+    // dW2[tap] += gy @ c_tap^T, dc = sum_tap W2[tap]^T @ gy_(flipped tap); dz2 = dc * [c > 0].
+    const auto w2rt = taps<T>(w2, true);  // (9, B, k)
+    const idx KB = 9 * S.k * S.B;
+    std::vector<T> dw2_acc((size_t)(nt * KB), T(0));
+    ThreadAcc acc2(2 * S.B);
+    const idx total3 = S.N * ntile3;
+    dynamic_for(total3, [&](auto next) {
+      const idx Wp = S.W + 2;
+      std::vector<T> pad((size_t)(S.B * (R + 2) * Wp)), gpad((size_t)(S.k * (R + 2) * Wp));
+      std::vector<T> dcp((size_t)(S.B * R * Wp));
+      T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB;
+      double* acc = acc2.mine();
+      for (idx it; (it = next()) < total3;) {
+        const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0);
+        const idx ps = (Rt + 2) * Wp, Pp = Rt * Wp - 2;
+        const T* hn = hl + n * S.B * S.HW;
+        pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
+        pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
+                 false, gpad.data());
+        for (idx tap = 0; tap < 9; ++tap) {
+          const idx dy = tap / 3, dx = tap % 3;
+          gemm_rm<T>(false, true, S.k, S.B, Pp, gpad.data() + Wp + 1, ps, pad.data() + dy * Wp + dx, ps, T(1),
+                     dw2 + tap * S.k * S.B, S.B);
+          gemm_rm<T>(false, false, S.B, Pp, S.k, w2rt.data() + tap * S.k * S.B, S.k,
+                     gpad.data() + (2 - dy) * Wp + (2 - dx), ps, tap == 0 ? T(0) : T(1), dcp.data(), Pp);
+        }
+        for (idx b = 0; b < S.B; ++b) {
+          const T mu = hmeanT[b], is = hisT[b];
+          double s = 0, sx = 0;
+          for (idx r = 0; r < Rt; ++r) {
+            T* d = dz2 + (n * S.B + b) * S.HW + (r0 + r) * S.W;
+            const T* dc = dcp.data() + b * Pp + r * Wp;
+            const T* cc = pad.data() + b * ps + (r + 1) * Wp + 1;
+            const T* hh = hn + b * S.HW + (r0 + r) * S.W;
+#pragma omp simd reduction(+ : s, sx)
+            for (idx x = 0; x < S.W; ++x) {
+              const T v = cc[x] > T(0) ? dc[x] : T(0);
+              d[x] = v;
+              s += (double)v;
+              sx += (double)(v * ((hh[x] - mu) * is));
+            }
+          }
+          acc[2 * b] += s;
+          acc[2 * b + 1] += sx;
+        }
+      }
+    });
+    {
+      at::Tensor g = at::zeros({S.k, S.B, 3, 3}, opts);
+      T* gp = g.data_ptr<T>();
+      for (int t = 0; t < nt; ++t)
+        for (idx tap = 0; tap < 9; ++tap)
+          for (idx o = 0; o < S.k; ++o)
+            for (idx b = 0; b < S.B; ++b) gp[(o * S.B + b) * 9 + tap] += dw2_acc[t * KB + tap * S.k * S.B + o * S.B + b];
+      gw2[l] = g;
+    }
+    auto a2 = acc2.sum();
+    gb2[l] = at::empty({S.B}, opts);
+    gg2[l] = at::empty({S.B}, opts);
+    // dh = A2 * ((dz2 - Bc2) - Cc2 * (h - mean)), Bc2 = mean(dz2), Cc2 = invstd * mean(dz2 * hhat): the
+    // subtractions come before the scaling, as in the formula, so a nearly constant dz2 cancels exactly.
+    std::vector<T> A2(S.B), B2(S.B), C2(S.B);
+    for (idx b = 0; b < S.B; ++b) {
+      gb2[l].data_ptr<T>()[b] = (T)a2[2 * b];
+      gg2[l].data_ptr<T>()[b] = (T)a2[2 * b + 1];
+      const double g = (double)p.g2->data_ptr<T>()[b] * is2[b];
+      if (training) {
+        A2[b] = (T)g;
+        B2[b] = (T)(a2[2 * b] / M);
+        C2[b] = (T)(is2[b] * a2[2 * b + 1] / M);
+      } else {
+        A2[b] = (T)g; B2[b] = T(0); C2[b] = T(0);
+      }
+    }
+
+    timer.mark(1);
+    // Phase D: conv1 backward with BN1-ReLU recomputed; dz1 = da * [a > 0].
+    std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
+    ThreadAcc acc1(2 * C);
+    const idx total1 = S.N * ntile1;
+    dynamic_for(total1, [&](auto next) {
+      const idx P1 = std::min(kTile1x1, S.HW);
+      std::vector<T> a((size_t)(C * P1)), dh((size_t)(S.B * P1));
+      T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
+      double* acc = acc1.mine();
+      for (idx it; (it = next()) < total1;) {
+        const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+        for (idx b = 0; b < S.B; ++b) {
+          const T* d = dz2 + (n * S.B + b) * S.HW + p0;
+          const T* hh = hl + (n * S.B + b) * S.HW + p0;
+          T* o = dh.data() + b * P;
+          const T A = A2[b], Bc = B2[b], Cc = C2[b], mu = hmeanT[b];
+#pragma omp simd
+          for (idx q = 0; q < P; ++q) o[q] = A * ((d[q] - Bc) - Cc * (hh[q] - mu));
+        }
+        const T* xn = buf + n * S.Ctot * S.HW;
+        pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data());
+        gemm_rm<T>(false, true, S.B, C, P, dh.data(), P, a.data(), P, T(1), dw1, C);
+        T* dz = dz1 + n * (S.Ctot - S.k) * S.HW;  // channel stride HW, C channels used
+        gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), P, T(0), dz + p0, S.HW);
+        for (idx c = 0; c < C; ++c) {
+          T* d = dz + c * S.HW + p0;
+          const T* aa = a.data() + c * P;
+          const T* xx = xn + c * S.HW + p0;
+          const T mu = xmeanT[c], is = xisT[c];
+          double s = 0, sx = 0;
+#pragma omp simd reduction(+ : s, sx)
+          for (idx q = 0; q < P; ++q) {
+            const T v = aa[q] > T(0) ? d[q] : T(0);
+            d[q] = v;
+            s += (double)v;
+            sx += (double)(v * ((xx[q] - mu) * is));
+          }
+          acc[2 * c] += s;
+          acc[2 * c + 1] += sx;
+        }
+      }
+    });
+    {
+      at::Tensor g = at::zeros({S.B, C, 1, 1}, opts);
+      T* gp = g.data_ptr<T>();
+      for (int t = 0; t < nt; ++t)
+        for (idx i = 0; i < S.B * C; ++i) gp[i] += dw1_acc[t * S.B * C + i];
+      gw1[l] = g;
+    }
+    auto a1 = acc1.sum();
+    gb1[l] = at::empty({C}, opts);
+    gg1[l] = at::empty({C}, opts);
+    std::vector<T> A1(C), B1(C), C1(C);
+    for (idx c = 0; c < C; ++c) {
+      gb1[l].data_ptr<T>()[c] = (T)a1[2 * c];
+      gg1[l].data_ptr<T>()[c] = (T)a1[2 * c + 1];
+      const double g = (double)p.g1->data_ptr<T>()[c] * is1[c];
+      if (training) {
+        A1[c] = (T)g;
+        B1[c] = (T)(a1[2 * c] / M);
+        C1[c] = (T)(is1[c] * a1[2 * c + 1] / M);
+      } else {
+        A1[c] = (T)g; B1[c] = T(0); C1[c] = T(0);
+      }
+    }
+    timer.mark(2);
+    // Phase E: the BN1 input gradient, accumulated into the shared buffer's gradient.
+    const idx totalE = S.N * C;
+    dynamic_for(totalE, [&](auto next) {
+      for (idx it; (it = next()) < totalE;) {
+        const idx n = it / C, c = it % C;
+        T* g = gbuf + (n * S.Ctot + c) * S.HW;
+        const T* d = dz1 + (n * (S.Ctot - S.k) + c) * S.HW;
+        const T* xx = buf + (n * S.Ctot + c) * S.HW;
+        const T A = A1[c], Bc = B1[c], Cc = C1[c], mu = xmeanT[c];
+#pragma omp simd
+        for (idx q = 0; q < S.HW; ++q) g[q] += A * ((d[q] - Bc) - Cc * (xx[q] - mu));
+      }
+    });
+  }
+  timer.mark(3);
+  at::Tensor gx = gbuf_t.narrow(1, 0, S.C0).contiguous();
+  return {gx, gg1, gb1, gw1, gg2, gb2, gw2};
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+           std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
+dense_block_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& h,
+                         const at::Tensor& xmean, const at::Tensor& xvar, const at::Tensor& hmean,
+                         const at::Tensor& hvar, at::TensorList norm1_weight, at::TensorList norm1_bias,
+                         at::TensorList norm1_mean, at::TensorList norm1_var, at::TensorList conv1_weight,
+                         at::TensorList norm2_weight, at::TensorList norm2_bias, at::TensorList norm2_mean,
+                         at::TensorList norm2_var, at::TensorList conv2_weight, bool training, double eps) {
+  auto layers = make_layers(norm1_weight, norm1_bias, norm1_mean, norm1_var, conv1_weight, norm2_weight,
+                            norm2_bias, norm2_mean, norm2_var, conv2_weight);
+  TORCH_CHECK(out.dim() == 4 && grad_out.sizes() == out.sizes(), "_dense_block_backward: grad_out must match out");
+  const idx C0 = out.size(1) - (idx)layers.size() * layers[0].w2->size(0);
+  check_inputs(out.narrow(1, 0, C0), layers, training);
+  TORCH_CHECK(out.is_contiguous(), "_dense_block_backward: out must be contiguous");
+  if (training) {
+    TORCH_CHECK(h.numel() == (idx)layers.size() * out.size(0) * layers[0].w1->size(0) * out.size(2) * out.size(3),
+                "_dense_block_backward: h has the wrong size");
+    TORCH_CHECK(xmean.numel() == out.size(1) && hmean.numel() == (idx)layers.size() * layers[0].w1->size(0),
+                "_dense_block_backward: statistics have the wrong size");
+  }
+  at::Tensor hc = h.contiguous(), xm = xmean.contiguous(), xv = xvar.contiguous(), hm = hmean.contiguous(),
+             hv = hvar.contiguous();
+  if (out.scalar_type() == at::kFloat)
+    return backward_impl<float>(grad_out.to(out.scalar_type()), out, hc, xm, xv, hm, hv, layers, training, eps);
+  return backward_impl<double>(grad_out.to(out.scalar_type()), out, hc, xm, xv, hm, hv, layers, training, eps);
+}
+
+}  // namespace
+}  // namespace fer_kernels
+
+TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
+  m.impl("dense_block", &fer_kernels::dense_block_cpu);
+  m.impl("_dense_block_backward", &fer_kernels::dense_block_backward_cpu);
+}
