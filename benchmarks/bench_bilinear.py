@@ -70,7 +70,9 @@ def _inputs(shape, requires_grad: bool):
 @pytest.mark.parametrize("provider", provider_params("eager", "compile", "reference", *FUSED, device=DEVICE))
 @pytest.mark.parametrize("mode", ["fwd", "full"])
 @pytest.mark.parametrize("op", ["pool", "classifier"])
-@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize(
+    "shape_name", [pytest.param(n, marks=[] if i == 0 else [pytest.mark.full_only]) for i, n in enumerate(SHAPES)]
+)
 def test_bilinear(benchmark, shape_name, op, mode, provider):
     shape = SHAPES[shape_name]
     n, ca, cb, h, w, k = shape

@@ -94,7 +94,9 @@ def _flops_and_bytes(shape_name: str, provider: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("mode", ["fwd", "full"])
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize(
+    "shape", [pytest.param(n, marks=[] if i == 0 else [pytest.mark.full_only]) for i, n in enumerate(SHAPES)]
+)
 @pytest.mark.parametrize("provider", provider_params(*PROVIDERS, device=DEVICE))
 def test_fusion_conv(benchmark, provider, shape, mode):
     kind = SHAPES[shape][0]
