@@ -70,7 +70,8 @@ def main(argv=None) -> int:
 
     out = Path(args.out) if args.out else bench_dir / "results"
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{machine_name()}-{dt.date.today().isoformat()}{'-quick' if args.quick else ''}"
+    tag = "" if set(suites) == set(SUITES) else "-" + "+".join(suites)
+    stem = f"{machine_name()}-{dt.date.today().isoformat()}{tag}{'-quick' if args.quick else ''}"
     json_path, md_path, png_path = out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"
     repeat = args.repeat or (1 if args.quick else 3)
     env = dict(os.environ)
