@@ -23,3 +23,12 @@ def _seed_and_backend():
     saved = b._global
     yield
     b._global = saved
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-tensor tests (faster than fanning out on 2 shared cores)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -15,13 +15,8 @@ from fer_models.losses import (
 from tests.harness import assert_close, run_gradcheck
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than fanning out, and far faster on a shared machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# Tiny tensors: one intra-op thread is faster than fanning out (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def naive_lid(logits, target, alpha=0.1, gamma=15.0):

@@ -36,13 +36,8 @@ from fer_models.summary import count_macs, format_table, main, summarize
 from tests.harness import assert_close
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than fanning out, and far faster on a shared machine."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# Tiny tensors: one intra-op thread is faster than fanning out (see tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ALL = list_models()
