@@ -30,6 +30,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from fer_kernels.ops.fusion_conv import _transition_setup
+
 _BLOCK_1D = 256
 
 
@@ -688,15 +690,6 @@ def _transition_triton_backward(
     return gx, red[:, 1].to(x.dtype, copy=True), red[:, 0].to(x.dtype, copy=True), gw, gb
 
 
-def _tr_setup(ctx, inputs, output):
-    x, norm_weight, norm_bias, mean, var, conv_weight, conv_bias, eps, pool = inputs
-    _, used_mean, used_var = output
-    ctx.save_for_backward(x, norm_weight, norm_bias, used_mean, used_var, conv_weight)
-    ctx.batch_stats = mean is None
-    ctx.eps, ctx.pool, ctx.has_bias = eps, pool, conv_bias is not None
-    ctx.mark_non_differentiable(used_mean, used_var)
-
-
 def _tr_backward(ctx, grad_out, _grad_mean, _grad_var):
     x, norm_weight, norm_bias, mean, var, conv_weight = ctx.saved_tensors
     gx, gg, gb, gw, gcb = _transition_triton_backward(
@@ -706,4 +699,5 @@ def _tr_backward(ctx, grad_out, _grad_mean, _grad_var):
 
 
 # Why: as for fusion_conv_triton; the statistics outputs carry no gradient (they feed the running buffers).
-transition_triton.register_autograd(_tr_backward, setup_context=_tr_setup)
+# Same inputs and outputs as the C++ transition op, so the same setup_context serves both.
+transition_triton.register_autograd(_tr_backward, setup_context=_transition_setup)
