@@ -7,21 +7,24 @@
 //   c = relu(s2 * h + t2)
 //   y = W2 * c              (3x3, pad 1)
 // Training: mean/var of every buffer channel are computed once, in the epilogue of the kernel that writes
-// the channel (double sum/sum of squares), and reused by every later layer; h's statistics likewise.
+// the channel (sums of 256-value chunks, added up in double), and reused by every later layer; h's statistics likewise.
 // Eval: running statistics give s, t; the 1x1 and 3x3 run back to back per image, h never leaves a
 // per-thread (B, H*W) scratch.
 //
 // Tiling. 1x1: per (image, pixel tile of <= 512 px) the BN-ReLU prologue packs a (C, P) tile in cache,
-// then one GEMM h_tile = W1 (B, C) @ a_tile. 3x3: per (image, tile of R rows, R*W ~ 384 px) the prologue
-// normalises the tile's rows of h plus one halo row each side into a zero-bordered (B, R+2, W+2) scratch;
-// each of the 9 taps is then a GEMM W2[tap] (k, B) @ shifted view of that scratch (no im2col copy).
-// GEMMs call MKL's sgemm/dgemm single-threaded: (image, tile) items are handed out dynamically to the
+// then one GEMM h_tile = W1 (B, C) @ a_tile (MKL sgemm/dgemm, single-threaded per tile). 3x3: per (image,
+// tile of R rows, R*W ~ 384 px) the prologue normalises the tile's rows of h plus one halo row each side into
+// a zero-bordered (B, R+2, W+2) scratch; in it the tap (dy, dx) of every output pixel is a fixed shift, so the
+// convolution needs no im2col. float32 on AVX2+FMA runs it as a register-blocked direct convolution
+// (conv3x3_direct: 6 output channels x 16 pixels per step); float64 (and builds without AVX2) as 9 tap GEMMs
+// on shifted views. The backward's data gradient is the same kernel with flipped taps, its weight gradient
+// conv3x3_wgrad (4 output channels x 3 taps per step). (image, tile) items are handed out dynamically to the
 // intra-op threads.
 //
 // Saved for backward: the block buffer (the output itself), h (L, N, B, H*W) in training (in eval h is
 // recomputed in backward), and per-channel mean/var. Backward walks the layers in reverse, recomputing c
 // and a tile by tile from h / the buffer and the cached statistics:
-//   dW2 += gy @ col(c)^T;  dc = W2r @ col_flip(gy);  dz2 = dc * [c > 0]
+//   dW2 += gy (x) c (correlation over the tile);  dc = conv(gy, flipped W2);  dz2 = dc * [c > 0]
 //   dh = s2 * (dz2 - sum(dz2)/M - hhat * sum(dz2*hhat)/M)   (train; eval: s2 * dz2)
 //   dW1 += dh @ a^T;  da = W1^T @ dh;  dz1 = da * [a > 0];  dx += same BN formula (added into the
 //   gradient of the shared buffer, so the gradients of a channel accumulate over every later layer).
@@ -38,6 +41,13 @@
 #include <cstring>
 #include <tuple>
 #include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define FER_DIRECT3X3 1
+#else
+#define FER_DIRECT3X3 0
+#endif
 
 extern "C" {
 // MKL / reference BLAS (exported by libtorch_cpu where torch is built with MKL). Weak: if absent we fall
@@ -102,17 +112,25 @@ inline void pack_bnrelu(const T* src, idx cs, idx C, idx p0, idx P, const T* sca
   }
 }
 
-// Accumulates sum and sum of squares of rows (C, P) (stride ld) into acc[2c], acc[2c+1].
+// Accumulates sum and sum of squares of rows (C, P) (stride ld) into acc[2c], acc[2c+1]. Chunks of 256 are
+// summed in T (so the loop vectorises: a float -> double conversion per element does not) and each chunk's
+// sums are added in double.
 template <typename T>
 inline void accumulate_stats(const T* src, idx ld, idx C, idx P, double* acc) {
   for (idx c = 0; c < C; ++c) {
     const T* in = src + c * ld;
     double s = 0, ss = 0;
-#pragma omp simd reduction(+ : s, ss)
-    for (idx p = 0; p < P; ++p) {
-      const double v = (double)in[p];
-      s += v;
-      ss += v * v;
+    for (idx p0 = 0; p0 < P; p0 += 256) {
+      const idx pe = std::min(P, p0 + 256);
+      T cs = 0, css = 0;
+#pragma omp simd reduction(+ : cs, css)
+      for (idx p = p0; p < pe; ++p) {
+        const T v = in[p];
+        cs += v;
+        css += v * v;
+      }
+      s += (double)cs;
+      ss += (double)css;
     }
     acc[2 * c] += s;
     acc[2 * c + 1] += ss;
@@ -240,34 +258,189 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
   });
 }
 
-// 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2), as 9 tap GEMMs over the padded tile, computed
-// on R*(W+2)-2 "padded pixels" (the 2 junk columns per row are dropped on the way out).
-// w2t (9, k, B): the weight of each tap. pad: (B, R+2, W+2) scratch, ypad: (k, R*(W+2)) scratch.
+// ---- the 3x3 convolution on a zero-bordered tile ----
+// in: (Cin, ps) padded rows (row length Wp = W+2); out[o][q] = sum_c sum_tap w[o][c][tap] * in[c][q + dy*Wp + dx]
+// for the "padded pixels" q in [0, Pp), Pp = R*Wp - 2 (2 junk columns per row, dropped by the caller). The
+// forward is this with Cin = B, Cout = k; the data gradient of the backward is the same with Cin = k,
+// Cout = B and the taps flipped.
+//
+// float32 with AVX2+FMA: a direct convolution, no packing: 6 output channels x 16 pixels in 12 ymm
+// accumulators, one broadcast weight feeding two FMAs; weights packed [group of 6][c][tap][6]. It reads up
+// to Qr = Pp rounded up to 16 pixels (junk) and so up to 16 floats past the last channel: callers give in
+// kSlack floats of zeroed slack and out a leading dimension of at least Qr. Elsewhere (float64, no AVX2):
+// 9 tap GEMMs on shifted views, weights (9, Cout, Cin).
+constexpr idx kSlack = 32;
+inline idx round16(idx q) { return (q + 15) / 16 * 16; }
+
 template <typename T>
-void conv3x3_tile(const Shape& S, const T* hn, const T* w2t, const T* s2, const T* t2, idx r0, idx R, T* pad,
-                  T* ypad, T* yout) {
-  const idx Wp = S.W + 2, ps = (R + 2) * Wp, Pp = R * Wp - 2;
-  pad_rows(hn, S.HW, S.B, S.H, S.W, r0, R, s2, t2, true, pad);
-  for (idx tap = 0; tap < 9; ++tap) {
-    const idx dy = tap / 3, dx = tap % 3;
-    gemm_rm<T>(false, false, S.k, Pp, S.B, w2t + tap * S.k * S.B, S.B, pad + dy * Wp + dx, ps,
-               tap == 0 ? T(0) : T(1), ypad, Pp);
-  }
-  for (idx o = 0; o < S.k; ++o)
-    for (idx r = 0; r < R; ++r) std::memcpy(yout + o * S.HW + r * S.W, ypad + o * Pp + r * Wp, sizeof(T) * S.W);
+constexpr bool use_direct() {
+  return FER_DIRECT3X3 && std::is_same_v<T, float>;
 }
 
-// (k, B, 3, 3) -> (9, k, B), or with swap (9, B, k).
+// Packs w2 (k, B, 3, 3) for conv3x3_apply: forward (Cout = k, Cin = B) or, with grad, the data gradient
+// (Cout = B, Cin = k, taps flipped).
 template <typename T>
-std::vector<T> taps(const at::Tensor& w2, bool swap) {
+std::vector<T> pack3x3(const at::Tensor& w2, bool grad) {
   const idx k = w2.size(0), B = w2.size(1);
+  const idx Cout = grad ? B : k, Cin = grad ? k : B;
   const T* w = w2.data_ptr<T>();
-  std::vector<T> out((size_t)(9 * k * B));
-  for (idx o = 0; o < k; ++o)
-    for (idx b = 0; b < B; ++b)
-      for (idx tap = 0; tap < 9; ++tap)
-        out[tap * k * B + (swap ? b * k + o : o * B + b)] = w[(o * B + b) * 9 + tap];
+  auto src = [&](idx o, idx c, idx tap) {
+    return grad ? w[(c * B + o) * 9 + (8 - tap)] : w[(o * B + c) * 9 + tap];
+  };
+  if (use_direct<T>()) {
+    const idx G = (Cout + 5) / 6;
+    std::vector<T> out((size_t)(G * Cin * 54), T(0));
+    for (idx o = 0; o < Cout; ++o)
+      for (idx c = 0; c < Cin; ++c)
+        for (idx tap = 0; tap < 9; ++tap) out[((o / 6) * Cin + c) * 54 + tap * 6 + o % 6] = src(o, c, tap);
+    return out;
+  }
+  std::vector<T> out((size_t)(9 * Cout * Cin));
+  for (idx o = 0; o < Cout; ++o)
+    for (idx c = 0; c < Cin; ++c)
+      for (idx tap = 0; tap < 9; ++tap) out[(tap * Cout + o) * Cin + c] = src(o, c, tap);
   return out;
+}
+
+#if FER_DIRECT3X3
+inline void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, const float* wp, idx Pp, float* out,
+                           idx ldo) {
+  const idx G = (Cout + 5) / 6, Qr = round16(Pp);
+  idx offs[9];
+  for (int tap = 0; tap < 9; ++tap) offs[tap] = (tap / 3) * Wp + tap % 3;
+  for (idx g = 0; g < G; ++g) {
+    const float* wg = wp + g * Cin * 54;
+    const idx nj = std::min<idx>(6, Cout - g * 6);
+    for (idx q = 0; q < Qr; q += 16) {
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, a4 = a0,
+             b4 = a0, a5 = a0, b5 = a0;
+      for (idx c = 0; c < Cin; ++c) {
+        const float* sc = in + c * ps + q;
+        const float* wc = wg + c * 54;
+#pragma GCC unroll 9
+        for (int tap = 0; tap < 9; ++tap) {
+          const float* st = sc + offs[tap];
+          __m256 v0 = _mm256_loadu_ps(st), v1 = _mm256_loadu_ps(st + 8);
+          __asm__("" : "+x"(v0), "+x"(v1));  // two loads feed 12 FMAs: keep them in registers (as in wgrad)
+          const float* wt = wc + tap * 6;
+          __m256 w = _mm256_broadcast_ss(wt);
+          a0 = _mm256_fmadd_ps(w, v0, a0); b0 = _mm256_fmadd_ps(w, v1, b0);
+          w = _mm256_broadcast_ss(wt + 1);
+          a1 = _mm256_fmadd_ps(w, v0, a1); b1 = _mm256_fmadd_ps(w, v1, b1);
+          w = _mm256_broadcast_ss(wt + 2);
+          a2 = _mm256_fmadd_ps(w, v0, a2); b2 = _mm256_fmadd_ps(w, v1, b2);
+          w = _mm256_broadcast_ss(wt + 3);
+          a3 = _mm256_fmadd_ps(w, v0, a3); b3 = _mm256_fmadd_ps(w, v1, b3);
+          w = _mm256_broadcast_ss(wt + 4);
+          a4 = _mm256_fmadd_ps(w, v0, a4); b4 = _mm256_fmadd_ps(w, v1, b4);
+          w = _mm256_broadcast_ss(wt + 5);
+          a5 = _mm256_fmadd_ps(w, v0, a5); b5 = _mm256_fmadd_ps(w, v1, b5);
+        }
+      }
+      float* o = out + g * 6 * ldo + q;
+      const __m256 acc[12] = {a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5};
+      for (idx j = 0; j < nj; ++j) {
+        _mm256_storeu_ps(o + j * ldo, acc[2 * j]);
+        _mm256_storeu_ps(o + j * ldo + 8, acc[2 * j + 1]);
+      }
+    }
+  }
+}
+#endif
+
+template <typename T>
+void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk, idx Pp, T* out, idx ldo) {
+#if FER_DIRECT3X3
+  if constexpr (use_direct<T>()) {
+    conv3x3_direct(in, ps, Wp, Cin, Cout, wpk, Pp, out, ldo);
+    return;
+  }
+#endif
+  for (idx tap = 0; tap < 9; ++tap)
+    gemm_rm<T>(false, false, Cout, Pp, Cin, wpk + tap * Cout * Cin, Cin, in + (tap / 3) * Wp + tap % 3, ps,
+               tap == 0 ? T(0) : T(1), out, ldo);
+}
+
+// Weight gradient of the 3x3 convolution on a tile: dw[o][c][tap] += sum_q g[o][q] * in[c][q + dy*Wp + dx],
+// q in [0, Qr), g (Cout rows, ld ldg) zero at every q that is not an output pixel of the tile (junk columns
+// and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight. float32 with AVX2+FMA: 4 output channels x 3
+// taps of one kernel row in 12 ymm accumulators (7 loads per 12 FMAs), g's rows padded to a multiple of 4 with
+// zero rows; elsewhere one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
+#if FER_DIRECT3X3
+inline float hsum8(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
+inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
+                                 idx Qr, float* dw) {
+  const idx G = (Cout + 3) / 4;
+  for (idx c = 0; c < Cin; ++c) {
+    for (idx dy = 0; dy < 3; ++dy) {
+      const float* s = in + c * ps + dy * Wp;
+      for (idx og = 0; og < G; ++og) {
+        const float* g0 = g + og * 4 * ldg;
+        __m256 acc[4][3];
+        for (int j = 0; j < 4; ++j)
+          for (int x = 0; x < 3; ++x) acc[j][x] = _mm256_setzero_ps();
+        for (idx q = 0; q < Qr; q += 8) {
+          __m256 p0 = _mm256_loadu_ps(s + q), p1 = _mm256_loadu_ps(s + q + 1), p2 = _mm256_loadu_ps(s + q + 2);
+          // Keep the three shifted rows in registers (else the compiler folds them into all 12 FMAs as memory
+          // operands: 16 loads per 12 FMAs, load-bound).
+          __asm__("" : "+x"(p0), "+x"(p1), "+x"(p2));
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            const __m256 gv = _mm256_loadu_ps(g0 + j * ldg + q);
+            acc[j][0] = _mm256_fmadd_ps(gv, p0, acc[j][0]);
+            acc[j][1] = _mm256_fmadd_ps(gv, p1, acc[j][1]);
+            acc[j][2] = _mm256_fmadd_ps(gv, p2, acc[j][2]);
+          }
+        }
+        for (idx j = 0; j < 4 && og * 4 + j < Cout; ++j)
+          for (int x = 0; x < 3; ++x) dw[((og * 4 + j) * Cin + c) * 9 + dy * 3 + x] += hsum8(acc[j][x]);
+      }
+    }
+  }
+}
+#endif
+
+template <typename T>
+void conv3x3_wgrad(const T* in, idx ps, idx Wp, idx Cin, const T* g, idx ldg, idx Cout, idx Pp, T* dw, T* tmp) {
+#if FER_DIRECT3X3
+  if constexpr (use_direct<T>()) {
+    conv3x3_wgrad_direct(in, ps, Wp, Cin, g, ldg, Cout, round16(Pp), dw);
+    return;
+  }
+#endif
+  for (idx tap = 0; tap < 9; ++tap) {
+    gemm_rm<T>(false, true, Cout, Cin, Pp, g, ldg, in + (tap / 3) * Wp + tap % 3, ps, T(0), tmp, Cin);
+    for (idx o = 0; o < Cout; ++o)
+      for (idx c = 0; c < Cin; ++c) dw[(o * Cin + c) * 9 + tap] += tmp[o * Cin + c];
+  }
+}
+
+// Scratch of one 3x3 row tile of at most R rows: the padded input (Cin channels) and the padded-pixel output.
+template <typename T>
+struct Tile3x3 {
+  idx ps_max, ld;
+  std::vector<T> pad, out;
+  Tile3x3(idx Cin, idx Cout, idx R, idx W)
+      : ps_max((R + 2) * (W + 2)), ld(round16(R * (W + 2))),
+        pad((size_t)(Cin * (R + 2) * (W + 2) + kSlack), T(0)), out((size_t)(Cout * round16(R * (W + 2)))) {}
+};
+
+// 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2) into yout (channel stride HW).
+template <typename T>
+void conv3x3_tile(const Shape& S, const T* hn, const T* w2p, const T* s2, const T* t2, idx r0, idx R,
+                  Tile3x3<T>& tile, T* yout) {
+  const idx Wp = S.W + 2, ps = (R + 2) * Wp, Pp = R * Wp - 2;
+  pad_rows(hn, S.HW, S.B, S.H, S.W, r0, R, s2, t2, true, tile.pad.data());
+  conv3x3_apply<T>(tile.pad.data(), ps, Wp, S.B, S.k, w2p, Pp, tile.out.data(), tile.ld);
+  for (idx o = 0; o < S.k; ++o)
+    for (idx r = 0; r < R; ++r)
+      std::memcpy(yout + o * S.HW + r * S.W, tile.out.data() + o * tile.ld + r * Wp, sizeof(T) * S.W);
 }
 
 template <typename T>
@@ -277,12 +450,12 @@ void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, co
   const idx ntile = (S.H + R - 1) / R;
   const idx total_items = S.N * ntile;
   dynamic_for(total_items, [&](auto next) {
-    std::vector<T> halo((size_t)(S.B * (R + 2) * (S.W + 2))), col((size_t)(S.k * R * (S.W + 2)));
+    Tile3x3<T> tile(S.B, S.k, R, S.W);
     double* acc = ystats ? ystats->mine() : nullptr;
     for (idx it; (it = next()) < total_items;) {
       const idx n = it / ntile, r0 = (it % ntile) * R, Rt = std::min(R, S.H - r0);
       T* yout = buf + (n * S.Ctot + C) * S.HW + r0 * S.W;
-      conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, halo.data(), col.data(), yout);
+      conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, tile, yout);
       if (acc) accumulate_stats(yout, S.HW, S.k, Rt * S.W, acc);
     }
   });
@@ -378,13 +551,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       auto m2 = to_double(*layers[l].m2), v2 = to_double(*layers[l].v2);
       bn_affine<T>(*layers[l].g1, *layers[l].b1, m1.data(), v1.data(), C, eps, S1[l], T1[l]);
       bn_affine<T>(*layers[l].g2, *layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
-      W2T[l] = taps<T>(w2c[l], false);
+      W2T[l] = pack3x3<T>(w2c[l], false);
     }
     const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
     dynamic_for(S.N, [&](auto next) {
       const idx P1 = std::min(kTile1x1, S.HW);
       std::vector<T> a((size_t)((S.Ctot - S.k) * P1)), hn((size_t)(S.B * S.HW));
-      std::vector<T> halo((size_t)(S.B * (R + 2) * (S.W + 2))), col((size_t)(S.k * R * (S.W + 2)));
+      Tile3x3<T> tile(S.B, S.k, R, S.W);
       for (idx n; (n = next()) < S.N;) {
         T* bn = buf + n * S.Ctot * S.HW;
         for (idx l = 0; l < S.L; ++l) {
@@ -396,8 +569,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           }
           for (idx r0 = 0; r0 < S.H; r0 += R) {
             const idx Rt = std::min(R, S.H - r0);
-            conv3x3_tile(S, hn.data(), W2T[l].data(), S2[l].data(), T2[l].data(), r0, Rt, halo.data(),
-                         col.data(), bn + C * S.HW + r0 * S.W);
+            conv3x3_tile(S, hn.data(), W2T[l].data(), S2[l].data(), T2[l].data(), r0, Rt, tile,
+                         bn + C * S.HW + r0 * S.W);
           }
         }
       }
@@ -434,7 +607,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     finish_stats<T>(hacc.sum(), S.B, M, hm, hv);
     bn_affine<T>(*layers[l].g2, *layers[l].b2, hm, hv, S.B, eps, s2, t2);
     ThreadAcc yacc(2 * S.k);
-    const auto w2t = taps<T>(w2c[l], false);
+    const auto w2t = pack3x3<T>(w2c[l], false);
     conv3x3_phase<T>(S, hl, buf, C, w2t.data(), s2.data(), t2.data(), &yacc);
     finish_stats<T>(yacc.sum(), S.k, M, xm + C, xv + C);
   }
@@ -514,15 +687,17 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     timer.mark(0);
     // Phase C: conv2 backward with the BN2-ReLU recomputed, tap by tap on padded tiles (as conv3x3_tile):
     // dW2[tap] += gy @ c_tap^T, dc = sum_tap W2[tap]^T @ gy_(flipped tap); dz2 = dc * [c > 0].
-    const auto w2rt = taps<T>(w2, true);  // (9, B, k)
+    const auto w2g = pack3x3<T>(w2, true);  // the data gradient: Cout = B, Cin = k, taps flipped
     const idx KB = 9 * S.k * S.B;
-    std::vector<T> dw2_acc((size_t)(nt * KB), T(0));
+    std::vector<T> dw2_acc((size_t)(nt * KB), T(0));  // per thread, (k, B, 9)
     ThreadAcc acc2(2 * S.B);
     const idx total3 = S.N * ntile3;
     dynamic_for(total3, [&](auto next) {
       const idx Wp = S.W + 2;
-      std::vector<T> pad((size_t)(S.B * (R + 2) * Wp)), gpad((size_t)(S.k * (R + 2) * Wp));
-      std::vector<T> dcp((size_t)(S.B * R * Wp));
+      const idx ldd = round16(R * Wp), k4 = (S.k + 3) / 4 * 4;
+      std::vector<T> pad((size_t)(S.B * (R + 2) * Wp + kSlack), T(0));
+      std::vector<T> gpad((size_t)(S.k * (R + 2) * Wp + kSlack), T(0));
+      std::vector<T> dcp((size_t)(S.B * ldd)), gz((size_t)(k4 * ldd), T(0)), tmp((size_t)(S.k * S.B));
       T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB;
       double* acc = acc2.mine();
       for (idx it; (it = next()) < total3;) {
@@ -532,27 +707,29 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
         pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
                  false, gpad.data());
-        for (idx tap = 0; tap < 9; ++tap) {
-          const idx dy = tap / 3, dx = tap % 3;
-          gemm_rm<T>(false, true, S.k, S.B, Pp, gpad.data() + Wp + 1, ps, pad.data() + dy * Wp + dx, ps, T(1),
-                     dw2 + tap * S.k * S.B, S.B);
-          gemm_rm<T>(false, false, S.B, Pp, S.k, w2rt.data() + tap * S.k * S.B, S.k,
-                     gpad.data() + (2 - dy) * Wp + (2 - dx), ps, tap == 0 ? T(0) : T(1), dcp.data(), Pp);
+        // dc = the 3x3 convolution of gpad (halo rows included: dc of a row needs the gradient of its
+        // neighbours) with the flipped taps. dW2 reads gz = the tile's own output gradient at the padded
+        // pixels q (zero at the junk columns, which are gpad's border, and past Pp), so each pixel counts once.
+        for (idx o = 0; o < S.k; ++o) {
+          std::memcpy(gz.data() + o * ldd, gpad.data() + o * ps + Wp + 1, sizeof(T) * Pp);
+          std::memset(gz.data() + o * ldd + Pp, 0, sizeof(T) * (ldd - Pp));
         }
+        conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data());
+        conv3x3_apply<T>(gpad.data(), ps, Wp, S.k, S.B, w2g.data(), Pp, dcp.data(), ldd);
         for (idx b = 0; b < S.B; ++b) {
           const T mu = hmeanT[b], is = hisT[b];
-          double s = 0, sx = 0;
+          T s = 0, sx = 0;  // <= R*W terms per tile, in T so that the loop vectorises
           for (idx r = 0; r < Rt; ++r) {
             T* d = dz2 + (n * S.B + b) * S.HW + (r0 + r) * S.W;
-            const T* dc = dcp.data() + b * Pp + r * Wp;
+            const T* dc = dcp.data() + b * ldd + r * Wp;
             const T* cc = pad.data() + b * ps + (r + 1) * Wp + 1;
             const T* hh = hn + b * S.HW + (r0 + r) * S.W;
 #pragma omp simd reduction(+ : s, sx)
             for (idx x = 0; x < S.W; ++x) {
               const T v = cc[x] > T(0) ? dc[x] : T(0);
               d[x] = v;
-              s += (double)v;
-              sx += (double)(v * ((hh[x] - mu) * is));
+              s += v;
+              sx += v * ((hh[x] - mu) * is);
             }
           }
           acc[2 * b] += s;
@@ -566,7 +743,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
       for (int t = 0; t < nt; ++t)
         for (idx tap = 0; tap < 9; ++tap)
           for (idx o = 0; o < S.k; ++o)
-            for (idx b = 0; b < S.B; ++b) gp[(o * S.B + b) * 9 + tap] += dw2_acc[t * KB + tap * S.k * S.B + o * S.B + b];
+            for (idx b = 0; b < S.B; ++b) gp[(o * S.B + b) * 9 + tap] += dw2_acc[t * KB + (o * S.B + b) * 9 + tap];
       gw2[l] = g;
     }
     auto a2 = acc2.sum();
@@ -618,13 +795,13 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
           const T* aa = a.data() + c * P;
           const T* xx = xn + c * S.HW + p0;
           const T mu = xmeanT[c], is = xisT[c];
-          double s = 0, sx = 0;
+          T s = 0, sx = 0;  // <= kTile1x1 terms, in T so that the loop vectorises
 #pragma omp simd reduction(+ : s, sx)
           for (idx q = 0; q < P; ++q) {
             const T v = aa[q] > T(0) ? d[q] : T(0);
             d[q] = v;
-            s += (double)v;
-            sx += (double)(v * ((xx[q] - mu) * is));
+            s += v;
+            sx += v * ((xx[q] - mu) * is);
           }
           acc[2 * c] += s;
           acc[2 * c + 1] += sx;
