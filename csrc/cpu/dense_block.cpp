@@ -7,7 +7,8 @@
 //   c = relu(s2 * h + t2)
 //   y = W2 * c              (3x3, pad 1)
 // Training: mean/var of every buffer channel are computed once, in the epilogue of the kernel that writes
-// the channel (sums of 256-value chunks, added up in double), and reused by every later layer; h's statistics likewise.
+// the channel (sums of 256-value chunks, added up in double), and reused by every later layer; h's statistics
+// likewise.
 // Eval: running statistics give s, t; the 1x1 and 3x3 run back to back per image, h never leaves a
 // per-thread (B, H*W) scratch.
 //
@@ -424,11 +425,10 @@ void conv3x3_wgrad(const T* in, idx ps, idx Wp, idx Cin, const T* g, idx ldg, id
 // Scratch of one 3x3 row tile of at most R rows: the padded input (Cin channels) and the padded-pixel output.
 template <typename T>
 struct Tile3x3 {
-  idx ps_max, ld;
+  idx ld;  // of out: at least Qr for every tile of <= R rows
   std::vector<T> pad, out;
   Tile3x3(idx Cin, idx Cout, idx R, idx W)
-      : ps_max((R + 2) * (W + 2)), ld(round16(R * (W + 2))),
-        pad((size_t)(Cin * (R + 2) * (W + 2) + kSlack), T(0)), out((size_t)(Cout * round16(R * (W + 2)))) {}
+      : ld(round16(R * (W + 2))), pad((size_t)(Cin * (R + 2) * (W + 2) + kSlack), T(0)), out((size_t)(Cout * ld)) {}
 };
 
 // 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2) into yout (channel stride HW).
@@ -685,8 +685,8 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     for (idx c = 0; c < C; ++c) { xmeanT[c] = (T)m1[c]; xisT[c] = (T)is1[c]; }
 
     timer.mark(0);
-    // Phase C: conv2 backward with the BN2-ReLU recomputed, tap by tap on padded tiles (as conv3x3_tile):
-    // dW2[tap] += gy @ c_tap^T, dc = sum_tap W2[tap]^T @ gy_(flipped tap); dz2 = dc * [c > 0].
+    // Phase C: conv2 backward on padded row tiles with the BN2-ReLU recomputed (as conv3x3_tile):
+    // dW2 += correlation of gy with c (conv3x3_wgrad), dc = conv3x3_apply(gy, flipped W2); dz2 = dc * [c > 0].
     const auto w2g = pack3x3<T>(w2, true);  // the data gradient: Cout = B, Cin = k, taps flipped
     const idx KB = 9 * S.k * S.B;
     std::vector<T> dw2_acc((size_t)(nt * KB), T(0));  // per thread, (k, B, 9)
@@ -694,10 +694,12 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     const idx total3 = S.N * ntile3;
     dynamic_for(total3, [&](auto next) {
       const idx Wp = S.W + 2;
-      const idx ldd = round16(R * Wp), k4 = (S.k + 3) / 4 * 4;
-      std::vector<T> pad((size_t)(S.B * (R + 2) * Wp + kSlack), T(0));
-      std::vector<T> gpad((size_t)(S.k * (R + 2) * Wp + kSlack), T(0));
-      std::vector<T> dcp((size_t)(S.B * ldd)), gz((size_t)(k4 * ldd), T(0)), tmp((size_t)(S.k * S.B));
+      Tile3x3<T> gtile(S.k, S.B, R, S.W);  // the data gradient's tile: in = gy padded, out = dc
+      const idx ldd = gtile.ld, k4 = (S.k + 3) / 4 * 4;
+      T* gpad = gtile.pad.data();
+      T* dcp = gtile.out.data();
+      std::vector<T> pad((size_t)(S.B * (R + 2) * Wp + kSlack), T(0));  // c, read by the weight gradient
+      std::vector<T> gz((size_t)(k4 * ldd), T(0)), tmp((size_t)(S.k * S.B));
       T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB;
       double* acc = acc2.mine();
       for (idx it; (it = next()) < total3;) {
@@ -706,22 +708,22 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         const T* hn = hl + n * S.B * S.HW;
         pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
         pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
-                 false, gpad.data());
+                 false, gpad);
         // dc = the 3x3 convolution of gpad (halo rows included: dc of a row needs the gradient of its
         // neighbours) with the flipped taps. dW2 reads gz = the tile's own output gradient at the padded
         // pixels q (zero at the junk columns, which are gpad's border, and past Pp), so each pixel counts once.
         for (idx o = 0; o < S.k; ++o) {
-          std::memcpy(gz.data() + o * ldd, gpad.data() + o * ps + Wp + 1, sizeof(T) * Pp);
+          std::memcpy(gz.data() + o * ldd, gpad + o * ps + Wp + 1, sizeof(T) * Pp);
           std::memset(gz.data() + o * ldd + Pp, 0, sizeof(T) * (ldd - Pp));
         }
         conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data());
-        conv3x3_apply<T>(gpad.data(), ps, Wp, S.k, S.B, w2g.data(), Pp, dcp.data(), ldd);
+        conv3x3_apply<T>(gpad, ps, Wp, S.k, S.B, w2g.data(), Pp, dcp, ldd);
         for (idx b = 0; b < S.B; ++b) {
           const T mu = hmeanT[b], is = hisT[b];
           T s = 0, sx = 0;  // <= R*W terms per tile, in T so that the loop vectorises
           for (idx r = 0; r < Rt; ++r) {
             T* d = dz2 + (n * S.B + b) * S.HW + (r0 + r) * S.W;
-            const T* dc = dcp.data() + b * ldd + r * Wp;
+            const T* dc = dcp + b * ldd + r * Wp;
             const T* cc = pad.data() + b * ps + (r + 1) * Wp + 1;
             const T* hh = hn + b * S.HW + (r0 + r) * S.W;
 #pragma omp simd reduction(+ : s, sx)
@@ -740,10 +742,8 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     {
       at::Tensor g = at::zeros({S.k, S.B, 3, 3}, opts);
       T* gp = g.data_ptr<T>();
-      for (int t = 0; t < nt; ++t)
-        for (idx tap = 0; tap < 9; ++tap)
-          for (idx o = 0; o < S.k; ++o)
-            for (idx b = 0; b < S.B; ++b) gp[(o * S.B + b) * 9 + tap] += dw2_acc[t * KB + (o * S.B + b) * 9 + tap];
+      for (int t = 0; t < nt; ++t)  // the per-thread sums are already in the weight's (k, B, 3, 3) layout
+        for (idx i = 0; i < KB; ++i) gp[i] += dw2_acc[t * KB + i];
       gw2[l] = g;
     }
     auto a2 = acc2.sum();
