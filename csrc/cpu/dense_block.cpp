@@ -27,8 +27,13 @@
 // and a tile by tile from h / the buffer and the cached statistics:
 //   dW2 += gy (x) c (correlation over the tile);  dc = conv(gy, flipped W2);  dz2 = dc * [c > 0]
 //   dh = s2 * (dz2 - sum(dz2)/M - hhat * sum(dz2*hhat)/M)   (train; eval: s2 * dz2)
-//   dW1 += dh @ a^T;  da = W1^T @ dh;  dz1 = da * [a > 0];  dx += same BN formula (added into the
-//   gradient of the shared buffer, so the gradients of a channel accumulate over every later layer).
+//   dW1 += dh @ a^T;  da = W1^T @ dh;  dz1 = da * [a > 0];
+//   dx = A1 * dz1 - A1*B1 - A1*C1 * (x - mean)   (A1 = g1*invstd, B1 = mean(dz1), C1 = invstd*mean(dz1*xhat)).
+// dx is added into the gradient of the shared buffer, so the gradients of a channel accumulate over every later
+// layer. A1 * dz1 is added tile by tile in the conv1 backward; B1 and C1 are known only after it, and they
+// multiply per-channel constants (1 and x - mean, the channel's mean being shared by every layer), so they are
+// summed per channel, alpha[c] -= A1*B1 and beta[c] -= A1*C1, and applied once when the channel's gradient
+// is complete: before the conv2 backward of the layer that wrote the channel, and for x at the end.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -180,7 +185,7 @@ struct PhaseTimer {
     t = now;
   }
   ~PhaseTimer() {
-    if (on) std::fprintf(stderr, "dense_block backward: prep %.3f conv2 %.3f conv1 %.3f bn1 %.3f s\n", acc[0], acc[1], acc[2], acc[3]);
+    if (on) std::fprintf(stderr, "dense_block backward: prep %.3f conv2 %.3f conv1 %.3f dx %.3f s\n", acc[0], acc[1], acc[2], acc[3]);
   }
 };
 
@@ -393,7 +398,8 @@ inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const
           __asm__("" : "+x"(p0), "+x"(p1), "+x"(p2));
 #pragma GCC unroll 4
           for (int j = 0; j < 4; ++j) {
-            const __m256 gv = _mm256_loadu_ps(g0 + j * ldg + q);
+            __m256 gv = _mm256_loadu_ps(g0 + j * ldg + q);
+            __asm__("" : "+x"(gv));  // one load for its three FMAs
             acc[j][0] = _mm256_fmadd_ps(gv, p0, acc[j][0]);
             acc[j][1] = _mm256_fmadd_ps(gv, p1, acc[j][1]);
             acc[j][2] = _mm256_fmadd_ps(gv, p2, acc[j][2]);
@@ -646,9 +652,25 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
   const bool recompute_h = hsaved.numel() == 0;
   at::Tensor htmp = recompute_h ? at::empty({S.N, S.B, S.HW}, opts) : at::Tensor();
   at::Tensor dz2_t = at::empty({S.N, S.B, S.HW}, opts);
-  at::Tensor dz1_t = at::empty({S.N, S.Ctot - S.k, S.HW}, opts);
   T* dz2 = dz2_t.data_ptr<T>();
-  T* dz1 = dz1_t.data_ptr<T>();
+  // The deferred BN1 input-gradient terms of every channel read by some layer: dx += alpha + beta * (x - mean).
+  std::vector<double> alpha((size_t)(S.Ctot - S.k), 0.0), beta((size_t)(S.Ctot - S.k), 0.0);
+  const double* xmean_all = training ? xmean.data_ptr<double>() : nullptr;
+  // gbuf[:, c0:c0+nc] (channel stride cs of dst) = gbuf + alpha + beta * (x - mean); train only (else both 0).
+  auto apply_deferred = [&](idx c0, idx nc, T* dst, idx dst_cs) {
+    const idx total = S.N * nc;
+    at::parallel_for(0, total, 1, [&](idx b, idx e) {
+      for (idx it = b; it < e; ++it) {
+        const idx n = it / nc, c = c0 + it % nc;
+        const T* g = gbuf + (n * S.Ctot + c) * S.HW;
+        const T* xx = buf + (n * S.Ctot + c) * S.HW;
+        T* o = dst + (n * dst_cs + c - c0) * S.HW;
+        const T al = (T)alpha[c], be = (T)beta[c], mu = training ? (T)xmean_all[c] : T(0);
+#pragma omp simd
+        for (idx q = 0; q < S.HW; ++q) o[q] = g[q] + (al + be * (xx[q] - mu));
+      }
+    });
+  };
   std::vector<at::Tensor> gg1(S.L), gb1(S.L), gw1(S.L), gg2(S.L), gb2(S.L), gw2(S.L);
   const int nt = at::get_num_threads();
   const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
@@ -684,6 +706,8 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     for (idx b = 0; b < S.B; ++b) { hmeanT[b] = (T)m2[b]; hisT[b] = (T)is2[b]; }
     for (idx c = 0; c < C; ++c) { xmeanT[c] = (T)m1[c]; xisT[c] = (T)is1[c]; }
 
+    // The gradient of this layer's own k channels is complete: every later layer has added to it.
+    if (training && l < S.L - 1) apply_deferred(C, S.k, gbuf + C * S.HW, S.Ctot);
     timer.mark(0);
     // Phase C: conv2 backward on padded row tiles with the BN2-ReLU recomputed (as conv3x3_tile):
     // dW2 += correlation of gy with c (conv3x3_wgrad), dc = conv3x3_apply(gy, flipped W2); dz2 = dc * [c > 0].
@@ -766,13 +790,15 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     }
 
     timer.mark(1);
-    // Phase D: conv1 backward with BN1-ReLU recomputed; dz1 = da * [a > 0].
+    // Phase D: conv1 backward with BN1-ReLU recomputed; dz1 = da * [a > 0]; gbuf += A1 * dz1.
+    std::vector<T> A1(C);
+    for (idx c = 0; c < C; ++c) A1[c] = (T)((double)p.g1->data_ptr<T>()[c] * is1[c]);
     std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
     ThreadAcc acc1(2 * C);
     const idx total1 = S.N * ntile1;
     dynamic_for(total1, [&](auto next) {
       const idx P1 = std::min(kTile1x1, S.HW);
-      std::vector<T> a((size_t)(C * P1)), dh((size_t)(S.B * P1));
+      std::vector<T> a((size_t)(C * P1)), dh((size_t)(S.B * P1)), da((size_t)(C * P1));
       T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
       double* acc = acc1.mine();
       for (idx it; (it = next()) < total1;) {
@@ -788,18 +814,19 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         const T* xn = buf + n * S.Ctot * S.HW;
         pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data());
         gemm_rm<T>(false, true, S.B, C, P, dh.data(), P, a.data(), P, T(1), dw1, C);
-        T* dz = dz1 + n * (S.Ctot - S.k) * S.HW;  // channel stride HW, C channels used
-        gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), P, T(0), dz + p0, S.HW);
+        gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), P, T(0), da.data(), P);
+        T* gn = gbuf + n * S.Ctot * S.HW + p0;
         for (idx c = 0; c < C; ++c) {
-          T* d = dz + c * S.HW + p0;
+          const T* d = da.data() + c * P;
           const T* aa = a.data() + c * P;
           const T* xx = xn + c * S.HW + p0;
-          const T mu = xmeanT[c], is = xisT[c];
+          T* g = gn + c * S.HW;
+          const T mu = xmeanT[c], is = xisT[c], A = A1[c];
           T s = 0, sx = 0;  // <= kTile1x1 terms, in T so that the loop vectorises
 #pragma omp simd reduction(+ : s, sx)
           for (idx q = 0; q < P; ++q) {
             const T v = aa[q] > T(0) ? d[q] : T(0);
-            d[q] = v;
+            g[q] += A * v;
             s += v;
             sx += v * ((xx[q] - mu) * is);
           }
@@ -818,36 +845,21 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     auto a1 = acc1.sum();
     gb1[l] = at::empty({C}, opts);
     gg1[l] = at::empty({C}, opts);
-    std::vector<T> A1(C), B1(C), C1(C);
     for (idx c = 0; c < C; ++c) {
       gb1[l].data_ptr<T>()[c] = (T)a1[2 * c];
       gg1[l].data_ptr<T>()[c] = (T)a1[2 * c + 1];
-      const double g = (double)p.g1->data_ptr<T>()[c] * is1[c];
       if (training) {
-        A1[c] = (T)g;
-        B1[c] = (T)(a1[2 * c] / M);
-        C1[c] = (T)(is1[c] * a1[2 * c + 1] / M);
-      } else {
-        A1[c] = (T)g; B1[c] = T(0); C1[c] = T(0);
+        const double g = (double)p.g1->data_ptr<T>()[c] * is1[c];
+        alpha[c] -= g * (a1[2 * c] / M);
+        beta[c] -= g * (is1[c] * a1[2 * c + 1] / M);
       }
     }
     timer.mark(2);
-    // Phase E: the BN1 input gradient, accumulated into the shared buffer's gradient.
-    const idx totalE = S.N * C;
-    dynamic_for(totalE, [&](auto next) {
-      for (idx it; (it = next()) < totalE;) {
-        const idx n = it / C, c = it % C;
-        T* g = gbuf + (n * S.Ctot + c) * S.HW;
-        const T* d = dz1 + (n * (S.Ctot - S.k) + c) * S.HW;
-        const T* xx = buf + (n * S.Ctot + c) * S.HW;
-        const T A = A1[c], Bc = B1[c], Cc = C1[c], mu = xmeanT[c];
-#pragma omp simd
-        for (idx q = 0; q < S.HW; ++q) g[q] += A * ((d[q] - Bc) - Cc * (xx[q] - mu));
-      }
-    });
   }
+  at::Tensor gx = at::empty({S.N, S.C0, S.H, S.W}, opts);
+  if (training) apply_deferred(0, S.C0, gx.data_ptr<T>(), S.C0);
+  else gx.copy_(gbuf_t.narrow(1, 0, S.C0));
   timer.mark(3);
-  at::Tensor gx = gbuf_t.narrow(1, 0, S.C0).contiguous();
   return {gx, gg1, gb1, gw1, gg2, gb2, gw2};
 }
 
