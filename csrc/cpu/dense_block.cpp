@@ -106,15 +106,34 @@ void gemm_rm(bool ta, bool tb, idx M, idx N, idx K, const T* A, idx lda, const T
   if (beta == T(0)) c.copy_(at::mm(a, b)); else c.mul_(beta).add_(at::mm(a, b));
 }
 
-// dst (C, P) = relu(scale * src[:, p0:p0+P] + shift); src channel stride cs.
+inline idx round16(idx q) { return (q + 15) / 16 * 16; }
+
+// The AVX2/FMA direct kernels (3x3 and 1x1) serve float32; float64 and builds without AVX2 use BLAS GEMMs.
 template <typename T>
-inline void pack_bnrelu(const T* src, idx cs, idx C, idx p0, idx P, const T* scale, const T* shift, T* dst) {
+constexpr bool use_direct() {
+  return FER_DIRECT3X3 && std::is_same_v<T, float>;
+}
+
+#if FER_DIRECT3X3
+inline float hsum8(__m256 v) {
+  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_add_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+#endif
+
+// dst (C, ld) = relu(scale * src[:, p0:p0+P] + shift), columns [P, ld) zero; src channel stride cs.
+template <typename T>
+inline void pack_bnrelu(const T* src, idx cs, idx C, idx p0, idx P, const T* scale, const T* shift, T* dst,
+                        idx ld) {
   for (idx c = 0; c < C; ++c) {
     const T s = scale[c], t = shift[c];
     const T* in = src + c * cs + p0;
-    T* out = dst + c * P;
+    T* out = dst + c * ld;
 #pragma omp simd
     for (idx p = 0; p < P; ++p) out[p] = std::max(s * in[p] + t, T(0));
+    for (idx p = P; p < ld; ++p) out[p] = T(0);
   }
 }
 
@@ -141,6 +160,100 @@ inline void accumulate_stats(const T* src, idx ld, idx C, idx P, double* acc) {
     acc[2 * c] += s;
     acc[2 * c + 1] += ss;
   }
+}
+
+// ---- the 1x1 convolution on a packed tile ----
+// out[o][q] = sum_c w[o][c] * in[c][q] for q in [0, P); in (Cin, ld) has zero columns in [P, round16(P)).
+// float32 with AVX2+FMA: conv1x1_direct, 6 output channels x 16 pixels in 12 ymm accumulators (one broadcast
+// weight feeding two FMAs, as conv3x3_direct), weights packed [group of 6][c][6] by pack1x1; each finished
+// 6 x 16 block goes to an epilogue epi(o0, nj, q, acc) (nj <= 6 valid channels from o0; columns past P are 0).
+// The pixel strip (Cin x 16) stays in L1 while every group of output channels reads it.
+// pack1x1: w (rows, cols) row-major; Cout = rows, Cin = cols, or with transpose Cout = cols, Cin = rows.
+template <typename T>
+std::vector<T> pack1x1(const T* w, idx rows, idx cols, bool transpose) {
+  const idx Cout = transpose ? cols : rows, Cin = transpose ? rows : cols, G = (Cout + 5) / 6;
+  std::vector<T> out((size_t)(G * Cin * 6), T(0));
+  for (idx o = 0; o < Cout; ++o)
+    for (idx c = 0; c < Cin; ++c)
+      out[((o / 6) * Cin + c) * 6 + o % 6] = transpose ? w[c * cols + o] : w[o * cols + c];
+  return out;
+}
+
+#if FER_DIRECT3X3
+template <typename Epi>
+inline void conv1x1_direct(const float* in, idx ld, idx Cin, idx Cout, const float* wp, idx P, const Epi& epi) {
+  const idx G = (Cout + 5) / 6;
+  for (idx q = 0; q < P; q += 16) {
+    for (idx g = 0; g < G; ++g) {
+      const float* wc = wp + g * Cin * 6;
+      const float* sc = in + q;
+      __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, a4 = a0,
+             b4 = a0, a5 = a0, b5 = a0;
+#pragma GCC unroll 4
+      for (idx c = 0; c < Cin; ++c, sc += ld, wc += 6) {
+        __m256 v0 = _mm256_loadu_ps(sc), v1 = _mm256_loadu_ps(sc + 8);
+        __asm__("" : "+x"(v0), "+x"(v1));
+        __m256 w = _mm256_broadcast_ss(wc);
+        a0 = _mm256_fmadd_ps(w, v0, a0); b0 = _mm256_fmadd_ps(w, v1, b0);
+        w = _mm256_broadcast_ss(wc + 1);
+        a1 = _mm256_fmadd_ps(w, v0, a1); b1 = _mm256_fmadd_ps(w, v1, b1);
+        w = _mm256_broadcast_ss(wc + 2);
+        a2 = _mm256_fmadd_ps(w, v0, a2); b2 = _mm256_fmadd_ps(w, v1, b2);
+        w = _mm256_broadcast_ss(wc + 3);
+        a3 = _mm256_fmadd_ps(w, v0, a3); b3 = _mm256_fmadd_ps(w, v1, b3);
+        w = _mm256_broadcast_ss(wc + 4);
+        a4 = _mm256_fmadd_ps(w, v0, a4); b4 = _mm256_fmadd_ps(w, v1, b4);
+        w = _mm256_broadcast_ss(wc + 5);
+        a5 = _mm256_fmadd_ps(w, v0, a5); b5 = _mm256_fmadd_ps(w, v1, b5);
+      }
+      const __m256 acc[12] = {a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5};
+      epi(g * 6, std::min<idx>(6, Cout - g * 6), q, acc);
+    }
+  }
+}
+
+// Stores rows j < nj of a 6 x 16 block at o (row stride ld), only the first n <= 16 columns.
+inline void store_block(const __m256* acc, idx nj, idx n, float* o, idx ld) {
+  for (idx j = 0; j < nj; ++j, o += ld) {
+    if (n == 16) {
+      _mm256_storeu_ps(o, acc[2 * j]);
+      _mm256_storeu_ps(o + 8, acc[2 * j + 1]);
+    } else {
+      alignas(32) float tmp[16];
+      _mm256_store_ps(tmp, acc[2 * j]);
+      _mm256_store_ps(tmp + 8, acc[2 * j + 1]);
+      std::memcpy(o, tmp, sizeof(float) * n);
+    }
+  }
+}
+#endif
+
+// h (B, ldo) = W1 @ a for one packed tile a (C, lda) of P pixels (w1 (B, C), w1p = pack1x1(w1)); with acc, adds
+// each h channel's sum and sum of squares to acc[2b], acc[2b+1] (float within the tile, double across tiles).
+template <typename T>
+void conv1x1_forward_tile(const T* a, idx lda, idx C, idx P, idx B, const T* w1, const T* w1p, T* out, idx ldo,
+                          double* acc) {
+#if FER_DIRECT3X3
+  if constexpr (use_direct<T>()) {
+    std::vector<float> st(acc ? (size_t)(16 * B) : 0, 0.f);  // the tile's sums, 8 lanes each, in float
+    conv1x1_direct(a, lda, C, B, w1p, P, [&](idx o0, idx nj, idx q, const __m256* r) {
+      store_block(r, nj, std::min<idx>(16, P - q), out + o0 * ldo + q, ldo);
+      if (acc)
+        for (idx j = 0; j < nj; ++j) {  // columns past P are 0 and add nothing
+          float* sj = st.data() + 16 * (o0 + j);
+          _mm256_storeu_ps(sj, _mm256_add_ps(_mm256_loadu_ps(sj), _mm256_add_ps(r[2 * j], r[2 * j + 1])));
+          _mm256_storeu_ps(sj + 8, _mm256_fmadd_ps(r[2 * j], r[2 * j],
+                                                   _mm256_fmadd_ps(r[2 * j + 1], r[2 * j + 1], _mm256_loadu_ps(sj + 8))));
+        }
+    });
+    if (acc)
+      for (idx i = 0; i < 2 * B; ++i) acc[i] += (double)hsum8(_mm256_loadu_ps(st.data() + 8 * i));
+    return;
+  }
+#endif
+  (void)w1p;
+  gemm_rm<T>(false, false, B, P, C, w1, C, a, lda, T(0), out, ldo);
+  if (acc) accumulate_stats(out, ldo, B, P, acc);
 }
 
 // Rows r0-1 .. r0+R of src (Ch, H, W) (channel stride cs) into pad (Ch, R+2, W+2) with a zero border and
@@ -251,15 +364,15 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
                    ThreadAcc* hstats) {
   const idx ntile = (S.HW + kTile1x1 - 1) / kTile1x1;
   const idx total_items = S.N * ntile;
+  const auto w1p = pack1x1(w1, S.B, C, false);
   dynamic_for(total_items, [&](auto next) {
-    std::vector<T> a((size_t)(C * std::min(kTile1x1, S.HW)));
+    const idx lda = round16(std::min(kTile1x1, S.HW));
+    std::vector<T> a((size_t)(C * lda));
     double* acc = hstats ? hstats->mine() : nullptr;
     for (idx it; (it = next()) < total_items;) {
       const idx n = it / ntile, p0 = (it % ntile) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
-      pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, s1, t1, a.data());
-      T* hout = hdst + n * S.B * S.HW + p0;
-      gemm_rm<T>(false, false, S.B, P, C, w1, C, a.data(), P, T(0), hout, S.HW);
-      if (acc) accumulate_stats(hout, S.HW, S.B, P, acc);
+      pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, s1, t1, a.data(), lda);
+      conv1x1_forward_tile(a.data(), lda, C, P, S.B, w1, w1p.data(), hdst + n * S.B * S.HW + p0, S.HW, acc);
     }
   });
 }
@@ -276,12 +389,6 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
 // kSlack floats of zeroed slack and out a leading dimension of at least Qr. Elsewhere (float64, no AVX2):
 // 9 tap GEMMs on shifted views, weights (9, Cout, Cin).
 constexpr idx kSlack = 32;
-inline idx round16(idx q) { return (q + 15) / 16 * 16; }
-
-template <typename T>
-constexpr bool use_direct() {
-  return FER_DIRECT3X3 && std::is_same_v<T, float>;
-}
 
 // Packs w2 (k, B, 3, 3) for conv3x3_apply: forward (Cout = k, Cin = B) or, with grad, the data gradient
 // (Cout = B, Cin = k, taps flipped).
@@ -373,13 +480,6 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 // taps of one kernel row in 12 ymm accumulators (7 loads per 12 FMAs), g's rows padded to a multiple of 4 with
 // zero rows; elsewhere one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
 #if FER_DIRECT3X3
-inline float hsum8(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
-}
-
 inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
                                  idx Qr, float* dw) {
   const idx G = (Cout + 3) / 4;
@@ -550,19 +650,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   std::vector<T> s1, t1, s2, t2;
   if (!training) {
     // Eval: per image, the 1x1 output stays in a per-thread scratch and feeds the 3x3 right away.
-    std::vector<std::vector<T>> S1(S.L), T1(S.L), S2(S.L), T2(S.L), W2T(S.L);
+    std::vector<std::vector<T>> S1(S.L), T1(S.L), S2(S.L), T2(S.L), W1P(S.L), W2T(S.L);
     for (idx l = 0; l < S.L; ++l) {
       const idx C = S.C0 + l * S.k;
       auto m1 = to_double(*layers[l].m1), v1 = to_double(*layers[l].v1);
       auto m2 = to_double(*layers[l].m2), v2 = to_double(*layers[l].v2);
       bn_affine<T>(*layers[l].g1, *layers[l].b1, m1.data(), v1.data(), C, eps, S1[l], T1[l]);
       bn_affine<T>(*layers[l].g2, *layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
+      W1P[l] = pack1x1(w1c[l].data_ptr<T>(), S.B, C, false);
       W2T[l] = pack3x3<T>(w2c[l], false);
     }
     const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
     dynamic_for(S.N, [&](auto next) {
-      const idx P1 = std::min(kTile1x1, S.HW);
-      std::vector<T> a((size_t)((S.Ctot - S.k) * P1)), hn((size_t)(S.B * S.HW));
+      const idx lda = round16(std::min(kTile1x1, S.HW));
+      std::vector<T> a((size_t)((S.Ctot - S.k) * lda)), hn((size_t)(S.B * S.HW));
       Tile3x3<T> tile(S.B, S.k, R, S.W);
       for (idx n; (n = next()) < S.N;) {
         T* bn = buf + n * S.Ctot * S.HW;
@@ -570,8 +671,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           const idx C = S.C0 + l * S.k;
           for (idx p0 = 0; p0 < S.HW; p0 += kTile1x1) {
             const idx P = std::min(kTile1x1, S.HW - p0);
-            pack_bnrelu(bn, S.HW, C, p0, P, S1[l].data(), T1[l].data(), a.data());
-            gemm_rm<T>(false, false, S.B, P, C, w1c[l].data_ptr<T>(), C, a.data(), P, T(0), hn.data() + p0, S.HW);
+            pack_bnrelu(bn, S.HW, C, p0, P, S1[l].data(), T1[l].data(), a.data(), lda);
+            conv1x1_forward_tile(a.data(), lda, C, P, S.B, w1c[l].data_ptr<T>(), W1P[l].data(), hn.data() + p0,
+                                 S.HW, (double*)nullptr);
           }
           for (idx r0 = 0; r0 < S.H; r0 += R) {
             const idx Rt = std::min(R, S.H - r0);
@@ -796,29 +898,80 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
     ThreadAcc acc1(2 * C);
     const idx total1 = S.N * ntile1;
+    const auto w1tp = pack1x1(w1.data_ptr<T>(), S.B, C, true);  // W1^T: Cout = C, Cin = B
     dynamic_for(total1, [&](auto next) {
-      const idx P1 = std::min(kTile1x1, S.HW);
-      std::vector<T> a((size_t)(C * P1)), dh((size_t)(S.B * P1)), da((size_t)(C * P1));
+      const idx ld = round16(std::min(kTile1x1, S.HW));
+      std::vector<T> a((size_t)(C * ld)), dh((size_t)(S.B * ld)), da((size_t)(C * ld));
       T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
       double* acc = acc1.mine();
+#if FER_DIRECT3X3
+      std::vector<float> st1(use_direct<T>() ? (size_t)(16 * C) : 0);  // per-tile float sums, 8 lanes each
+#endif
       for (idx it; (it = next()) < total1;) {
         const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
         for (idx b = 0; b < S.B; ++b) {
           const T* d = dz2 + (n * S.B + b) * S.HW + p0;
           const T* hh = hl + (n * S.B + b) * S.HW + p0;
-          T* o = dh.data() + b * P;
+          T* o = dh.data() + b * ld;
           const T A = A2[b], Bc = B2[b], Cc = C2[b], mu = hmeanT[b];
 #pragma omp simd
           for (idx q = 0; q < P; ++q) o[q] = A * ((d[q] - Bc) - Cc * (hh[q] - mu));
+          for (idx q = P; q < ld; ++q) o[q] = T(0);
         }
         const T* xn = buf + n * S.Ctot * S.HW;
-        pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data());
-        gemm_rm<T>(false, true, S.B, C, P, dh.data(), P, a.data(), P, T(1), dw1, C);
-        gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), P, T(0), da.data(), P);
+        pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data(), ld);
+        gemm_rm<T>(false, true, S.B, C, P, dh.data(), ld, a.data(), ld, T(1), dw1, C);
         T* gn = gbuf + n * S.Ctot * S.HW + p0;
+#if FER_DIRECT3X3
+        if constexpr (use_direct<T>()) {
+          // da = W1^T dh, 6 channels x 16 pixels at a time, finished in registers: v = da * [a > 0],
+          // gbuf += A1 * v, and v's sums (columns past P: da = 0, so v = 0 there).
+          std::fill(st1.begin(), st1.end(), 0.f);
+          conv1x1_direct(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const __m256* r) {
+            const idx nq = std::min<idx>(16, P - q);
+            for (idx j = 0; j < nj; ++j) {
+              const idx c = c0 + j;
+              const float* aa = a.data() + c * ld + q;
+              const float* xx = xn + c * S.HW + p0 + q;
+              float* g = gn + c * S.HW + q;
+              const __m256 A = _mm256_set1_ps(A1[c]), mu = _mm256_set1_ps(xmeanT[c]), is = _mm256_set1_ps(xisT[c]);
+              __m256 s = _mm256_loadu_ps(st1.data() + 16 * c), sx = _mm256_loadu_ps(st1.data() + 16 * c + 8);
+              if (nq == 16) {
+                for (int h = 0; h < 2; ++h) {
+                  const __m256 v = _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(aa + 8 * h), _mm256_setzero_ps(),
+                                                               _CMP_GT_OQ), r[2 * j + h]);
+                  const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xx + 8 * h), mu), is);
+                  s = _mm256_add_ps(s, v);
+                  sx = _mm256_fmadd_ps(v, xh, sx);
+                  _mm256_storeu_ps(g + 8 * h, _mm256_fmadd_ps(A, v, _mm256_loadu_ps(g + 8 * h)));
+                }
+              } else {
+                alignas(32) float d[16], vs[16] = {0}, xs[16] = {0};
+                _mm256_store_ps(d, r[2 * j]);
+                _mm256_store_ps(d + 8, r[2 * j + 1]);
+                for (idx i = 0; i < nq; ++i) {
+                  vs[i] = aa[i] > 0.f ? d[i] : 0.f;
+                  xs[i] = (xx[i] - xmeanT[c]) * xisT[c];
+                  g[i] += A1[c] * vs[i];
+                }
+                for (int h = 0; h < 2; ++h) {
+                  const __m256 v = _mm256_load_ps(vs + 8 * h);
+                  s = _mm256_add_ps(s, v);
+                  sx = _mm256_fmadd_ps(v, _mm256_load_ps(xs + 8 * h), sx);
+                }
+              }
+              _mm256_storeu_ps(st1.data() + 16 * c, s);
+              _mm256_storeu_ps(st1.data() + 16 * c + 8, sx);
+            }
+          });
+          for (idx i = 0; i < 2 * C; ++i) acc[i] += (double)hsum8(_mm256_loadu_ps(st1.data() + 8 * i));
+          continue;
+        }
+#endif
+        gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), ld, T(0), da.data(), ld);
         for (idx c = 0; c < C; ++c) {
-          const T* d = da.data() + c * P;
-          const T* aa = a.data() + c * P;
+          const T* d = da.data() + c * ld;
+          const T* aa = a.data() + c * ld;
           const T* xx = xn + c * S.HW + p0;
           T* g = gn + c * S.HW;
           const T mu = xmeanT[c], is = xisT[c], A = A1[c];
