@@ -162,6 +162,13 @@ inline void accumulate_stats(const T* src, idx ld, idx C, idx P, double* acc) {
   }
 }
 
+// Leading dimension of a packed 1x1 tile: a multiple of 16 floats (whole 16-pixel strips) and an odd number of
+// 64-byte lines, so that a strip's rows spread over the L1 sets (a power-of-two stride maps them all to two).
+inline idx tile1x1_ld(idx HW) {
+  const idx ld = round16(std::min(kTile1x1, HW));
+  return (ld / 16) % 2 ? ld : ld + 16;
+}
+
 // ---- the 1x1 convolution on a packed tile ----
 // out[o][q] = sum_c w[o][c] * in[c][q] for q in [0, P); in (Cin, ld) has zero columns in [P, round16(P)).
 // float32 with AVX2+FMA: conv1x1_direct, 6 output channels x 16 pixels in 12 ymm accumulators (one broadcast
@@ -366,7 +373,7 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
   const idx total_items = S.N * ntile;
   const auto w1p = pack1x1(w1, S.B, C, false);
   dynamic_for(total_items, [&](auto next) {
-    const idx lda = round16(std::min(kTile1x1, S.HW));
+    const idx lda = tile1x1_ld(S.HW);
     std::vector<T> a((size_t)(C * lda));
     double* acc = hstats ? hstats->mine() : nullptr;
     for (idx it; (it = next()) < total_items;) {
@@ -662,7 +669,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     }
     const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
     dynamic_for(S.N, [&](auto next) {
-      const idx lda = round16(std::min(kTile1x1, S.HW));
+      const idx lda = tile1x1_ld(S.HW);
       std::vector<T> a((size_t)((S.Ctot - S.k) * lda)), hn((size_t)(S.B * S.HW));
       Tile3x3<T> tile(S.B, S.k, R, S.W);
       for (idx n; (n = next()) < S.N;) {
@@ -900,7 +907,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     const idx total1 = S.N * ntile1;
     const auto w1tp = pack1x1(w1.data_ptr<T>(), S.B, C, true);  // W1^T: Cout = C, Cin = B
     dynamic_for(total1, [&](auto next) {
-      const idx ld = round16(std::min(kTile1x1, S.HW));
+      const idx ld = tile1x1_ld(S.HW);
       std::vector<T> a((size_t)(C * ld)), dh((size_t)(S.B * ld)), da((size_t)(C * ld));
       T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
       double* acc = acc1.mine();
