@@ -2,7 +2,7 @@
 //
 // Math (DESIGN section 4), per sample n, A = a[n] (Ca, L), B = b[n] (Cb, L):
 //   Y = A B^T (/ L if mean),  s = sign(Y) sqrt(|Y| + eps),  z = s / max(||s||, 1e-12),  logits = W z + bias.
-// Tiling: Y is produced by a register-blocked micro-kernel (4 rows x 2 SIMD vectors of columns, k-loop over L)
+// Tiling: Y is produced by a register-blocked micro-kernel (6 rows x 2 SIMD vectors of columns, k-loop over L)
 // reading A and a zero-padded transpose Bt (L, Cbp) of B; the epilogue (scale, signed sqrt, ||s||^2, and for the
 // classifier the K class dot products) runs on the accumulators while they are in registers.
 // The classifier works on tiles of RB rows x CBc columns of Y whose K-class weight slab fits in L2; a thread owns
@@ -124,7 +124,7 @@ inline vec<T> signed_sqrt_v(vec<T> y, T eps) {
   root_and_half_inv(ay + eps, r, unused);  // at y = 0 with eps = 0, r is NaN but not selected
   return y > zero ? r : (y < zero ? -r : zero);
 }
-constexpr int MR = 4;  // micro-tile rows
+constexpr int MR = 6;  // micro-tile rows: 6 x 2 vectors = 12 accumulators, enough to hide the FMA latency
 template <typename T>
 constexpr int NR() { return 2 * Simd<T>::n; }  // micro-tile columns (2 vectors)
 
@@ -152,6 +152,8 @@ template <typename T>
 inline void micro_rows(int rows, const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim,
                        vec<T> acc[MR][2]) {
   switch (rows) {
+    case 6: micro<T, 6>(P, prs, pks, Q, qs, kdim, acc); break;
+    case 5: micro<T, 5>(P, prs, pks, Q, qs, kdim, acc); break;
     case 4: micro<T, 4>(P, prs, pks, Q, qs, kdim, acc); break;
     case 3: micro<T, 3>(P, prs, pks, Q, qs, kdim, acc); break;
     case 2: micro<T, 2>(P, prs, pks, Q, qs, kdim, acc); break;
@@ -415,10 +417,10 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
               if (rows == MR) {
                 for (int64_t k = 0; k < K; ++k) {
                   const T* wk = w0 + k * kst;
-                  dk[k] += vload(wk) * sv[0][0] + vload(wk + n) * sv[0][1] + vload(wk + ld) * sv[1][0] +
-                           vload(wk + ld + n) * sv[1][1] + vload(wk + 2 * ld) * sv[2][0] +
-                           vload(wk + 2 * ld + n) * sv[2][1] + vload(wk + 3 * ld) * sv[3][0] +
-                           vload(wk + 3 * ld + n) * sv[3][1];
+                  vec<T> d = vload(wk) * sv[0][0] + vload(wk + n) * sv[0][1];
+#pragma GCC unroll 8
+                  for (int r = 1; r < MR; ++r) d += vload(wk + r * ld) * sv[r][0] + vload(wk + r * ld + n) * sv[r][1];
+                  dk[k] += d;
                 }
               } else {
                 for (int64_t k = 0; k < K; ++k) {
@@ -461,10 +463,39 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   return {logits, norms};
 }
 
+// gs[k * kst + o] += sum_{s < ns} g[s * gst + k] * z[s * zst + o] for k < KB and one vector o: the weight
+// gradient of KB classes at one vector of the tile, accumulated over a chunk of samples in registers.
+template <typename T, int KB>
+inline void wgrad_classes(const T* z, int64_t zst, int64_t ns, const T* g, int64_t gst, T* gs, int64_t kst) {
+  vec<T> acc[KB];
+  for (int k = 0; k < KB; ++k) acc[k] = vec<T>{};
+  for (int64_t s = 0; s < ns; ++s) {
+    const vec<T> zv = vload(z + s * zst);
+    for (int k = 0; k < KB; ++k) acc[k] += vbroadcast_load(g + s * gst + k) * zv;
+  }
+  for (int k = 0; k < KB; ++k) vstore(gs + k * kst, vload(gs + k * kst) + acc[k]);
+}
+
+template <typename T>
+inline void wgrad_classes_n(int kb, const T* z, int64_t zst, int64_t ns, const T* g, int64_t gst, T* gs,
+                            int64_t kst) {
+  switch (kb) {
+    case 8: wgrad_classes<T, 8>(z, zst, ns, g, gst, gs, kst); break;
+    case 7: wgrad_classes<T, 7>(z, zst, ns, g, gst, gs, kst); break;
+    case 6: wgrad_classes<T, 6>(z, zst, ns, g, gst, gs, kst); break;
+    case 5: wgrad_classes<T, 5>(z, zst, ns, g, gst, gs, kst); break;
+    case 4: wgrad_classes<T, 4>(z, zst, ns, g, gst, gs, kst); break;
+    case 3: wgrad_classes<T, 3>(z, zst, ns, g, gst, gs, kst); break;
+    case 2: wgrad_classes<T, 2>(z, zst, ns, g, gst, gs, kst); break;
+    default: wgrad_classes<T, 1>(z, zst, ns, g, gst, gs, kst); break;
+  }
+}
+
 // Classifier backward. Per (tile, sample): recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12));
 // dz = sum_k dl_k W_k; ds = (dz - z G) / d with G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if
-// norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps) into a tile buffer; dW_k += dl_k z into a padded
-// thread-local slab (the thread owns the tile, written out once after all samples); then
+// norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps) into a tile buffer; z into a buffer of a chunk of
+// kChunk samples, from which dW_k += sum_n dl_k z_n goes into a padded thread-local slab, up to 8 classes x one
+// vector at a time in registers (the thread owns the tile, written out once after all samples); then
 // dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end; the
 // dynamic schedule makes its float summation order, only, vary between runs).
 template <typename T>
@@ -477,7 +508,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const at::Tensor w = weight.contiguous(), gl = grad_logits.contiguous();
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_padded<T>(b3, cbp);
-  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 128 * 1024, 4 * MR);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 128 * 1024, 16);
   const int nthreads = at::get_num_threads();
   const T eps = (T)eps_d;
 
@@ -520,6 +551,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
     WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
     const int64_t ldy = tl.cbc + nr;  // dY tile row stride (padded)
     std::vector<T> dyt((size_t)tl.rb * ldy);
+    constexpr int64_t kChunk = 8;
+    const int64_t zst = tl.rb * slab.ld;  // z of one sample of the tile, in the slab's row layout
+    std::vector<T> zbuf((size_t)(kChunk * zst), T(0));
     vec<T> acc[MR][2];
     for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
@@ -549,16 +583,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
                   const vec<T> gsq = y != zero ? hinv : zero;
                   const int64_t o = toff + v * n;
                   vec<T> dz{};
-                  for (int64_t k = 0; k < K; ++k) {
-                    const vec<T> glk = vbroadcast(gl_n[k]);
-                    dz += glk * vload(ws + k * kst + o);
-                    vstore(gs + k * kst + o, vload(gs + k * kst + o) + glk * z);
-                  }
+                  for (int64_t k = 0; k < K; ++k) dz += vbroadcast_load(gl_n + k) * vload(ws + k * kst + o);
+                  vstore(zbuf.data() + (s_n % kChunk) * zst + o, z);
                   // padded columns: W = 0 and Y = 0 there, so dz = z = dY = 0
                   vstore(dy + (i0 - i_begin + r) * ldy + (j0 - j_begin) + v * n, (dz * iv - z * gf) * gsq);
                 }
               }
             }
+          }
+          if (s_n % kChunk == kChunk - 1 || s_n == N - 1) {  // dW of the chunk's samples
+            const int64_t n0 = s_n / kChunk * kChunk, ns = s_n + 1 - n0;
+            for (int64_t r = 0; r < rows_blk; ++r)
+              for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += n)
+                for (int64_t k0 = 0; k0 < K; k0 += 8)
+                  wgrad_classes_n<T>((int)std::min<int64_t>(8, K - k0), zbuf.data() + o, zst, ns, GL + n0 * K + k0, K,
+                                     gs + k0 * kst + o, kst);
           }
           // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
           gemm_acc<T>(rows_blk, L, cols, dy, ldy, 1, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
