@@ -427,3 +427,15 @@ def test_cpp_ops_check_their_inputs():
     with pytest.raises(RuntimeError, match="a: expected float32 or float64"):
         ops.bilinear_pool(torch.zeros(1, 2, 2, 2, dtype=torch.int32), torch.zeros(1, 2, 2, 2, dtype=torch.int32),
                           1e-5, True, True, False)
+
+
+def test_auto_runs_the_reference_classifier_on_large_maps():
+    from fer_kernels.ops.bilinear import CPP_CLASSIFIER_MAX_LOCATIONS, classifier_backend
+
+    small = torch.zeros(1, 2, 14, 14)  # 196 locations: still the C++ kernel
+    large = torch.zeros(1, 2, 15, 14)
+    assert 14 * 14 == CPP_CLASSIFIER_MAX_LOCATIONS
+    assert classifier_backend(small, "cpp", "auto") == "cpp"
+    assert classifier_backend(large, "cpp", "auto") == "reference"
+    assert classifier_backend(large, "cpp", "cpp") == "cpp"  # an explicit request is kept
+    assert classifier_backend(large, "triton", "auto") == "triton"  # only the C++ kernel is redirected

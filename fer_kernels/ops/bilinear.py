@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from fer_kernels import _extension
-from fer_kernels.backends import resolve
+from fer_kernels.backends import get_backend, resolve
 from fer_kernels.ops._common import check_same_device_dtype, check_tensor
 from fer_kernels.reference.bilinear import bilinear_classifier_reference, bilinear_pool_reference
 
@@ -174,8 +174,24 @@ def bilinear_classifier(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, 
         check_tensor(bias, "bias", 1, f"({weight.shape[0]},)")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    name = resolve("bilinear_classifier", CLASSIFIER_IMPLS, [a, b, weight, bias], backend)
+    name = classifier_backend(a, resolve("bilinear_classifier", CLASSIFIER_IMPLS, [a, b, weight, bias], backend),
+                              backend)
     return CLASSIFIER_IMPLS[name](a, b, weight, bias, eps)
+
+
+# The C++ classifier recomputes Y tile by tile from the (Ca, H*W) and (Cb, H*W) operands; past this many
+# locations that costs more than the plain composition's GEMMs (benchmarks/RESULTS.md: at 14x14 it is on par
+# with eager, at 28x28 with 200 classes 3.7x slower). ``auto`` then runs the reference; an explicit
+# ``backend="cpp"`` still gets the C++ kernel.
+CPP_CLASSIFIER_MAX_LOCATIONS = 196
+
+
+def classifier_backend(a: torch.Tensor, resolved: str, requested: str | None = None) -> str:
+    """The backend ``bilinear_classifier`` runs: ``resolved`` unless ``auto`` chose ``cpp`` for a large map."""
+    chosen_by_auto = (requested if requested is not None else get_backend()) == "auto"
+    if chosen_by_auto and resolved == "cpp" and a.shape[2] * a.shape[3] > CPP_CLASSIFIER_MAX_LOCATIONS:
+        return "reference"
+    return resolved
 
 
 def demo_case():
