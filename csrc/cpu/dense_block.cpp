@@ -13,7 +13,10 @@
 // per-thread (B, H*W) scratch.
 //
 // Tiling. 1x1: per (image, pixel tile of <= 512 px) the BN-ReLU prologue packs a (C, P) tile in cache,
-// then one GEMM h_tile = W1 (B, C) @ a_tile (MKL sgemm/dgemm, single-threaded per tile). 3x3: per (image,
+// then h_tile = W1 (B, C) @ a_tile: float32 on AVX2+FMA by conv1x1_direct (6 output channels x 16 pixels in
+// registers, h's statistics summed in its epilogue), float64 by one GEMM (MKL sgemm/dgemm); the backward's
+// data gradient W1^T dh runs the same kernel with the ReLU mask and the buffer-gradient update in its
+// epilogue, the weight gradient dh a^T is a GEMM. 3x3: per (image,
 // tile of R rows, R*W ~ 384 px) the prologue normalises the tile's rows of h plus one halo row each side into
 // a zero-bordered (B, R+2, W+2) scratch; in it the tap (dy, dx) of every output pixel is a fixed shift, so the
 // convolution needs no im2col. float32 on AVX2+FMA runs it as a register-blocked direct convolution
