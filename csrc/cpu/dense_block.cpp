@@ -190,6 +190,36 @@ std::vector<T> pack1x1(const T* w, idx rows, idx cols, bool transpose) {
 }
 
 #if FER_DIRECT3X3
+// The register block of the direct 1x1 and 3x3 kernels: 6 output channels x 16 pixels in 12 ymm accumulators.
+struct Block6x16 {
+  __m256 a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5;
+  Block6x16() {
+    a0 = b0 = a1 = b1 = a2 = b2 = a3 = b3 = a4 = b4 = a5 = b5 = _mm256_setzero_ps();
+  }
+  // Adds w[j] * s[0..16) to channel j (j < 6): two loads, each broadcast weight feeding two FMAs.
+  __attribute__((always_inline)) inline void step(const float* s, const float* w) {
+    __m256 v0 = _mm256_loadu_ps(s), v1 = _mm256_loadu_ps(s + 8);
+    __asm__("" : "+x"(v0), "+x"(v1));  // keep the two loads in registers (else GCC folds them into all 12 FMAs)
+    __m256 x = _mm256_broadcast_ss(w);
+    a0 = _mm256_fmadd_ps(x, v0, a0); b0 = _mm256_fmadd_ps(x, v1, b0);
+    x = _mm256_broadcast_ss(w + 1);
+    a1 = _mm256_fmadd_ps(x, v0, a1); b1 = _mm256_fmadd_ps(x, v1, b1);
+    x = _mm256_broadcast_ss(w + 2);
+    a2 = _mm256_fmadd_ps(x, v0, a2); b2 = _mm256_fmadd_ps(x, v1, b2);
+    x = _mm256_broadcast_ss(w + 3);
+    a3 = _mm256_fmadd_ps(x, v0, a3); b3 = _mm256_fmadd_ps(x, v1, b3);
+    x = _mm256_broadcast_ss(w + 4);
+    a4 = _mm256_fmadd_ps(x, v0, a4); b4 = _mm256_fmadd_ps(x, v1, b4);
+    x = _mm256_broadcast_ss(w + 5);
+    a5 = _mm256_fmadd_ps(x, v0, a5); b5 = _mm256_fmadd_ps(x, v1, b5);
+  }
+  // acc[2j], acc[2j+1]: channel j's pixels 0-7 and 8-15.
+  void to_array(__m256* acc) const {
+    acc[0] = a0; acc[1] = b0; acc[2] = a1; acc[3] = b1; acc[4] = a2; acc[5] = b2;
+    acc[6] = a3; acc[7] = b3; acc[8] = a4; acc[9] = b4; acc[10] = a5; acc[11] = b5;
+  }
+};
+
 template <typename Epi>
 inline void conv1x1_direct(const float* in, idx ld, idx Cin, idx Cout, const float* wp, idx P, const Epi& epi) {
   const idx G = (Cout + 5) / 6;
@@ -197,26 +227,11 @@ inline void conv1x1_direct(const float* in, idx ld, idx Cin, idx Cout, const flo
     for (idx g = 0; g < G; ++g) {
       const float* wc = wp + g * Cin * 6;
       const float* sc = in + q;
-      __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, a4 = a0,
-             b4 = a0, a5 = a0, b5 = a0;
+      Block6x16 blk;
 #pragma GCC unroll 4
-      for (idx c = 0; c < Cin; ++c, sc += ld, wc += 6) {
-        __m256 v0 = _mm256_loadu_ps(sc), v1 = _mm256_loadu_ps(sc + 8);
-        __asm__("" : "+x"(v0), "+x"(v1));
-        __m256 w = _mm256_broadcast_ss(wc);
-        a0 = _mm256_fmadd_ps(w, v0, a0); b0 = _mm256_fmadd_ps(w, v1, b0);
-        w = _mm256_broadcast_ss(wc + 1);
-        a1 = _mm256_fmadd_ps(w, v0, a1); b1 = _mm256_fmadd_ps(w, v1, b1);
-        w = _mm256_broadcast_ss(wc + 2);
-        a2 = _mm256_fmadd_ps(w, v0, a2); b2 = _mm256_fmadd_ps(w, v1, b2);
-        w = _mm256_broadcast_ss(wc + 3);
-        a3 = _mm256_fmadd_ps(w, v0, a3); b3 = _mm256_fmadd_ps(w, v1, b3);
-        w = _mm256_broadcast_ss(wc + 4);
-        a4 = _mm256_fmadd_ps(w, v0, a4); b4 = _mm256_fmadd_ps(w, v1, b4);
-        w = _mm256_broadcast_ss(wc + 5);
-        a5 = _mm256_fmadd_ps(w, v0, a5); b5 = _mm256_fmadd_ps(w, v1, b5);
-      }
-      const __m256 acc[12] = {a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5};
+      for (idx c = 0; c < Cin; ++c, sc += ld, wc += 6) blk.step(sc, wc);
+      __m256 acc[12];
+      blk.to_array(acc);
       epi(g * 6, std::min<idx>(6, Cout - g * 6), q, acc);
     }
   }
@@ -435,37 +450,16 @@ inline void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, c
     const float* wg = wp + g * Cin * 54;
     const idx nj = std::min<idx>(6, Cout - g * 6);
     for (idx q = 0; q < Qr; q += 16) {
-      __m256 a0 = _mm256_setzero_ps(), b0 = a0, a1 = a0, b1 = a0, a2 = a0, b2 = a0, a3 = a0, b3 = a0, a4 = a0,
-             b4 = a0, a5 = a0, b5 = a0;
+      Block6x16 blk;
       for (idx c = 0; c < Cin; ++c) {
         const float* sc = in + c * ps + q;
         const float* wc = wg + c * 54;
 #pragma GCC unroll 9
-        for (int tap = 0; tap < 9; ++tap) {
-          const float* st = sc + offs[tap];
-          __m256 v0 = _mm256_loadu_ps(st), v1 = _mm256_loadu_ps(st + 8);
-          __asm__("" : "+x"(v0), "+x"(v1));  // two loads feed 12 FMAs: keep them in registers (as in wgrad)
-          const float* wt = wc + tap * 6;
-          __m256 w = _mm256_broadcast_ss(wt);
-          a0 = _mm256_fmadd_ps(w, v0, a0); b0 = _mm256_fmadd_ps(w, v1, b0);
-          w = _mm256_broadcast_ss(wt + 1);
-          a1 = _mm256_fmadd_ps(w, v0, a1); b1 = _mm256_fmadd_ps(w, v1, b1);
-          w = _mm256_broadcast_ss(wt + 2);
-          a2 = _mm256_fmadd_ps(w, v0, a2); b2 = _mm256_fmadd_ps(w, v1, b2);
-          w = _mm256_broadcast_ss(wt + 3);
-          a3 = _mm256_fmadd_ps(w, v0, a3); b3 = _mm256_fmadd_ps(w, v1, b3);
-          w = _mm256_broadcast_ss(wt + 4);
-          a4 = _mm256_fmadd_ps(w, v0, a4); b4 = _mm256_fmadd_ps(w, v1, b4);
-          w = _mm256_broadcast_ss(wt + 5);
-          a5 = _mm256_fmadd_ps(w, v0, a5); b5 = _mm256_fmadd_ps(w, v1, b5);
-        }
+        for (int tap = 0; tap < 9; ++tap) blk.step(sc + offs[tap], wc + tap * 6);
       }
-      float* o = out + g * 6 * ldo + q;
-      const __m256 acc[12] = {a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5};
-      for (idx j = 0; j < nj; ++j) {
-        _mm256_storeu_ps(o + j * ldo, acc[2 * j]);
-        _mm256_storeu_ps(o + j * ldo + 8, acc[2 * j + 1]);
-      }
+      __m256 acc[12];
+      blk.to_array(acc);
+      store_block(acc, nj, 16, out + g * 6 * ldo + q, ldo);  // out's rows hold Qr columns
     }
   }
 }
@@ -767,8 +761,8 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
   T* dz2 = dz2_t.data_ptr<T>();
   // The deferred BN1 input-gradient terms of every channel read by some layer: dx += alpha + beta * (x - mean).
   std::vector<double> alpha((size_t)(S.Ctot - S.k), 0.0), beta((size_t)(S.Ctot - S.k), 0.0);
-  const double* xmean_all = training ? xmean.data_ptr<double>() : nullptr;
-  // gbuf[:, c0:c0+nc] (channel stride cs of dst) = gbuf + alpha + beta * (x - mean); train only (else both 0).
+  // dst[:, :nc] (channel stride dst_cs) = gbuf[:, c0:c0+nc] + alpha + beta * (x - mean). Training only: in eval
+  // the BN1 input gradient has no batch terms, alpha = beta = 0.
   auto apply_deferred = [&](idx c0, idx nc, T* dst, idx dst_cs) {
     const idx total = S.N * nc;
     at::parallel_for(0, total, 1, [&](idx b, idx e) {
@@ -777,7 +771,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         const T* g = gbuf + (n * S.Ctot + c) * S.HW;
         const T* xx = buf + (n * S.Ctot + c) * S.HW;
         T* o = dst + (n * dst_cs + c - c0) * S.HW;
-        const T al = (T)alpha[c], be = (T)beta[c], mu = training ? (T)xmean_all[c] : T(0);
+        const T al = (T)alpha[c], be = (T)beta[c], mu = (T)xmean.data_ptr<double>()[c];
 #pragma omp simd
         for (idx q = 0; q < S.HW; ++q) o[q] = g[q] + (al + be * (xx[q] - mu));
       }
@@ -911,7 +905,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     const auto w1tp = pack1x1(w1.data_ptr<T>(), S.B, C, true);  // W1^T: Cout = C, Cin = B
     dynamic_for(total1, [&](auto next) {
       const idx ld = tile1x1_ld(S.HW);
-      std::vector<T> a((size_t)(C * ld)), dh((size_t)(S.B * ld)), da((size_t)(C * ld));
+      std::vector<T> a((size_t)(C * ld)), dh((size_t)(S.B * ld)), da(use_direct<T>() ? 0 : (size_t)(C * ld));
       T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
       double* acc = acc1.mine();
 #if FER_DIRECT3X3
@@ -941,35 +935,27 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
             const idx nq = std::min<idx>(16, P - q);
             for (idx j = 0; j < nj; ++j) {
               const idx c = c0 + j;
-              const float* aa = a.data() + c * ld + q;
+              const float* aa = a.data() + c * ld + q;  // zero past P, so v = 0 there
               const float* xx = xn + c * S.HW + p0 + q;
               float* g = gn + c * S.HW + q;
+              alignas(32) float xt[16] = {0}, gt[16];  // a strip cut by the tile's end: through a full copy
+              if (nq < 16) {
+                std::memcpy(xt, xx, sizeof(float) * nq);
+                std::memcpy(gt, g, sizeof(float) * nq);
+                xx = xt;
+                g = gt;
+              }
               const __m256 A = _mm256_set1_ps(A1[c]), mu = _mm256_set1_ps(xmeanT[c]), is = _mm256_set1_ps(xisT[c]);
               __m256 s = _mm256_loadu_ps(st1.data() + 16 * c), sx = _mm256_loadu_ps(st1.data() + 16 * c + 8);
-              if (nq == 16) {
-                for (int h = 0; h < 2; ++h) {
-                  const __m256 v = _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(aa + 8 * h), _mm256_setzero_ps(),
-                                                               _CMP_GT_OQ), r[2 * j + h]);
-                  const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xx + 8 * h), mu), is);
-                  s = _mm256_add_ps(s, v);
-                  sx = _mm256_fmadd_ps(v, xh, sx);
-                  _mm256_storeu_ps(g + 8 * h, _mm256_fmadd_ps(A, v, _mm256_loadu_ps(g + 8 * h)));
-                }
-              } else {
-                alignas(32) float d[16], vs[16] = {0}, xs[16] = {0};
-                _mm256_store_ps(d, r[2 * j]);
-                _mm256_store_ps(d + 8, r[2 * j + 1]);
-                for (idx i = 0; i < nq; ++i) {
-                  vs[i] = aa[i] > 0.f ? d[i] : 0.f;
-                  xs[i] = (xx[i] - xmeanT[c]) * xisT[c];
-                  g[i] += A1[c] * vs[i];
-                }
-                for (int h = 0; h < 2; ++h) {
-                  const __m256 v = _mm256_load_ps(vs + 8 * h);
-                  s = _mm256_add_ps(s, v);
-                  sx = _mm256_fmadd_ps(v, _mm256_load_ps(xs + 8 * h), sx);
-                }
+              for (int h = 0; h < 2; ++h) {
+                const __m256 v = _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(aa + 8 * h), _mm256_setzero_ps(),
+                                                             _CMP_GT_OQ), r[2 * j + h]);
+                const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xx + 8 * h), mu), is);
+                s = _mm256_add_ps(s, v);
+                sx = _mm256_fmadd_ps(v, xh, sx);
+                _mm256_storeu_ps(g + 8 * h, _mm256_fmadd_ps(A, v, _mm256_loadu_ps(g + 8 * h)));
               }
+              if (nq < 16) std::memcpy(gn + c * S.HW + q, gt, sizeof(float) * nq);
               _mm256_storeu_ps(st1.data() + 16 * c, s);
               _mm256_storeu_ps(st1.data() + 16 * c + 8, sx);
             }
