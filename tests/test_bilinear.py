@@ -155,6 +155,35 @@ def test_pool_forward_and_backward_match_plain_composition(backend):
             close_grad(got[1], want[1], plain[1], f"grad_b [{tag}]")
 
 
+@requires_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpp_classifier_many_samples_and_classes(dtype):
+    """The C++ backward sums dW over chunks of 8 samples and up to 8 classes at a time: 19 samples (chunks of
+    8, 8, 3) and 11 classes (groups of 8 and 3) take every path, with 2 threads (per-thread dB sums)."""
+    torch.manual_seed(7)
+    a, b = make_ab(19, 13, 10, 3, 3, "relu", dtype)
+    weight = torch.randn(11, 130, dtype=dtype) / 130 ** 0.5
+    bias = torch.randn(11, dtype=dtype)
+    ins = [a, b, weight, bias]
+    mine = [t.clone().requires_grad_() for t in ins]
+    ref = [t.double().requires_grad_() for t in ins]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = fk.bilinear_classifier(*mine, backend="cpp")
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, mine, g)
+    finally:
+        torch.set_num_threads(threads)
+    expected = plain_classifier(*ref)
+    close(out, expected.detach(), "logits")
+    want = torch.autograd.grad(expected, ref, g.double())
+    same = [t.clone().requires_grad_() for t in ins]
+    plain = torch.autograd.grad(plain_classifier(*same), same, g)
+    for name, x, y, p in zip(("grad_a", "grad_b", "grad_weight", "grad_bias"), got, want, plain):
+        close_grad(x, y, p, name)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
 def test_classifier_forward_and_backward_match_plain_composition(backend, has_bias):

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX__)
@@ -148,17 +149,22 @@ inline void micro(const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, 
   }
 }
 
+// f(std::integral_constant<int, v>{}) for a runtime 1 <= v <= Max (v < 1 runs 1): a register-blocked kernel
+// instantiated for every block height it meets.
+template <int Max, typename F>
+inline void with_count(int v, const F& f) {
+  if constexpr (Max > 1) {
+    if (v >= Max) return f(std::integral_constant<int, Max>{});
+    return with_count<Max - 1>(v, f);
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
 template <typename T>
 inline void micro_rows(int rows, const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim,
                        vec<T> acc[MR][2]) {
-  switch (rows) {
-    case 6: micro<T, 6>(P, prs, pks, Q, qs, kdim, acc); break;
-    case 5: micro<T, 5>(P, prs, pks, Q, qs, kdim, acc); break;
-    case 4: micro<T, 4>(P, prs, pks, Q, qs, kdim, acc); break;
-    case 3: micro<T, 3>(P, prs, pks, Q, qs, kdim, acc); break;
-    case 2: micro<T, 2>(P, prs, pks, Q, qs, kdim, acc); break;
-    default: micro<T, 1>(P, prs, pks, Q, qs, kdim, acc); break;
-  }
+  with_count<MR>(rows, [&](auto R) { micro<T, R.value>(P, prs, pks, Q, qs, kdim, acc); });
 }
 
 // C[m * cs + j] += sum_k P[m * prs + k * pks] * Q[k * qs + j] for m < M, j < ncols (any sizes; vector micro-kernel
@@ -476,20 +482,6 @@ inline void wgrad_classes(const T* z, int64_t zst, int64_t ns, const T* g, int64
   for (int k = 0; k < KB; ++k) vstore(gs + k * kst, vload(gs + k * kst) + acc[k]);
 }
 
-template <typename T>
-inline void wgrad_classes_n(int kb, const T* z, int64_t zst, int64_t ns, const T* g, int64_t gst, T* gs,
-                            int64_t kst) {
-  switch (kb) {
-    case 8: wgrad_classes<T, 8>(z, zst, ns, g, gst, gs, kst); break;
-    case 7: wgrad_classes<T, 7>(z, zst, ns, g, gst, gs, kst); break;
-    case 6: wgrad_classes<T, 6>(z, zst, ns, g, gst, gs, kst); break;
-    case 5: wgrad_classes<T, 5>(z, zst, ns, g, gst, gs, kst); break;
-    case 4: wgrad_classes<T, 4>(z, zst, ns, g, gst, gs, kst); break;
-    case 3: wgrad_classes<T, 3>(z, zst, ns, g, gst, gs, kst); break;
-    case 2: wgrad_classes<T, 2>(z, zst, ns, g, gst, gs, kst); break;
-    default: wgrad_classes<T, 1>(z, zst, ns, g, gst, gs, kst); break;
-  }
-}
 
 // Classifier backward. Per (tile, sample): recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12));
 // dz = sum_k dl_k W_k; ds = (dz - z G) / d with G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if
@@ -596,8 +588,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
             for (int64_t r = 0; r < rows_blk; ++r)
               for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += n)
                 for (int64_t k0 = 0; k0 < K; k0 += 8)
-                  wgrad_classes_n<T>((int)std::min<int64_t>(8, K - k0), zbuf.data() + o, zst, ns, GL + n0 * K + k0, K,
-                                     gs + k0 * kst + o, kst);
+                  with_count<8>((int)std::min<int64_t>(8, K - k0), [&](auto KB) {
+                    wgrad_classes<T, KB.value>(zbuf.data() + o, zst, ns, GL + n0 * K + k0, K, gs + k0 * kst + o, kst);
+                  });
           }
           // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
           gemm_acc<T>(rows_blk, L, cols, dy, ldy, 1, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
