@@ -3,7 +3,7 @@
 // Math (DESIGN section 4), per sample n, A = a[n] (Ca, L), B = b[n] (Cb, L):
 //   Y = A B^T (/ L if mean),  s = sign(Y) sqrt(|Y| + eps),  z = s / max(||s||, 1e-12),  logits = W z + bias.
 // Tiling: Y is produced by a register-blocked micro-kernel (6 rows x 2 SIMD vectors of columns, k-loop over L)
-// reading A and a zero-padded transpose Bt (L, Cbp) of B; the epilogue (scale, signed sqrt, ||s||^2, and for the
+// reading A and a zero-padded transpose Bt of B in (L, nr) column panels; the epilogue (scale, signed sqrt, ||s||^2, and for the
 // classifier the K class dot products) runs on the accumulators while they are in registers.
 // The classifier works on tiles of RB rows x CBc columns of Y whose K-class weight slab fits in L2; a thread owns
 // a set of row blocks and loops over all samples inside, so each weight slab is read from memory once per pass.
@@ -130,8 +130,9 @@ template <typename T>
 constexpr int NR() { return 2 * Simd<T>::n; }  // micro-tile columns (2 vectors)
 
 // acc[r][v] = sum_k P[r * prs + k * pks] * Q[k * qs + v * n .. +n], r < R: a register-blocked GEMM micro-kernel.
+// Always inlined: as a call, its accumulators would go through memory, which cost 15% of the classifier backward.
 template <typename T, int R>
-inline void micro(const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim, vec<T> acc[MR][2]) {
+__attribute__((always_inline)) inline void micro(const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim, vec<T> acc[MR][2]) {
   constexpr int n = Simd<T>::n;
   vec<T> c[R][2];
   for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = vec<T>{};
@@ -167,14 +168,22 @@ inline void micro_rows(int rows, const T* P, int64_t prs, int64_t pks, const T* 
   with_count<MR>(rows, [&](auto R) { micro<T, R.value>(P, prs, pks, Q, qs, kdim, acc); });
 }
 
-// C[m * cs + j] += sum_k P[m * prs + k * pks] * Q[k * qs + j] for m < M, j < ncols (any sizes; vector micro-kernel
-// on full column blocks, scalar loop on the remainder).
+// C[m * cs + j] += sum_k P[m * prs + k * pks] * Q[k * qs + j] for m < M, j < ncols (any sizes). The vector
+// micro-kernel runs on full column blocks; the last, partial block goes through the same micro-kernel on a
+// zero-padded copy of its Q columns (a scalar loop there, with Q strided by qs, cost 15% of the backward at L = 196).
 template <typename T>
 void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs,
               T* C, int64_t cs) {
   constexpr int n = Simd<T>::n, nr = NR<T>();
-  const int64_t full = ncols / nr * nr;
+  const int64_t full = ncols / nr * nr, tail = ncols - full;
+  thread_local std::vector<T> qtail;
+  if (tail) {
+    qtail.assign((size_t)(kdim * nr), T(0));
+    for (int64_t k = 0; k < kdim; ++k)
+      for (int64_t j = 0; j < tail; ++j) qtail[k * nr + j] = Q[k * qs + full + j];
+  }
   vec<T> acc[MR][2];
+  T buf[nr];
   for (int64_t m0 = 0; m0 < M; m0 += MR) {
     const int rows = (int)std::min<int64_t>(MR, M - m0);
     for (int64_t j0 = 0; j0 < full; j0 += nr) {
@@ -185,34 +194,91 @@ void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t prs, i
         vstore(c + n, vload(c + n) + acc[r][1]);
       }
     }
-    for (int r = 0; r < rows; ++r) {
-      const T* p = P + (m0 + r) * prs;
-      T* c = C + (m0 + r) * cs;
-      for (int64_t j = full; j < ncols; ++j) {
-        T s = 0;
-        for (int64_t k = 0; k < kdim; ++k) s += p[k * pks] * Q[k * qs + j];
-        c[j] += s;
+    if (tail) {
+      micro_rows<T>(rows, P + m0 * prs, prs, pks, qtail.data(), nr, kdim, acc);
+      for (int r = 0; r < rows; ++r) {
+        vstore(buf, acc[r][0]);
+        vstore(buf + n, acc[r][1]);
+        T* c = C + (m0 + r) * cs + full;
+        for (int64_t j = 0; j < tail; ++j) c[j] += buf[j];
       }
     }
   }
 }
 
-// Bt[n, l, j] = B[n, j, l], zero-padded to cbp columns (a multiple of the micro-tile width).
+// Bt[n, p, l, q] = B[n, p * nr + q, l]: B transposed into panels of nr columns, each a contiguous (L, nr) block,
+// zero-padded to cbp columns. A micro-kernel streams one panel; with a row-major (L, cbp) transpose its L rows
+// would lie cbp elements apart, a power of two that maps them all to a few cache sets (L1 and L2 thrash once L is
+// more than a few dozen). The panel of column j0 starts at n * L * cbp + j0 * L.
 template <typename T>
-at::Tensor transpose_padded(const at::Tensor& b3, int64_t cbp) {
+at::Tensor transpose_panels(const at::Tensor& b3, int64_t cbp) {
+  constexpr int64_t nr = NR<T>();
   const int64_t N = b3.size(0), Cb = b3.size(1), L = b3.size(2);
-  at::Tensor bt = at::zeros({N, L, cbp}, b3.options());
+  at::Tensor bt = at::zeros({N, cbp / nr, L, nr}, b3.options());
   const T* src = b3.data_ptr<T>();
   T* dst = bt.data_ptr<T>();
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n)
-      for (int64_t j = 0; j < Cb; ++j)
-        for (int64_t l = 0; l < L; ++l) dst[(n * L + l) * cbp + j] = src[(n * Cb + j) * L + l];
+      for (int64_t j = 0; j < Cb; ++j) {
+        T* panel = dst + n * L * cbp + (j / nr) * L * nr + j % nr;
+        const T* row = src + (n * Cb + j) * L;
+        for (int64_t l = 0; l < L; ++l) panel[l * nr] = row[l];
+      }
   });
   return bt;
 }
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// The Y = A B^T micro-tiles of one sample's tile (rows [i_begin, i_end) x columns [j_begin, j_end)), handed to an
+// epilogue by get(i0, rows, j0, acc). For a short spatial extent (L <= kBlockL) get() runs the micro-kernel with
+// the whole L as its k-loop, so Y never leaves registers. For a long one the operands of that loop (6 rows of A
+// and an (L, nr) panel, 50 KB at 28x28) no longer fit in L1, and the micro-kernel ran at half its speed: then
+// prepare() computes the tile into a buffer, k-blocked (kBlockL locations of the block's A rows and of a panel
+// stay in L1 across the row groups and panels), and get() reads the accumulators back from it.
+constexpr int64_t kBlockL = 128;
+template <typename T>
+struct YTile {
+  const T* A;   // a3 (N, Ca, L)
+  const T* Bt;  // panels of b (see transpose_panels)
+  int64_t Ca, L, cbp;
+  std::vector<T> buf;
+  int64_t s_n = 0, i_begin = 0, j_begin = 0, ldb = 0;
+  YTile(const T* A_, const T* Bt_, int64_t Ca_, int64_t L_, int64_t cbp_) : A(A_), Bt(Bt_), Ca(Ca_), L(L_), cbp(cbp_) {}
+  bool buffered() const { return L > kBlockL; }
+  void prepare(int64_t n, int64_t ib, int64_t ie, int64_t jb, int64_t je) {
+    s_n = n, i_begin = ib, j_begin = jb;
+    if (!buffered()) return;
+    constexpr int nv = Simd<T>::n, nr = NR<T>();
+    ldb = je - jb;
+    buf.assign((size_t)((ie - ib) * ldb), T(0));
+    vec<T> acc[MR][2];
+    for (int64_t k0 = 0; k0 < L; k0 += kBlockL) {
+      const int64_t kc = std::min(kBlockL, L - k0);
+      for (int64_t j0 = jb; j0 < je; j0 += nr)
+        for (int64_t i0 = ib; i0 < ie; i0 += MR) {
+          const int rows = (int)std::min<int64_t>(MR, ie - i0);
+          micro_rows<T>(rows, A + (s_n * Ca + i0) * L + k0, L, 1, Bt + s_n * L * cbp + j0 * L + k0 * nr, nr, kc, acc);
+          for (int r = 0; r < rows; ++r) {
+            T* y = buf.data() + (i0 - ib + r) * ldb + (j0 - jb);
+            vstore(y, vload(y) + acc[r][0]);
+            vstore(y + nv, vload(y + nv) + acc[r][1]);
+          }
+        }
+    }
+  }
+  void get(int64_t i0, int rows, int64_t j0, vec<T> acc[MR][2]) const {
+    if (!buffered()) {
+      micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0 * L, NR<T>(), L, acc);
+      return;
+    }
+    for (int r = 0; r < rows; ++r) {
+      const T* y = buf.data() + (i0 - i_begin + r) * ldb + (j0 - j_begin);
+      acc[r][0] = vload(y);
+      acc[r][1] = vload(y + Simd<T>::n);
+    }
+  }
+};
 
 // Tile of the classifier: RB rows x CBc columns of Y, chosen so that the K weight rows of a tile
 // (K * RB * CBc elements) take at most `bytes` of the 512 KiB L2 (half of that in backward, where the
@@ -244,7 +310,7 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const 
   const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3);
   const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
   const int64_t cbp = round_up(Cb, nr);
-  const at::Tensor bt = transpose_padded<T>(b3, cbp);
+  const at::Tensor bt = transpose_panels<T>(b3, cbp);
   at::Tensor z = at::empty({N, Ca * Cb}, a.options());
   const int64_t rb = 32, n_rb = (Ca + rb - 1) / rb;
   std::vector<double> part(N * n_rb, 0.0);
@@ -255,13 +321,17 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const 
   at::parallel_for(0, N * n_rb, 1, [&](int64_t t0, int64_t t1) {
     vec<T> acc[MR][2];
     T tmp[nr];
+    YTile<T> yt(A, Bt, Ca, L, cbp);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t s_n = t / n_rb, i_begin = (t % n_rb) * rb, i_end = std::min(Ca, i_begin + rb);
+      yt.prepare(s_n, i_begin, i_end, 0, cbp);
       vec<T> sq{};
-      for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
-        const int rows = (int)std::min<int64_t>(MR, i_end - i0);
-        for (int64_t j0 = 0; j0 < cbp; j0 += nr) {
-          micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0, cbp, L, acc);
+      // Column panel outer, rows inner: one (L, nr) panel of Bt and the block's rows of A stay in cache
+      // (with the rows outer, every row group would stream all of Bt[n], 1.6 MB at 28x28 and 512 channels).
+      for (int64_t j0 = 0; j0 < cbp; j0 += nr) {
+        for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
+          const int rows = (int)std::min<int64_t>(MR, i_end - i0);
+          yt.get(i0, rows, j0, acc);
           const bool full = j0 + nr <= Cb;
           for (int r = 0; r < rows; ++r) {
             T* out = Z + s_n * Ca * Cb + (i0 + r) * Cb + j0;
@@ -383,7 +453,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
   const at::Tensor w = weight.contiguous();
   const int64_t cbp = round_up(Cb, nr);
-  const at::Tensor bt = transpose_padded<T>(b3, cbp);
+  const at::Tensor bt = transpose_panels<T>(b3, cbp);
   const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR);
   const int nthreads = at::get_num_threads();
   // Per row block: [N][K dots, ||s||^2], reduced in block order afterwards (deterministic for any schedule).
@@ -395,6 +465,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const T* W = w.data_ptr<T>();
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     WeightSlab<T> slab(K, tl.rb, tl.cbc);
+    YTile<T> yt(A, Bt, Ca, L, cbp);
     std::vector<vec<T>> dots(K);
     vec<T> acc[MR][2], sv[MR][2];
     for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
@@ -409,10 +480,11 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
           vec<T>* dk = dots.data();
           for (int64_t k = 0; k < K; ++k) dk[k] = vec<T>{};
           vec<T> sq{};
+          yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
             for (int64_t j0 = j_begin; j0 < j_end; j0 += nr) {
-              micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0, cbp, L, acc);
+              yt.get(i0, rows, j0, acc);
               for (int r = 0; r < rows; ++r)
                 for (int v = 0; v < 2; ++v) {
                   sv[r][v] = signed_sqrt_v(acc[r][v], eps);  // padded columns: Y = 0 -> s = 0
@@ -469,27 +541,50 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   return {logits, norms};
 }
 
-// gs[k * kst + o] += sum_{s < ns} g[s * gst + k] * z[s * zst + o] for k < KB and one vector o: the weight
-// gradient of KB classes at one vector of the tile, accumulated over a chunk of samples in registers.
+// gs[k * kst + o .. + 2n] += sum_{s < ns} g[s * gst + k] * z[s * zst + o .. + 2n] for k < KB: the weight gradient
+// of KB classes at two vectors of the tile, accumulated over a chunk of samples in registers (2 KB accumulators;
+// per sample 2 + KB loads feed 2 KB FMAs).
 template <typename T, int KB>
 inline void wgrad_classes(const T* z, int64_t zst, int64_t ns, const T* g, int64_t gst, T* gs, int64_t kst) {
-  vec<T> acc[KB];
-  for (int k = 0; k < KB; ++k) acc[k] = vec<T>{};
+  constexpr int n = Simd<T>::n;
+  vec<T> acc[KB][2];
+  for (int k = 0; k < KB; ++k) acc[k][0] = acc[k][1] = vec<T>{};
   for (int64_t s = 0; s < ns; ++s) {
-    const vec<T> zv = vload(z + s * zst);
-    for (int k = 0; k < KB; ++k) acc[k] += vbroadcast_load(g + s * gst + k) * zv;
+    const vec<T> z0 = vload(z + s * zst), z1 = vload(z + s * zst + n);
+    for (int k = 0; k < KB; ++k) {
+      const vec<T> gk = vbroadcast_load(g + s * gst + k);
+      acc[k][0] += gk * z0;
+      acc[k][1] += gk * z1;
+    }
   }
-  for (int k = 0; k < KB; ++k) vstore(gs + k * kst, vload(gs + k * kst) + acc[k]);
+  for (int k = 0; k < KB; ++k) {
+    T* p = gs + k * kst;
+    vstore(p, vload(p) + acc[k][0]);
+    vstore(p + n, vload(p + n) + acc[k][1]);
+  }
 }
 
+// out[o] (+)= sum_{k < KB} g[k] W[k * kst + o] for o < count (a multiple of the vector width): dz = W^T dlogits of
+// KB classes over a tile, with the KB broadcasts held in registers.
+template <typename T, int KB>
+inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t count, bool accumulate) {
+  constexpr int n = Simd<T>::n;
+  vec<T> gv[KB];
+  for (int k = 0; k < KB; ++k) gv[k] = vbroadcast(g[k]);
+  for (int64_t o = 0; o < count; o += n) {
+    vec<T> d = accumulate ? vload(out + o) : vec<T>{};
+    for (int k = 0; k < KB; ++k) d += gv[k] * vload(W + k * kst + o);
+    vstore(out + o, d);
+  }
+}
 
-// Classifier backward. Per (tile, sample): recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12));
-// dz = sum_k dl_k W_k; ds = (dz - z G) / d with G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if
-// norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps) into a tile buffer; z into a buffer of a chunk of
-// kChunk samples, from which dW_k += sum_n dl_k z_n goes into a padded thread-local slab, up to 8 classes x one
-// vector at a time in registers (the thread owns the tile, written out once after all samples); then
-// dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end; the
-// dynamic schedule makes its float summation order, only, vary between runs).
+// Classifier backward. Per (tile, sample): dz = sum_k dl_k W_k over the tile into the tile buffer (one pass, the
+// dl_k held in registers); recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12)); ds = (dz - z G) / d with
+// G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps)
+// over dz in the tile buffer; z into a buffer of a chunk of kChunk samples, from which dW_k += sum_n dl_k z_n goes
+// into a padded thread-local slab, up to 4 classes x two vectors at a time in registers (the thread owns the tile,
+// written out once after all samples); then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per
+// thread, summed at the end; the dynamic schedule makes its float summation order, only, vary between runs).
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
@@ -499,7 +594,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
   const at::Tensor w = weight.contiguous(), gl = grad_logits.contiguous();
   const int64_t cbp = round_up(Cb, nr);
-  const at::Tensor bt = transpose_padded<T>(b3, cbp);
+  const at::Tensor bt = transpose_panels<T>(b3, cbp);
   const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 128 * 1024, 16);
   const int nthreads = at::get_num_threads();
   const T eps = (T)eps_d;
@@ -541,8 +636,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
     const int tid = at::get_thread_num();
     T* DB = tid == 0 ? db.data_ptr<T>() : db_extra.data_ptr<T>() + (int64_t)(tid - 1) * N * Cb * L;
     WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
-    const int64_t ldy = tl.cbc + nr;  // dY tile row stride (padded)
-    std::vector<T> dyt((size_t)tl.rb * ldy);
+    YTile<T> yt(A, Bt, Ca, L, cbp);
+    std::vector<T> dyt((size_t)(tl.rb * slab.ld));  // dz, then dY, of the tile, in the slab's row layout
     constexpr int64_t kChunk = 8;
     const int64_t zst = tl.rb * slab.ld;  // z of one sample of the tile, in the slab's row layout
     std::vector<T> zbuf((size_t)(kChunk * zst), T(0));
@@ -561,10 +656,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
         for (int64_t s_n = 0; s_n < N; ++s_n) {
           const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]), zero{};
           const T* gl_n = GL + s_n * K;
+          for (int64_t k0 = 0; k0 < K; k0 += 8)  // dz of the tile into dy, 8 classes per pass
+            with_count<8>((int)std::min<int64_t>(8, K - k0), [&](auto KB) {
+              combine_classes<T, KB.value>(ws + k0 * kst, kst, gl_n + k0, dy, rows_blk * ld, k0 > 0);
+            });
+          yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
             for (int64_t j0 = j_begin; j0 < j_end; j0 += nr) {
-              micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0, cbp, L, acc);
+              yt.get(i0, rows, j0, acc);
               for (int r = 0; r < rows; ++r) {
                 const int64_t toff = (i0 - i_begin + r) * ld + (j0 - j_begin);
                 for (int v = 0; v < 2; ++v) {
@@ -574,11 +674,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
                   const vec<T> z = (y > zero ? root : (y < zero ? -root : zero)) * iv;
                   const vec<T> gsq = y != zero ? hinv : zero;
                   const int64_t o = toff + v * n;
-                  vec<T> dz{};
-                  for (int64_t k = 0; k < K; ++k) dz += vbroadcast_load(gl_n + k) * vload(ws + k * kst + o);
+                  const vec<T> dz = vload(dy + o);
                   vstore(zbuf.data() + (s_n % kChunk) * zst + o, z);
                   // padded columns: W = 0 and Y = 0 there, so dz = z = dY = 0
-                  vstore(dy + (i0 - i_begin + r) * ldy + (j0 - j_begin) + v * n, (dz * iv - z * gf) * gsq);
+                  vstore(dy + o, (dz * iv - z * gf) * gsq);
                 }
               }
             }
@@ -586,16 +685,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
           if (s_n % kChunk == kChunk - 1 || s_n == N - 1) {  // dW of the chunk's samples
             const int64_t n0 = s_n / kChunk * kChunk, ns = s_n + 1 - n0;
             for (int64_t r = 0; r < rows_blk; ++r)
-              for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += n)
-                for (int64_t k0 = 0; k0 < K; k0 += 8)
-                  with_count<8>((int)std::min<int64_t>(8, K - k0), [&](auto KB) {
+              for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += nr)
+                for (int64_t k0 = 0; k0 < K; k0 += 4)
+                  with_count<4>((int)std::min<int64_t>(4, K - k0), [&](auto KB) {
                     wgrad_classes<T, KB.value>(zbuf.data() + o, zst, ns, GL + n0 * K + k0, K, gs + k0 * kst + o, kst);
                   });
           }
           // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
-          gemm_acc<T>(rows_blk, L, cols, dy, ldy, 1, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
+          gemm_acc<T>(rows_blk, L, cols, dy, ld, 1, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
           // dB[n, cols, :] += dY_tile^T (cols x rows) @ A[n, rows, :]
-          gemm_acc<T>(cols, L, rows_blk, dy, 1, ldy, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L, L);
+          gemm_acc<T>(cols, L, rows_blk, dy, 1, ld, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L, L);
         }
         for (int64_t k = 0; k < K; ++k)
           for (int64_t r = 0; r < rows_blk; ++r)
