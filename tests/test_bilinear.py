@@ -157,13 +157,17 @@ def test_pool_forward_and_backward_match_plain_composition(backend):
 
 @requires_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_cpp_classifier_many_samples_and_classes(dtype):
-    """The C++ backward sums dW over chunks of 8 samples and up to 8 classes at a time: 19 samples (chunks of
-    8, 8, 3) and 11 classes (groups of 8 and 3) take every path, with 2 threads (per-thread dB sums)."""
+@pytest.mark.parametrize("classes", [5, 11])
+@pytest.mark.parametrize("hw", [(3, 3), (12, 11)], ids=["3x3", "12x11"])
+def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
+    """The C++ classifier's paths: up to 8 classes the class products run in registers and dW sums over chunks
+    of 8 samples, 4 classes at a time (5 classes: groups of 4 and 1); past 8 classes they are GEMMs over chunks
+    of 16 samples (11 classes). 35 samples make chunks of 8 (x4) and 3, or 16, 16 and 3; 2 threads (per-thread
+    dB sums); a 12x11 map (132 locations) takes the k-blocked Y tile, a 3x3 map the register one."""
     torch.manual_seed(7)
-    a, b = make_ab(19, 13, 10, 3, 3, "relu", dtype)
-    weight = torch.randn(11, 130, dtype=dtype) / 130 ** 0.5
-    bias = torch.randn(11, dtype=dtype)
+    a, b = make_ab(35, 13, 10, *hw, "relu", dtype)
+    weight = torch.randn(classes, 130, dtype=dtype) / 130 ** 0.5
+    bias = torch.randn(classes, dtype=dtype)
     ins = [a, b, weight, bias]
     mine = [t.clone().requires_grad_() for t in ins]
     ref = [t.double().requires_grad_() for t in ins]

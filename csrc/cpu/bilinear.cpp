@@ -129,17 +129,20 @@ constexpr int MR = 6;  // micro-tile rows: 6 x 2 vectors = 12 accumulators, enou
 template <typename T>
 constexpr int NR() { return 2 * Simd<T>::n; }  // micro-tile columns (2 vectors)
 
-// acc[r][v] = sum_k P[r * prs + k * pks] * Q[k * qs + v * n .. +n], r < R: a register-blocked GEMM micro-kernel.
-// Always inlined: as a call, its accumulators would go through memory, which cost 15% of the classifier backward.
-template <typename T, int R>
-__attribute__((always_inline)) inline void micro(const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim, vec<T> acc[MR][2]) {
+// acc[r][v] = sum_k P(r, k) * Q[k * qs + v * n .. +n], r < R: a register-blocked GEMM micro-kernel. P(r, k) is
+// P[r * ps + k] (rows of P contiguous), or P[k * ps + r] with ColP (columns contiguous): the layout is a template
+// parameter, so every caller gets code with the unit stride known. Always inlined: as a call, the accumulators
+// would go through memory.
+template <typename T, int R, bool ColP>
+__attribute__((always_inline)) inline void micro(const T* P, int64_t ps, const T* Q, int64_t qs, int64_t kdim,
+                                                 vec<T> acc[MR][2]) {
   constexpr int n = Simd<T>::n;
   vec<T> c[R][2];
   for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = vec<T>{};
   for (int64_t k = 0; k < kdim; ++k) {
     const vec<T> q0 = vload(Q + k * qs), q1 = vload(Q + k * qs + n);
     for (int r = 0; r < R; ++r) {
-      const vec<T> p = vbroadcast_load(P + r * prs + k * pks);
+      const vec<T> p = vbroadcast_load(ColP ? P + k * ps + r : P + r * ps + k);
       c[r][0] += p * q0;
       c[r][1] += p * q1;
     }
@@ -162,18 +165,21 @@ inline void with_count(int v, const F& f) {
   }
 }
 
-template <typename T>
-inline void micro_rows(int rows, const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs, int64_t kdim,
-                       vec<T> acc[MR][2]) {
-  with_count<MR>(rows, [&](auto R) { micro<T, R.value>(P, prs, pks, Q, qs, kdim, acc); });
+// The micro-kernel for 1 <= rows <= MR. Full height, the common case, is inlined into the caller; left to itself
+// GCC turned the whole dispatch into a call whose accumulators go through memory (10% of the classifier backward).
+template <typename T, bool ColP>
+__attribute__((always_inline)) inline void micro_rows(int rows, const T* P, int64_t ps, const T* Q, int64_t qs,
+                                                      int64_t kdim, vec<T> acc[MR][2]) {
+  if (rows == MR) return micro<T, MR, ColP>(P, ps, Q, qs, kdim, acc);
+  with_count<MR - 1>(rows, [&](auto R) { micro<T, R.value, ColP>(P, ps, Q, qs, kdim, acc); });
 }
 
-// C[m * cs + j] += sum_k P[m * prs + k * pks] * Q[k * qs + j] for m < M, j < ncols (any sizes). The vector
+// C[m * cs + j] += sum_k P(m, k) * Q[k * qs + j] for m < M, j < ncols (any sizes; P(m, k) as in micro). The vector
 // micro-kernel runs on full column blocks; the last, partial block goes through the same micro-kernel on a
 // zero-padded copy of its Q columns (a scalar loop there, with Q strided by qs, cost 15% of the backward at L = 196).
-template <typename T>
-void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t prs, int64_t pks, const T* Q, int64_t qs,
-              T* C, int64_t cs) {
+template <typename T, bool ColP>
+__attribute__((always_inline)) inline void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t ps, const T* Q, int64_t qs, T* C,
+              int64_t cs) {
   constexpr int n = Simd<T>::n, nr = NR<T>();
   const int64_t full = ncols / nr * nr, tail = ncols - full;
   thread_local std::vector<T> qtail;
@@ -186,8 +192,9 @@ void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t prs, i
   T buf[nr];
   for (int64_t m0 = 0; m0 < M; m0 += MR) {
     const int rows = (int)std::min<int64_t>(MR, M - m0);
+    const T* Pm = ColP ? P + m0 : P + m0 * ps;
     for (int64_t j0 = 0; j0 < full; j0 += nr) {
-      micro_rows<T>(rows, P + m0 * prs, prs, pks, Q + j0, qs, kdim, acc);
+      micro_rows<T, ColP>(rows, Pm, ps, Q + j0, qs, kdim, acc);
       for (int r = 0; r < rows; ++r) {
         T* c = C + (m0 + r) * cs + j0;
         vstore(c, vload(c) + acc[r][0]);
@@ -195,7 +202,7 @@ void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t prs, i
       }
     }
     if (tail) {
-      micro_rows<T>(rows, P + m0 * prs, prs, pks, qtail.data(), nr, kdim, acc);
+      micro_rows<T, ColP>(rows, Pm, ps, qtail.data(), nr, kdim, acc);
       for (int r = 0; r < rows; ++r) {
         vstore(buf, acc[r][0]);
         vstore(buf + n, acc[r][1]);
@@ -258,7 +265,7 @@ struct YTile {
       for (int64_t j0 = jb; j0 < je; j0 += nr)
         for (int64_t i0 = ib; i0 < ie; i0 += MR) {
           const int rows = (int)std::min<int64_t>(MR, ie - i0);
-          micro_rows<T>(rows, A + (s_n * Ca + i0) * L + k0, L, 1, Bt + s_n * L * cbp + j0 * L + k0 * nr, nr, kc, acc);
+          micro_rows<T, false>(rows, A + (s_n * Ca + i0) * L + k0, L, Bt + s_n * L * cbp + j0 * L + k0 * nr, nr, kc, acc);
           for (int r = 0; r < rows; ++r) {
             T* y = buf.data() + (i0 - ib + r) * ldb + (j0 - jb);
             vstore(y, vload(y) + acc[r][0]);
@@ -269,7 +276,7 @@ struct YTile {
   }
   void get(int64_t i0, int rows, int64_t j0, vec<T> acc[MR][2]) const {
     if (!buffered()) {
-      micro_rows<T>(rows, A + (s_n * Ca + i0) * L, L, 1, Bt + s_n * L * cbp + j0 * L, NR<T>(), L, acc);
+      micro_rows<T, false>(rows, A + (s_n * Ca + i0) * L, L, Bt + s_n * L * cbp + j0 * L, NR<T>(), L, acc);
       return;
     }
     for (int r = 0; r < rows; ++r) {
@@ -280,19 +287,35 @@ struct YTile {
   }
 };
 
-// Tile of the classifier: RB rows x CBc columns of Y, chosen so that the K weight rows of a tile
-// (K * RB * CBc elements) take at most `bytes` of the 512 KiB L2 (half of that in backward, where the
-// weight-gradient slab lives beside it).
+// Up to this many classes the class contractions run on the Y tile in registers (a K-vector dot per vector of
+// s in forward, dz = sum_k dl_k W_k with the dl_k in registers in backward). With more, their loads dominate
+// (one weight load per FMA, per sample): they become GEMMs over a chunk of samples (gemm_acc), which read the
+// tile's weight slab once per chunk.
+constexpr int64_t kRegisterClasses = 8;
+// Samples per chunk: of the dW accumulation (up to kRegisterClasses classes, where the chunk's z buffer must stay
+// in L2 beside the two slabs; 16 samples cost 45% of the backward at 4x4), and of the class GEMMs past it.
+constexpr int64_t kChunkRegister = 8, kChunkGemm = 16;
+
+// Tile of the classifier: RB rows x CBc columns of Y. Up to kRegisterClasses classes, the K weight rows of a tile
+// (K * RB * CBc elements) take at most `bytes` of the 512 KiB L2 (a slab is re-read for every sample). With
+// more classes the slab is read once per chunk of samples, so the tile is sized for the reuse of a and b instead:
+// up to 48 x 64, whose slab (2.4 MB at 200 classes) comes from L3.
 struct Tiling {
   int64_t rb, cbc, n_rb, n_cb;
 };
 Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr, int64_t bytes,
                          int64_t min_rows) {
-  const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
-  int64_t cbc = round_up(Cb, nr);
-  while (cbc > nr && min_rows * cbc > budget) cbc = round_up(cbc / 2, nr);
-  int64_t rb = std::max<int64_t>(MR, budget / cbc / MR * MR);
-  rb = std::min<int64_t>(rb, round_up(Ca, MR));
+  int64_t cbc, rb;
+  if (K > kRegisterClasses) {
+    cbc = std::min<int64_t>(round_up(Cb, nr), 4 * nr);
+    rb = std::min<int64_t>(8 * MR, round_up(Ca, MR));
+  } else {
+    const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
+    cbc = round_up(Cb, nr);
+    while (cbc > nr && min_rows * cbc > budget) cbc = round_up(cbc / 2, nr);
+    rb = std::max<int64_t>(MR, budget / cbc / MR * MR);
+    rb = std::min<int64_t>(rb, round_up(Ca, MR));
+  }
   // Enough row blocks for every thread to have work.
   const int64_t want = 2 * at::get_num_threads();
   while (rb > MR && (Ca + rb - 1) / rb < want) rb = std::max<int64_t>(MR, round_up(rb / 2, MR));
@@ -442,9 +465,11 @@ struct WeightSlab {
 
 // Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
 // Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all samples,
-// accumulating ||s||^2 and the K dot products in vector registers, folded into per-thread double partials.
+// accumulating ||s||^2 and (up to kRegisterClasses classes) the K dot products in vector registers, folded into
+// per-block double partials; with more classes, s of a chunk of samples goes to a buffer and one GEMM with the slab
+// gives the chunk's K dot products.
 // Saves (in Python): a, b, norms, logits.
-template <typename T>
+template <typename T, bool big_k>
 std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
                                                            const c10::optional<at::Tensor>& bias, double eps_d) {
@@ -467,6 +492,9 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
     WeightSlab<T> slab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
     std::vector<vec<T>> dots(K);
+    // Past kRegisterClasses classes: s of a chunk of samples, element-major ([tile element][sample]), and the
+    // (K x chunk) products of the slab with it.
+    std::vector<T> sbuf(big_k ? (size_t)(tl.rb * slab.ld * kChunkGemm) : 0, T(0)), lt(big_k ? (size_t)(K * kChunkGemm) : 0);
     vec<T> acc[MR][2], sv[MR][2];
     for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
       double* mine = part.data() + (size_t)blk * N * (K + 1);
@@ -490,6 +518,14 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
                   sv[r][v] = signed_sqrt_v(acc[r][v], eps);  // padded columns: Y = 0 -> s = 0
                   sq += sv[r][v] * sv[r][v];
                 }
+              if constexpr (big_k) {
+                for (int r = 0; r < rows; ++r)
+                  for (int v = 0; v < 2; ++v) {
+                    T* dst = sbuf.data() + ((i0 - i_begin + r) * ld + (j0 - j_begin) + v * n) * kChunkGemm + s_n % kChunkGemm;
+                    for (int q = 0; q < n; ++q) dst[q * kChunkGemm] = sv[r][v][q];
+                  }
+                continue;
+              }
               for (int r = rows; r < MR; ++r) sv[r][0] = sv[r][1] = vec<T>{};
               const T* w0 = ws + (i0 - i_begin) * ld + (j0 - j_begin);
               if (rows == MR) {
@@ -511,8 +547,16 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
             }
           }
           double* p = mine + s_n * (K + 1);
-          for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dk[k]);
           p[K] += (double)hsum<T>(sq);
+          if constexpr (!big_k) {
+            for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dk[k]);
+          } else if (s_n % kChunkGemm == kChunkGemm - 1 || s_n == N - 1) {  // (K x tile) slab @ (tile x chunk) s
+            const int64_t n0 = s_n / kChunkGemm * kChunkGemm, ns = s_n + 1 - n0;
+            std::fill(lt.begin(), lt.end(), T(0));
+            gemm_acc<T, false>(K, kChunkGemm, (i_end - i_begin) * ld, ws, kst, sbuf.data(), kChunkGemm, lt.data(), kChunkGemm);
+            for (int64_t c = 0; c < ns; ++c)
+              for (int64_t k = 0; k < K; ++k) mine[(n0 + c) * (K + 1) + k] += (double)lt[k * kChunkGemm + c];
+          }
         }
       }
     }
@@ -564,16 +608,16 @@ inline void wgrad_classes(const T* z, int64_t zst, int64_t ns, const T* g, int64
   }
 }
 
-// out[o] (+)= sum_{k < KB} g[k] W[k * kst + o] for o < count (a multiple of the vector width): dz = W^T dlogits of
+// out[o] = sum_{k < KB} g[k] W[k * kst + o] for o < count (a multiple of the vector width): dz = W^T dlogits of
 // KB classes over a tile, with the KB broadcasts held in registers.
 template <typename T, int KB>
-inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t count, bool accumulate) {
+inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t count) {
   constexpr int n = Simd<T>::n;
   vec<T> gv[KB];
   for (int k = 0; k < KB; ++k) gv[k] = vbroadcast(g[k]);
   for (int64_t o = 0; o < count; o += n) {
-    vec<T> d = accumulate ? vload(out + o) : vec<T>{};
-    for (int k = 0; k < KB; ++k) d += gv[k] * vload(W + k * kst + o);
+    vec<T> d = gv[0] * vload(W + o);
+    for (int k = 1; k < KB; ++k) d += gv[k] * vload(W + k * kst + o);
     vstore(out + o, d);
   }
 }
@@ -581,11 +625,11 @@ inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t
 // Classifier backward. Per (tile, sample): dz = sum_k dl_k W_k over the tile into the tile buffer (one pass, the
 // dl_k held in registers); recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12)); ds = (dz - z G) / d with
 // G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps)
-// over dz in the tile buffer; z into a buffer of a chunk of kChunk samples, from which dW_k += sum_n dl_k z_n goes
-// into a padded thread-local slab, up to 4 classes x two vectors at a time in registers (the thread owns the tile,
-// written out once after all samples); then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per
+// over dz in the tile buffer; z into a buffer of a chunk of samples, from which dW_k += sum_n dl_k z_n goes into a
+// padded thread-local slab, up to 4 classes x two vectors at a time in registers (the thread owns the tile, written
+// out once after all samples). Past kRegisterClasses classes, dz of a chunk and dW are GEMMs (gemm_acc); then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per
 // thread, summed at the end; the dynamic schedule makes its float summation order, only, vary between runs).
-template <typename T>
+template <typename T, bool big_k>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps_d) {
@@ -638,9 +682,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
     WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
     std::vector<T> dyt((size_t)(tl.rb * slab.ld));  // dz, then dY, of the tile, in the slab's row layout
-    constexpr int64_t kChunk = 8;
-    const int64_t zst = tl.rb * slab.ld;  // z of one sample of the tile, in the slab's row layout
+    constexpr int64_t kChunk = big_k ? kChunkGemm : kChunkRegister;
+    const int64_t zst = tl.rb * slab.ld;  // z (dz) of one sample of the tile, in the slab's row layout
     std::vector<T> zbuf((size_t)(kChunk * zst), T(0));
+    std::vector<T> dzbuf(big_k ? (size_t)(kChunk * zst) : 0);
     vec<T> acc[MR][2];
     for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
@@ -656,10 +701,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
         for (int64_t s_n = 0; s_n < N; ++s_n) {
           const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]), zero{};
           const T* gl_n = GL + s_n * K;
-          for (int64_t k0 = 0; k0 < K; k0 += 8)  // dz of the tile into dy, 8 classes per pass
-            with_count<8>((int)std::min<int64_t>(8, K - k0), [&](auto KB) {
-              combine_classes<T, KB.value>(ws + k0 * kst, kst, gl_n + k0, dy, rows_blk * ld, k0 > 0);
+          const T* dzp = dy;  // dz of this sample's tile
+          T* const zs = zbuf.data() + (s_n % kChunk) * zst;  // z of this sample's tile
+          if constexpr (!big_k) {
+            if (K == 0) std::fill(dy, dy + rows_blk * ld, T(0));
+            else with_count<kRegisterClasses>((int)K, [&](auto KB) {
+              combine_classes<T, KB.value>(ws, kst, gl_n, dy, rows_blk * ld);
             });
+          } else {
+            if (s_n % kChunk == 0) {  // dz of the chunk's samples: (ns x K) dl @ (K x tile) slab
+              const int64_t ns = std::min<int64_t>(kChunk, N - s_n);
+              std::fill(dzbuf.begin(), dzbuf.begin() + ns * zst, T(0));
+              gemm_acc<T, false>(ns, rows_blk * ld, K, gl_n, K, ws, kst, dzbuf.data(), zst);
+            }
+            dzp = dzbuf.data() + (s_n % kChunk) * zst;
+          }
           yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
@@ -674,8 +730,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
                   const vec<T> z = (y > zero ? root : (y < zero ? -root : zero)) * iv;
                   const vec<T> gsq = y != zero ? hinv : zero;
                   const int64_t o = toff + v * n;
-                  const vec<T> dz = vload(dy + o);
-                  vstore(zbuf.data() + (s_n % kChunk) * zst + o, z);
+                  const vec<T> dz = vload(dzp + o);
+                  vstore(zs + o, z);
                   // padded columns: W = 0 and Y = 0 there, so dz = z = dY = 0
                   vstore(dy + o, (dz * iv - z * gf) * gsq);
                 }
@@ -684,17 +740,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
           }
           if (s_n % kChunk == kChunk - 1 || s_n == N - 1) {  // dW of the chunk's samples
             const int64_t n0 = s_n / kChunk * kChunk, ns = s_n + 1 - n0;
-            for (int64_t r = 0; r < rows_blk; ++r)
-              for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += nr)
-                for (int64_t k0 = 0; k0 < K; k0 += 4)
-                  with_count<4>((int)std::min<int64_t>(4, K - k0), [&](auto KB) {
-                    wgrad_classes<T, KB.value>(zbuf.data() + o, zst, ns, GL + n0 * K + k0, K, gs + k0 * kst + o, kst);
-                  });
+            if constexpr (big_k) {  // (K x ns) dl^T @ (ns x tile) z
+              gemm_acc<T, true>(K, rows_blk * ld, ns, GL + n0 * K, K, zbuf.data(), zst, gs, kst);
+            } else {
+              for (int64_t r = 0; r < rows_blk; ++r)
+                for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += nr)
+                  for (int64_t k0 = 0; k0 < K; k0 += 4)
+                    with_count<4>((int)std::min<int64_t>(4, K - k0), [&](auto KB) {
+                      wgrad_classes<T, KB.value>(zbuf.data() + o, zst, ns, GL + n0 * K + k0, K, gs + k0 * kst + o, kst);
+                    });
+            }
           }
           // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
-          gemm_acc<T>(rows_blk, L, cols, dy, ld, 1, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
+          gemm_acc<T, false>(rows_blk, L, cols, dy, ld, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
           // dB[n, cols, :] += dY_tile^T (cols x rows) @ A[n, rows, :]
-          gemm_acc<T>(cols, L, rows_blk, dy, 1, ld, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L, L);
+          gemm_acc<T, true>(cols, L, rows_blk, dy, ld, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L, L);
         }
         for (int64_t k = 0; k < K; ++k)
           for (int64_t r = 0; r < rows_blk; ++r)
@@ -761,7 +821,8 @@ std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, 
                                                            const c10::optional<at::Tensor>& bias, double eps) {
   check_classifier(a, b, weight, bias);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_cpu", [&] {
-    return classifier_forward_impl<scalar_t>(a, b, weight, bias, eps);
+    return weight.size(0) > kRegisterClasses ? classifier_forward_impl<scalar_t, true>(a, b, weight, bias, eps)
+                                             : classifier_forward_impl<scalar_t, false>(a, b, weight, bias, eps);
   });
 }
 
@@ -775,7 +836,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_b
   check_same(norms, a, "norms", "a");
   check_same(logits, a, "logits", "a");
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_backward_cpu", [&] {
-    return classifier_backward_impl<scalar_t>(grad_logits, a, b, weight, bias, norms, logits, eps);
+    return weight.size(0) > kRegisterClasses
+               ? classifier_backward_impl<scalar_t, true>(grad_logits, a, b, weight, bias, norms, logits, eps)
+               : classifier_backward_impl<scalar_t, false>(grad_logits, a, b, weight, bias, norms, logits, eps);
   });
 }
 
