@@ -157,6 +157,25 @@ def test_pool_forward_and_backward_match_plain_composition(backend):
 
 @requires_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [3, 5])
+def test_cpp_pool_forward_schedules(dtype, n):
+    """With 2 threads the C++ pool forward runs whole samples per task (n = 5 >= 2 per thread, each scaled by
+    1/||s|| as soon as it is written) or row blocks with a separate scaling pass (n = 3); 12x11 takes the
+    k-blocked Y tile."""
+    torch.manual_seed(11)
+    a, b = make_ab(n, 13, 11, 12, 11, "signed", dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for flags in FLAGS:
+            z = fk.bilinear_pool(a, b, 1e-5, *flags, backend="cpp")
+            close(z, plain_pool(a.double(), b.double(), 1e-5, *flags), f"z [n={n} flags={flags}]")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@requires_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("classes", [5, 11])
 @pytest.mark.parametrize("hw", [(3, 3), (12, 11)], ids=["3x3", "12x11"])
 def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):

@@ -3,12 +3,15 @@
 // Math (DESIGN section 4), per sample n, A = a[n] (Ca, L), B = b[n] (Cb, L):
 //   Y = A B^T (/ L if mean),  s = sign(Y) sqrt(|Y| + eps),  z = s / max(||s||, 1e-12),  logits = W z + bias.
 // Tiling: Y is produced by a register-blocked micro-kernel (6 rows x 2 SIMD vectors of columns, k-loop over L)
-// reading A and a zero-padded transpose Bt of B in (L, nr) column panels; the epilogue (scale, signed sqrt, ||s||^2, and for the
-// classifier the K class dot products) runs on the accumulators while they are in registers.
-// The classifier works on tiles of RB rows x CBc columns of Y whose K-class weight slab fits in L2; a thread owns
-// a set of row blocks and loops over all samples inside, so each weight slab is read from memory once per pass.
-// It never materialises z or Y: forward saves a, b, the per-sample norms and the logits; backward recomputes the
-// Y tiles and uses <z, dz> = sum_k dlogits_k (logits_k - bias_k), so ds is tile-local.
+// reading A and a zero-padded transpose Bt of B in contiguous (L, nr) column panels. Up to kBlockL locations the
+// epilogue (scale, signed sqrt, ||s||^2, and for the classifier the class products) runs on the accumulators in
+// registers; past it, Y of a tile is first computed k-blocked into a buffer (YTile).
+// The classifier works on tiles of RB rows x CBc columns of Y; a thread owns a set of row blocks and loops over all
+// samples inside, so each tile's K-class weight slab is read from memory once per pass. Up to kRegisterClasses
+// classes the slab fits in L2 and the class products run per sample in registers; with more, they are GEMMs over
+// chunks of samples. It never materialises z or Y for the batch: forward saves a, b, the per-sample norms and the
+// logits; backward recomputes the Y tiles and uses <z, dz> = sum_k dlogits_k (logits_k - bias_k), so ds is
+// tile-local.
 // At Y = 0 the gradient through the signed sqrt is 0 (sign(0) = 0, as autograd on the reference).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -324,8 +327,8 @@ Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_
 
 // ------------------------------------------------------------------------------------------------------------------
 // Pool forward: z[n, i*Cb + j] = s / max(||s_n||, 1e-12) (or s). Returns (z, norms) with norms = ||s_n||.
-// Parallel over (sample, row block); the Y micro-tile goes through the epilogue in registers and is stored once;
-// a second pass scales by 1/||s||. Saves for backward (in Python): a, b, z, norms.
+// Parallel over samples (or, with fewer than 2 per thread, over (sample, row block)); the Y micro-tile goes
+// through the epilogue in registers and is stored once, then scaled by 1/||s||. Saves for backward (in Python): a, b, z, norms.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const at::Tensor& b, double eps_d,
                                                      bool signed_sqrt, bool l2_normalize, bool mean) {
@@ -341,59 +344,79 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const 
   const T* A = a3.data_ptr<T>();
   const T* Bt = bt.data_ptr<T>();
   T* Z = z.data_ptr<T>();
-  at::parallel_for(0, N * n_rb, 1, [&](int64_t t0, int64_t t1) {
-    vec<T> acc[MR][2];
-    T tmp[nr];
-    YTile<T> yt(A, Bt, Ca, L, cbp);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t s_n = t / n_rb, i_begin = (t % n_rb) * rb, i_end = std::min(Ca, i_begin + rb);
-      yt.prepare(s_n, i_begin, i_end, 0, cbp);
-      vec<T> sq{};
-      // Column panel outer, rows inner: one (L, nr) panel of Bt and the block's rows of A stay in cache
-      // (with the rows outer, every row group would stream all of Bt[n], 1.6 MB at 28x28 and 512 channels).
-      for (int64_t j0 = 0; j0 < cbp; j0 += nr) {
-        for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
-          const int rows = (int)std::min<int64_t>(MR, i_end - i0);
-          yt.get(i0, rows, j0, acc);
-          const bool full = j0 + nr <= Cb;
-          for (int r = 0; r < rows; ++r) {
-            T* out = Z + s_n * Ca * Cb + (i0 + r) * Cb + j0;
-            for (int v = 0; v < 2; ++v) {
-              vec<T> s = acc[r][v] * scale;
-              if (signed_sqrt) s = signed_sqrt_v(s, eps);
-              if (full) {
-                vstore(out + v * n, s);
-              } else {  // padded columns hold Y = 0 -> s = 0 (or s = 0 with signed_sqrt off): store the valid ones
-                vstore(tmp + v * n, s);
-              }
-              sq += s * s;
-            }
-            if (!full)
-              for (int64_t j = 0; j < Cb - j0; ++j) out[j] = tmp[j];
-          }
-        }
-      }
-      part[t] = (double)hsum<T>(sq);
-    }
-  });
   at::Tensor norms = at::empty({N}, a.options());
   T* nrm = norms.data_ptr<T>();
-  std::vector<T> inv(N);
-  for (int64_t s_n = 0; s_n < N; ++s_n) {
+  const int64_t D = Ca * Cb;
+  // ||s_n|| from its row blocks' partial sums, in block order (the same result for either schedule below).
+  auto finish_sample = [&](int64_t s_n) {
     double acc = 0;
     for (int64_t r = 0; r < n_rb; ++r) acc += part[s_n * n_rb + r];
     nrm[s_n] = (T)std::sqrt(acc);
-    inv[s_n] = T(1) / std::max<T>(nrm[s_n], T(1e-12));
-  }
-  if (l2_normalize) {
-    const int64_t D = Ca * Cb;
-    at::parallel_for(0, N * D, 16384, [&](int64_t e0, int64_t e1) {
-      for (int64_t e = e0; e < e1;) {
-        const int64_t s_n = e / D, stop = std::min(e1, (s_n + 1) * D);
-        const T f = inv[s_n];
-        for (; e < stop; ++e) Z[e] *= f;
+    return T(1) / std::max<T>(nrm[s_n], T(1e-12));
+  };
+  auto scale_sample = [&](int64_t s_n, T f, int64_t e0, int64_t e1) {
+    T* zn = Z + s_n * D;
+    for (int64_t e = e0; e < e1; ++e) zn[e] *= f;
+  };
+  // Row block t = (sample, block of rb rows): Y through the epilogue, stored once; part[t] = its sum of s^2.
+  auto row_block = [&](int64_t t, YTile<T>& yt) {
+    vec<T> acc[MR][2];
+    T tmp[nr];
+    const int64_t s_n = t / n_rb, i_begin = (t % n_rb) * rb, i_end = std::min(Ca, i_begin + rb);
+    yt.prepare(s_n, i_begin, i_end, 0, cbp);
+    vec<T> sq{};
+    // Column panel outer, rows inner: one (L, nr) panel of Bt and the block's rows of A stay in cache
+    // (with the rows outer, every row group would stream all of Bt[n], 1.6 MB at 28x28 and 512 channels).
+    for (int64_t j0 = 0; j0 < cbp; j0 += nr) {
+      for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
+        const int rows = (int)std::min<int64_t>(MR, i_end - i0);
+        yt.get(i0, rows, j0, acc);
+        const bool full = j0 + nr <= Cb;
+        for (int r = 0; r < rows; ++r) {
+          T* out = Z + s_n * D + (i0 + r) * Cb + j0;
+          for (int v = 0; v < 2; ++v) {
+            vec<T> s = acc[r][v] * scale;
+            if (signed_sqrt) s = signed_sqrt_v(s, eps);
+            if (full) {
+              vstore(out + v * n, s);
+            } else {  // padded columns hold Y = 0 -> s = 0 (or s = 0 with signed_sqrt off): store the valid ones
+              vstore(tmp + v * n, s);
+            }
+            sq += s * s;
+          }
+          if (!full)
+            for (int64_t j = 0; j < Cb - j0; ++j) out[j] = tmp[j];
+        }
+      }
+    }
+    part[t] = (double)hsum<T>(sq);
+  };
+  if (N >= 2 * at::get_num_threads()) {
+    // Whole samples per task: z[n] is scaled by 1/||s_n|| right after it is written, while it is in cache
+    // (a separate pass re-read all of z from memory: the pool forward at 4x4 took twice as long).
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      YTile<T> yt(A, Bt, Ca, L, cbp);
+      for (int64_t s_n = n0; s_n < n1; ++s_n) {
+        for (int64_t r = 0; r < n_rb; ++r) row_block(s_n * n_rb + r, yt);
+        const T f = finish_sample(s_n);
+        if (l2_normalize) scale_sample(s_n, f, 0, D);
       }
     });
+  } else {  // few samples: parallel over row blocks too, then a scaling pass
+    at::parallel_for(0, N * n_rb, 1, [&](int64_t t0, int64_t t1) {
+      YTile<T> yt(A, Bt, Ca, L, cbp);
+      for (int64_t t = t0; t < t1; ++t) row_block(t, yt);
+    });
+    std::vector<T> inv(N);
+    for (int64_t s_n = 0; s_n < N; ++s_n) inv[s_n] = finish_sample(s_n);
+    if (l2_normalize)
+      at::parallel_for(0, N * D, 16384, [&](int64_t e0, int64_t e1) {
+        for (int64_t e = e0; e < e1;) {
+          const int64_t s_n = e / D, stop = std::min(e1, (s_n + 1) * D);
+          scale_sample(s_n, inv[s_n], e - s_n * D, stop - s_n * D);
+          e = stop;
+        }
+      });
   }
   return {z, norms};
 }
