@@ -179,10 +179,11 @@ def bilinear_classifier(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, 
     return CLASSIFIER_IMPLS[name](a, b, weight, bias, eps)
 
 
-# The C++ classifier recomputes Y tile by tile from the (Ca, H*W) and (Cb, H*W) operands; past this many
-# locations that costs more than the plain composition's GEMMs (benchmarks/RESULTS.md: at 14x14 it is on par
-# with eager, at 28x28 with 200 classes 3.7x slower). ``auto`` then runs the reference; an explicit
-# ``backend="cpp"`` still gets the C++ kernel.
+# The C++ classifier never stores Y, so its backward recomputes it: one GEMM of Ca*Cb*H*W more than the plain
+# composition, which only pays while the elementwise passes over the (N, Ca*Cb) vectors dominate, on small maps.
+# Past this many locations the GEMMs dominate (benchmarks/RESULTS.md: fwd+bwd at 14x14 on par with eager, at
+# 28x28 with 200 classes 0.6x eager). ``auto`` then runs the reference; an explicit ``backend="cpp"`` still gets
+# the C++ kernel (saved memory 0.3-0.65x eager's there).
 CPP_CLASSIFIER_MAX_LOCATIONS = 196
 
 
