@@ -181,8 +181,8 @@ __attribute__((always_inline)) inline void micro_rows(int rows, const T* P, int6
 // micro-kernel runs on full column blocks; the last, partial block goes through the same micro-kernel on a
 // zero-padded copy of its Q columns (a scalar loop there, with Q strided by qs, cost 15% of the backward at L = 196).
 template <typename T, bool ColP>
-__attribute__((always_inline)) inline void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t ps, const T* Q, int64_t qs, T* C,
-              int64_t cs) {
+__attribute__((always_inline)) inline void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t ps,
+                                                    const T* Q, int64_t qs, T* C, int64_t cs) {
   constexpr int n = Simd<T>::n, nr = NR<T>();
   const int64_t full = ncols / nr * nr, tail = ncols - full;
   thread_local std::vector<T> qtail;
@@ -268,7 +268,8 @@ struct YTile {
       for (int64_t j0 = jb; j0 < je; j0 += nr)
         for (int64_t i0 = ib; i0 < ie; i0 += MR) {
           const int rows = (int)std::min<int64_t>(MR, ie - i0);
-          micro_rows<T, false>(rows, A + (s_n * Ca + i0) * L + k0, L, Bt + s_n * L * cbp + j0 * L + k0 * nr, nr, kc, acc);
+          const T* P = A + (s_n * Ca + i0) * L + k0;
+          micro_rows<T, false>(rows, P, L, Bt + s_n * L * cbp + j0 * L + k0 * nr, nr, kc, acc);
           for (int r = 0; r < rows; ++r) {
             T* y = buf.data() + (i0 - ib + r) * ldb + (j0 - jb);
             vstore(y, vload(y) + acc[r][0]);
@@ -295,8 +296,8 @@ struct YTile {
 // (one weight load per FMA, per sample): they become GEMMs over a chunk of samples (gemm_acc), which read the
 // tile's weight slab once per chunk.
 constexpr int64_t kRegisterClasses = 8;
-// Samples per chunk: of the dW accumulation (up to kRegisterClasses classes, where the chunk's z buffer must stay
-// in L2 beside the two slabs; 16 samples cost 45% of the backward at 4x4), and of the class GEMMs past it.
+// Samples per chunk: of the dW accumulation up to kRegisterClasses classes (the chunk's z buffer stays in L2 beside
+// the two weight slabs: 8 x 18 rows x 272 floats at EIFN's shape), and of the class GEMMs past it.
 constexpr int64_t kChunkRegister = 8, kChunkGemm = 16;
 
 // Tile of the classifier: RB rows x CBc columns of Y. Up to kRegisterClasses classes, the K weight rows of a tile
@@ -328,7 +329,8 @@ Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_
 // ------------------------------------------------------------------------------------------------------------------
 // Pool forward: z[n, i*Cb + j] = s / max(||s_n||, 1e-12) (or s). Returns (z, norms) with norms = ||s_n||.
 // Parallel over samples (or, with fewer than 2 per thread, over (sample, row block)); the Y micro-tile goes
-// through the epilogue in registers and is stored once, then scaled by 1/||s||. Saves for backward (in Python): a, b, z, norms.
+// through the epilogue in registers and is stored once, then scaled by 1/||s||. Saves for backward (in Python):
+// a, b, z, norms.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const at::Tensor& b, double eps_d,
                                                      bool signed_sqrt, bool l2_normalize, bool mean) {
@@ -517,7 +519,8 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
     std::vector<vec<T>> dots(K);
     // Past kRegisterClasses classes: s of a chunk of samples, element-major ([tile element][sample]), and the
     // (K x chunk) products of the slab with it.
-    std::vector<T> sbuf(big_k ? (size_t)(tl.rb * slab.ld * kChunkGemm) : 0, T(0)), lt(big_k ? (size_t)(K * kChunkGemm) : 0);
+    std::vector<T> sbuf(big_k ? (size_t)(tl.rb * slab.ld * kChunkGemm) : 0, T(0));
+    std::vector<T> lt(big_k ? (size_t)(K * kChunkGemm) : 0);
     vec<T> acc[MR][2], sv[MR][2];
     for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
       double* mine = part.data() + (size_t)blk * N * (K + 1);
@@ -544,7 +547,8 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
               if constexpr (big_k) {
                 for (int r = 0; r < rows; ++r)
                   for (int v = 0; v < 2; ++v) {
-                    T* dst = sbuf.data() + ((i0 - i_begin + r) * ld + (j0 - j_begin) + v * n) * kChunkGemm + s_n % kChunkGemm;
+                    const int64_t e = (i0 - i_begin + r) * ld + (j0 - j_begin) + v * n;  // tile element
+                    T* dst = sbuf.data() + e * kChunkGemm + s_n % kChunkGemm;
                     for (int q = 0; q < n; ++q) dst[q * kChunkGemm] = sv[r][v][q];
                   }
                 continue;
@@ -576,7 +580,8 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
           } else if (s_n % kChunkGemm == kChunkGemm - 1 || s_n == N - 1) {  // (K x tile) slab @ (tile x chunk) s
             const int64_t n0 = s_n / kChunkGemm * kChunkGemm, ns = s_n + 1 - n0;
             std::fill(lt.begin(), lt.end(), T(0));
-            gemm_acc<T, false>(K, kChunkGemm, (i_end - i_begin) * ld, ws, kst, sbuf.data(), kChunkGemm, lt.data(), kChunkGemm);
+            gemm_acc<T, false>(K, kChunkGemm, (i_end - i_begin) * ld, ws, kst, sbuf.data(), kChunkGemm, lt.data(),
+                               kChunkGemm);
             for (int64_t c = 0; c < ns; ++c)
               for (int64_t k = 0; k < K; ++k) mine[(n0 + c) * (K + 1) + k] += (double)lt[k * kChunkGemm + c];
           }
@@ -650,8 +655,9 @@ inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t
 // G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps)
 // over dz in the tile buffer; z into a buffer of a chunk of samples, from which dW_k += sum_n dl_k z_n goes into a
 // padded thread-local slab, up to 4 classes x two vectors at a time in registers (the thread owns the tile, written
-// out once after all samples). Past kRegisterClasses classes, dz of a chunk and dW are GEMMs (gemm_acc); then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per
-// thread, summed at the end; the dynamic schedule makes its float summation order, only, vary between runs).
+// out once after all samples). Past kRegisterClasses classes, dz of a chunk of samples and dW are GEMMs (gemm_acc).
+// Then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end; the dynamic
+// schedule makes its float summation order, only, vary between runs).
 template <typename T, bool big_k>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
@@ -775,9 +781,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
             }
           }
           // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
-          gemm_acc<T, false>(rows_blk, L, cols, dy, ld, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L, L);
+          gemm_acc<T, false>(rows_blk, L, cols, dy, ld, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L,
+                             L);
           // dB[n, cols, :] += dY_tile^T (cols x rows) @ A[n, rows, :]
-          gemm_acc<T, true>(cols, L, rows_blk, dy, ld, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L, L);
+          gemm_acc<T, true>(cols, L, rows_blk, dy, ld, A + (s_n * Ca + i_begin) * L, L, DB + (s_n * Cb + j_begin) * L,
+                            L);
         }
         for (int64_t k = 0; k < K; ++k)
           for (int64_t r = 0; r < rows_blk; ++r)
