@@ -423,6 +423,27 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const 
   return {z, norms};
 }
 
+// sum_e x[e] y[e] in double: float vectors over blocks of 512 elements (4 accumulators), each block's sum added in
+// double (a scalar double loop, one dependent add per element, took most of the pool backward).
+template <typename T>
+double dot(const T* x, const T* y, int64_t count) {
+  constexpr int64_t n = Simd<T>::n, block = 512;
+  double total = 0;
+  int64_t e = 0;
+  for (; e + block <= count; e += block) {
+    vec<T> c0{}, c1{}, c2{}, c3{};
+    for (int64_t i = e; i < e + block; i += 4 * n) {
+      c0 += vload(x + i) * vload(y + i);
+      c1 += vload(x + i + n) * vload(y + i + n);
+      c2 += vload(x + i + 2 * n) * vload(y + i + 2 * n);
+      c3 += vload(x + i + 3 * n) * vload(y + i + 3 * n);
+    }
+    total += (double)hsum<T>((c0 + c1) + (c2 + c3));
+  }
+  for (; e < count; ++e) total += (double)x[e] * y[e];
+  return total;
+}
+
 // Pool backward from the saved output: s = z * max(norm, 1e-12) and |s| = sqrt(|Y| + eps), so dY needs no Y:
 // ds = (dz - z <z, dz>) / ||s||, dY = ds * (s != 0 ? 0.5 / |s| : 0) (/ L), then dA = dY B, dB = dY^T A (bmm).
 template <typename T>
@@ -444,21 +465,20 @@ std::tuple<at::Tensor, at::Tensor> pool_backward_impl(const at::Tensor& grad_z, 
       const T* zz = Z + s_n * D;
       T* d = DY + s_n * D;
       const T norm = NR_[s_n], den = std::max<T>(norm, T(1e-12));
-      T proj = 0;
-      if (l2_normalize && norm >= T(1e-12)) {
-        double acc = 0;
-        for (int64_t e = 0; e < D; ++e) acc += (double)zz[e] * g[e];
-        proj = (T)acc;
-      }
+      const T proj = l2_normalize && norm >= T(1e-12) ? (T)dot(zz, g, D) : T(0);
       const T inv = l2_normalize ? T(1) / den : T(1), sfac = l2_normalize ? den : T(1);
-      for (int64_t e = 0; e < D; ++e) {
-        T ds = (g[e] - zz[e] * proj) * inv;
-        if (signed_sqrt) {
-          const T s = std::abs(zz[e] * sfac);
-          ds = s != T(0) ? ds * T(0.5) / s : T(0);
-        }
-        d[e] = ds * scale;
-      }
+      // ds = (dz - z <z, dz>) / ||s||; dY = ds * 0.5 / |s| where s != 0 (else 0), |s| = |z| ||s||; times 1/L if mean.
+      auto dy_of = [&](auto zv, auto gv) {
+        auto ds = (gv - zv * proj) * inv;
+        if (!signed_sqrt) return ds * scale;
+        const decltype(zv) zero{};
+        const auto sa = zv * sfac, s = sa < zero ? -sa : sa;
+        return s != zero ? ds * (T(0.5) * scale) / s : zero;
+      };
+      constexpr int64_t n = Simd<T>::n;
+      int64_t e = 0;
+      for (; e + n <= D; e += n) vstore(d + e, dy_of(vload(zz + e), vload(g + e)));
+      for (; e < D; ++e) d[e] = dy_of(zz[e], g[e]);
     }
   });
   const at::Tensor a3 = a.reshape({N, Ca, L}), b3 = b.reshape({N, Cb, L});
