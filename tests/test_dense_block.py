@@ -238,13 +238,17 @@ def test_cpp_momentum_none_over_steps(backend):
 
 
 def test_cpp_block1_shape_matches_reference():
-    """A DenseNet-BC-40 block-1-like shape (more channels, several 3x3 row tiles, 1x1 pixel tiles)."""
+    """A DenseNet-BC-40 block-1-like shape (more channels, several 3x3 row tiles, 1x1 pixel tiles), at 2 threads;
+    one image in eval takes the per-layer tile-parallel forward."""
     if not fk.available_backends()["cpp"].available:
         pytest.skip("cpp backend not built")
     torch.set_num_threads(2)  # per-thread accumulators and their reduction
     try:
         for training in (True, False):
             _compare_backend("cpp", (3, 24, 20, 30, 3, 12, 4), torch.float32, "contiguous", training)
+        # one image, two threads: the eval forward spreads each layer's 1x1 and 3x3 tiles over the threads
+        for dtype in (torch.float32, torch.float64):
+            _compare_backend("cpp", (1, 24, 20, 30, 3, 12, 4), dtype, "contiguous", False)
     finally:
         torch.set_num_threads(1)
 

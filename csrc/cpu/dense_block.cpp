@@ -665,6 +665,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       W2T[l] = pack3x3<T>(w2c[l], false);
     }
     const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+    if (S.N < at::get_num_threads()) {
+      // Fewer images than threads (batch-1 inference): one layer at a time, its 1x1 pixel tiles and then its 3x3
+      // row tiles spread over the threads (per image, one thread would do all the work).
+      std::vector<T> hn((size_t)(S.N * S.B * S.HW));
+      const idx n_p = (S.HW + kTile1x1 - 1) / kTile1x1, n_r = (S.H + R - 1) / R;
+      for (idx l = 0; l < S.L; ++l) {
+        const idx C = S.C0 + l * S.k;
+        dynamic_for(S.N * n_p, [&](auto next) {
+          const idx lda = tile1x1_ld(S.HW);
+          std::vector<T> a((size_t)(C * lda));
+          for (idx t; (t = next()) < S.N * n_p;) {
+            const idx n = t / n_p, p0 = (t % n_p) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+            pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, S1[l].data(), T1[l].data(), a.data(), lda);
+            conv1x1_forward_tile(a.data(), lda, C, P, S.B, w1c[l].data_ptr<T>(), W1P[l].data(),
+                                 hn.data() + n * S.B * S.HW + p0, S.HW, (double*)nullptr);
+          }
+        });
+        dynamic_for(S.N * n_r, [&](auto next) {
+          Tile3x3<T> tile(S.B, S.k, R, S.W);
+          for (idx t; (t = next()) < S.N * n_r;) {
+            const idx n = t / n_r, r0 = (t % n_r) * R, Rt = std::min(R, S.H - r0);
+            conv3x3_tile(S, hn.data() + n * S.B * S.HW, W2T[l].data(), S2[l].data(), T2[l].data(), r0, Rt, tile,
+                         buf + n * S.Ctot * S.HW + C * S.HW + r0 * S.W);
+          }
+        });
+      }
+      auto e = at::empty({0}, x_in.options().dtype(at::kDouble));
+      return {out, at::empty({0}, opts), e, e.clone(), e.clone(), e.clone()};
+    }
     dynamic_for(S.N, [&](auto next) {
       const idx lda = tile1x1_ld(S.HW);
       std::vector<T> a((size_t)((S.Ctot - S.k) * lda)), hn((size_t)(S.B * S.HW));
