@@ -3,7 +3,9 @@
 For every benchmark group (``<op>-<mode>-<shape>``) the fused provider (cpp on CPU; cuda or triton on GPU,
 the faster) is compared with eager and torch.compile measured in the same run: speed-up = other's time /
 fused time (the median over interleaved repeats of each provider's median), memory ratio = fused saved (or
-peak) bytes / eager's.
+peak) bytes / eager's. With several repeats, the table also gives the range of the per-repeat ratio to eager
+(eager's median in repeat r / the fused provider's in the same repeat): when it straddles 1, the run did not
+resolve the difference.
 
     python -m benchmarks.report RESULTS.json [--markdown OUT.md] [--png OUT.png]
 """
@@ -24,19 +26,23 @@ def load(path: str | Path) -> dict:
 
 
 def aggregate(data: dict) -> dict[str, dict[str, dict]]:
-    """group -> provider -> {median_s, n, extra}: median over interleaved repeats."""
+    """group -> provider -> {median_s, n, reps, extra}: median over interleaved repeats; ``reps`` maps each
+    repeat index to that repeat's median."""
     runs: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    reps: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     extras: dict[tuple[str, str], dict] = {}
     for b in data.get("benchmarks", []):
         provider = b.get("params", {}).get("provider") or b.get("extra_info", {}).get("provider")
         if provider is None:
             continue
         runs[b["group"]][provider].append(b["stats"]["median"])
+        reps[(b["group"], provider)][int(b.get("params", {}).get("bench_rep", 0))] = b["stats"]["median"]
         extras[(b["group"], provider)] = b.get("extra_info", {})
     out: dict[str, dict[str, dict]] = {}
     for group, provs in runs.items():
         out[group] = {
-            p: {"median_s": statistics.median(ts), "n": len(ts), "extra": extras[(group, p)]} for p, ts in provs.items()
+            p: {"median_s": statistics.median(ts), "n": len(ts), "reps": reps[(group, p)], "extra": extras[(group, p)]}
+            for p, ts in provs.items()
         }
     return out
 
@@ -62,6 +68,11 @@ def rows(agg: dict) -> list[dict]:
             if other in provs:
                 row[f"{other}_ms"] = provs[other]["median_s"] * 1e3
                 row[f"vs_{other}"] = provs[other]["median_s"] / f["median_s"]
+        if "eager" in provs:
+            common = sorted(set(f.get("reps", {})) & set(provs["eager"].get("reps", {})))
+            if len(common) >= 2:
+                per_rep = [provs["eager"]["reps"][r] / f["reps"][r] for r in common]
+                row["vs_eager_range"] = (min(per_rep), max(per_rep))
         fm = _mem(f["extra"])
         em = _mem(provs.get("eager", {}).get("extra", {}))
         if fm is not None and em:
@@ -80,17 +91,21 @@ def markdown(table: list[dict], title: str = "") -> str:
     fmt = lambda v, spec: "" if v is None else format(v, spec)
     lines = [f"### {title}", ""] if title else []
     lines += [
-        "| group | fused | fused ms | eager ms | compile ms | x eager | x compile | memory vs eager | GFLOP/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| group | fused | fused ms | eager ms | compile ms | x eager | x eager per repeat | x compile | "
+        "memory vs eager | GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
+        rng = r.get("vs_eager_range")
+        rng = f"{rng[0]:.2f}-{rng[1]:.2f}" if rng else ""
         lines.append(
             f"| {r['group']} | {r['fused']} | {fmt(r['fused_ms'], '.2f')} | {fmt(r.get('eager_ms'), '.2f')} | "
-            f"{fmt(r.get('compile_ms'), '.2f')} | {fmt(r.get('vs_eager'), '.2f')} | "
+            f"{fmt(r.get('compile_ms'), '.2f')} | {fmt(r.get('vs_eager'), '.2f')} | {rng} | "
             f"{fmt(r.get('vs_compile'), '.2f')} | {fmt(r.get('mem_ratio'), '.2f')} | {fmt(r.get('gflops'), '.1f')} |"
         )
     lines.append("")
     lines.append("x eager / x compile: speed-up of the fused provider (their time / its time, higher is better); "
+                 "x eager per repeat: the lowest and highest ratio to eager within one interleaved repeat; "
                  "memory: fused saved-for-backward (CPU) or peak (GPU) bytes over eager's (lower is better).")
     return "\n".join(lines) + "\n"
 

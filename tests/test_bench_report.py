@@ -33,8 +33,18 @@ def test_ratios_use_median_over_repeats_and_fastest_fused(tmp_path):
     assert row["vs_compile"] == pytest.approx(1.5)
     assert row["mem_ratio"] == pytest.approx(0.25)
     assert row["gflops"] == pytest.approx(2.0)
+    assert row["vs_eager_range"] == pytest.approx((2.0, 3.0))  # repeats 0 and 1 have both providers
     md = report.markdown(table, "t")
-    assert "| op-full-a | cpp | 2000.00 | 6000.00 | 3000.00 | 3.00 | 1.50 | 0.25 | 2.0 |" in md
+    assert "| op-full-a | cpp | 2000.00 | 6000.00 | 3000.00 | 3.00 | 2.00-3.00 | 1.50 | 0.25 | 2.0 |" in md
     png = tmp_path / "c.png"
     report.chart(table, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_single_repeat_has_no_per_repeat_range(tmp_path):
+    data = {"benchmarks": [_bench("op-full-a", "eager", 0, 4.0), _bench("op-full-a", "cpp", 0, 2.0)]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    row = report.rows(report.aggregate(report.load(path)))[0]
+    assert "vs_eager_range" not in row
+    assert "| op-full-a | cpp | 2000.00 | 4000.00 |  | 2.00 |  |  |  |  |" in report.markdown([row])
