@@ -482,12 +482,36 @@ def test_cpp_ops_check_their_inputs():
 
 
 def test_auto_runs_the_reference_classifier_on_large_maps():
-    from fer_kernels.ops.bilinear import CPP_CLASSIFIER_MAX_LOCATIONS, classifier_backend
+    from fer_kernels.ops.bilinear import (CPP_CLASSIFIER_MAX_LOCATIONS, CPP_CLASSIFIER_MAX_LOCATIONS_GRAD,
+                                          classifier_backend)
 
-    small = torch.zeros(1, 2, 14, 14)  # 196 locations: still the C++ kernel
+    small = torch.zeros(1, 2, 14, 14)  # 196 locations: still the C++ kernel without a backward
     large = torch.zeros(1, 2, 15, 14)
-    assert 14 * 14 == CPP_CLASSIFIER_MAX_LOCATIONS
+    assert 14 * 14 == CPP_CLASSIFIER_MAX_LOCATIONS and 12 * 12 == CPP_CLASSIFIER_MAX_LOCATIONS_GRAD
     assert classifier_backend(small, "cpp", "auto") == "cpp"
     assert classifier_backend(large, "cpp", "auto") == "reference"
     assert classifier_backend(large, "cpp", "cpp") == "cpp"  # an explicit request is kept
     assert classifier_backend(large, "triton", "auto") == "triton"  # only the C++ kernel is redirected
+    # with a backward to follow the limit is 144 locations
+    assert classifier_backend(torch.zeros(1, 2, 12, 12), "cpp", "auto", needs_grad=True) == "cpp"
+    assert classifier_backend(torch.zeros(1, 2, 13, 12), "cpp", "auto", needs_grad=True) == "reference"
+    assert classifier_backend(torch.zeros(1, 2, 13, 12), "cpp", "cpp", needs_grad=True) == "cpp"
+
+
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+def test_auto_classifier_choice_follows_autograd(backend, monkeypatch):
+    """bilinear_classifier tells classifier_backend whether a backward will follow."""
+    from fer_kernels.ops import bilinear as ob
+
+    ran = []
+    for name in ("cpp", "reference"):
+        impl = ob.CLASSIFIER_IMPLS[name]
+        monkeypatch.setitem(ob.CLASSIFIER_IMPLS, name, lambda *args, _n=name, _f=impl: ran.append(_n) or _f(*args))
+    a, b = torch.rand(2, 3, 13, 13), torch.rand(2, 3, 13, 13)  # 169 locations: between the two limits
+    w, bias = torch.randn(2, 9), torch.randn(2)
+    with fk.use_backend("auto"):
+        fk.bilinear_classifier(a, b, w, bias)
+        fk.bilinear_classifier(a, b, w.requires_grad_(), bias)
+        with torch.no_grad():
+            fk.bilinear_classifier(a, b, w, bias)
+    assert ran == ["cpp", "reference", "cpp"]
