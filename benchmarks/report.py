@@ -28,23 +28,24 @@ def load(path: str | Path) -> dict:
 def aggregate(data: dict) -> dict[str, dict[str, dict]]:
     """group -> provider -> {median_s, n, reps, extra}: median over interleaved repeats; ``reps`` maps each
     repeat index to that repeat's median."""
-    runs: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    reps: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    reps: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     extras: dict[tuple[str, str], dict] = {}
     for b in data.get("benchmarks", []):
         provider = b.get("params", {}).get("provider") or b.get("extra_info", {}).get("provider")
         if provider is None:
             continue
-        runs[b["group"]][provider].append(b["stats"]["median"])
-        reps[(b["group"], provider)][int(b.get("params", {}).get("bench_rep", 0))] = b["stats"]["median"]
+        rep = int(b.get("params", {}).get("bench_rep", 0))
+        if rep in reps[b["group"]][provider]:
+            raise ValueError(f"{b['group']}: two {provider} benchmarks in repeat {rep}; expected one per repeat")
+        reps[b["group"]][provider][rep] = b["stats"]["median"]
         extras[(b["group"], provider)] = b.get("extra_info", {})
-    out: dict[str, dict[str, dict]] = {}
-    for group, provs in runs.items():
-        out[group] = {
-            p: {"median_s": statistics.median(ts), "n": len(ts), "reps": reps[(group, p)], "extra": extras[(group, p)]}
-            for p, ts in provs.items()
+    return {
+        group: {
+            p: {"median_s": statistics.median(r.values()), "n": len(r), "reps": r, "extra": extras[(group, p)]}
+            for p, r in provs.items()
         }
-    return out
+        for group, provs in reps.items()
+    }
 
 
 def _mem(extra: dict) -> float | None:
@@ -69,7 +70,7 @@ def rows(agg: dict) -> list[dict]:
                 row[f"{other}_ms"] = provs[other]["median_s"] * 1e3
                 row[f"vs_{other}"] = provs[other]["median_s"] / f["median_s"]
         if "eager" in provs:
-            common = sorted(set(f.get("reps", {})) & set(provs["eager"].get("reps", {})))
+            common = sorted(set(f["reps"]) & set(provs["eager"]["reps"]))
             if len(common) >= 2:
                 per_rep = [provs["eager"]["reps"][r] / f["reps"][r] for r in common]
                 row["vs_eager_range"] = (min(per_rep), max(per_rep))

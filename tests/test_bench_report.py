@@ -48,3 +48,11 @@ def test_single_repeat_has_no_per_repeat_range(tmp_path):
     row = report.rows(report.aggregate(report.load(path)))[0]
     assert "vs_eager_range" not in row
     assert "| op-full-a | cpp | 2000.00 | 4000.00 |  | 2.00 |  |  |  |  |" in report.markdown([row])
+
+
+def test_two_benchmarks_of_one_provider_in_one_repeat_are_an_error(tmp_path):
+    data = {"benchmarks": [_bench("op-full-a", "cpp", 0, 2.0), _bench("op-full-a", "cpp", 0, 3.0)]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="op-full-a: two cpp benchmarks in repeat 0"):
+        report.aggregate(report.load(path))
