@@ -200,7 +200,7 @@ def _saved_bytes(fn):
 
     def pack(t):
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # not t: a saved output would keep its own graph alive (see benchmarks/conftest.py)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
