@@ -12,8 +12,10 @@
 - ``bench(benchmark, fn, group, extra)``: runs pytest-benchmark with the group and extra_info filled in.
 - Interleaving: ``--bench-repeat N`` runs every benchmark N times, ordered so that the providers of one
   group alternate (eager, compile, cpp, eager, compile, cpp, ...); the report takes the median over the
-  repeats, so a slow spell of the machine hits every provider alike. ``--quick`` times fewer rounds.
-  Benchmarks name their provider parameter ``provider``.
+  repeats, so a slow spell of the machine hits every provider alike. ``--quick`` times fewer rounds;
+  ``--bench-rounds N`` sets the rounds of every benchmark (``--bench-rounds 1`` with many repeats pairs single
+  steps of the providers a few seconds apart, the finest interleaving). Benchmarks name their provider
+  parameter ``provider``.
 """
 
 from __future__ import annotations
@@ -58,15 +60,21 @@ def pytest_addoption(parser):
     group = parser.getgroup("fer-kernels benchmarks")
     group.addoption("--bench-repeat", type=int, default=1, help="interleaved repeats of every benchmark")
     group.addoption("--quick", action="store_true", help="fewer rounds and only the first shape of each suite")
+    group.addoption("--bench-rounds", type=int, default=None,
+                    help="timed rounds of every benchmark (default: each benchmark's own; 3 with --quick)")
 
 
 QUICK = False
+ROUNDS: int | None = None
 
 
 def pytest_configure(config):
-    global QUICK
+    global QUICK, ROUNDS
     config.addinivalue_line("markers", "full_only: a shape skipped by --quick")
     QUICK = bool(config.getoption("--quick", False))
+    ROUNDS = config.getoption("--bench-rounds", None)
+    if ROUNDS is not None and ROUNDS < 1:
+        raise pytest.UsageError(f"--bench-rounds: expected at least 1, got {ROUNDS}")
 
 
 @pytest.fixture(autouse=True)
@@ -144,18 +152,23 @@ def saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
-def bench(benchmark, fn, *, group: str, device="cpu", rounds: int | None = None, **extra):
+def bench(benchmark, fn, *, group: str, device="cpu", rounds: int | None = None, warmed: bool = False,
+          **extra):
     """Time ``fn`` (which must synchronise itself) under pytest-benchmark, recording ``extra_info``.
 
     ``extra`` should carry ``provider``, ``shape``, ``dtype`` and, where known, ``flops`` and ``bytes``
     (per call) and ``saved_bytes`` (CPU) / ``peak_bytes`` (GPU); the report derives GFLOP/s and GB/s.
+    ``warmed``: ``fn`` has already run in this process (a state kept across repeats), so no warm-up call.
     """
     benchmark.group = group
     benchmark.extra_info.update({"device": str(device), "allocator_pinned": ALLOCATOR_PINNED,
                                  "threads": torch.get_num_threads(), "torch": torch.__version__, **extra})
-    fn()  # warm-up (and compile) outside the timing
+    if not warmed:
+        fn()  # warm-up (and compile) outside the timing
     if QUICK:
         rounds = 3
+    if ROUNDS is not None:
+        rounds = ROUNDS
     if rounds:
-        return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+        return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=0 if warmed else 1)
     return benchmark(fn)

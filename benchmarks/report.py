@@ -4,8 +4,9 @@ For every benchmark group (``<op>-<mode>-<shape>``) the fused provider (cpp on C
 the faster) is compared with eager and torch.compile measured in the same run: speed-up = other's time /
 fused time (the median over interleaved repeats of each provider's median), memory ratio = fused saved (or
 peak) bytes / eager's. With several repeats, the table also gives the range of the per-repeat ratio to eager
-(eager's median in repeat r / the fused provider's in the same repeat): when it straddles 1, the run did not
-resolve the difference.
+(eager's median in repeat r / the fused provider's in the same repeat) and, from three repeats on, its
+geometric mean with a 95% confidence interval (Student's t on the log ratios, the repeats taken as independent
+pairs): when the interval contains 1, the run did not resolve the difference.
 
     python -m benchmarks.report RESULTS.json [--markdown OUT.md] [--png OUT.png]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -48,6 +50,31 @@ def aggregate(data: dict) -> dict[str, dict[str, dict]]:
     }
 
 
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}  # Student's t, 97.5% quantile, for few degrees of freedom
+
+
+def t975(df: int) -> float:
+    """97.5% quantile of Student's t with ``df`` degrees of freedom (Cornish-Fisher series from 5 on,
+    within 0.2% of the exact value)."""
+    if df < 1:
+        raise ValueError(f"df: expected at least 1, got {df}")
+    if df in _T975:
+        return _T975[df]
+    z = statistics.NormalDist().inv_cdf(0.975)
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def paired_ratio(ratios: list[float]) -> tuple[float, float, float]:
+    """Geometric mean of per-repeat ratios and its 95% confidence interval: (mean, low, high)."""
+    if len(ratios) < 3:
+        raise ValueError(f"ratios: expected at least 3 repeats, got {len(ratios)}")
+    logs = [math.log(r) for r in ratios]
+    m = statistics.fmean(logs)
+    half = t975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(m), math.exp(m - half), math.exp(m + half)
+
+
 def _mem(extra: dict) -> float | None:
     for key in ("saved_bytes", "peak_bytes"):
         if extra.get(key):
@@ -74,6 +101,8 @@ def rows(agg: dict) -> list[dict]:
             if len(common) >= 2:
                 per_rep = [provs["eager"]["reps"][r] / f["reps"][r] for r in common]
                 row["vs_eager_range"] = (min(per_rep), max(per_rep))
+            if len(common) >= 3:
+                row["vs_eager_paired"] = paired_ratio(per_rep)
         fm = _mem(f["extra"])
         em = _mem(provs.get("eager", {}).get("extra", {}))
         if fm is not None and em:
@@ -92,21 +121,25 @@ def markdown(table: list[dict], title: str = "") -> str:
     fmt = lambda v, spec: "" if v is None else format(v, spec)
     lines = [f"### {title}", ""] if title else []
     lines += [
-        "| group | fused | fused ms | eager ms | compile ms | x eager | x eager per repeat | x compile | "
-        "memory vs eager | GFLOP/s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| group | fused | fused ms | eager ms | compile ms | x eager | x eager per repeat | x eager paired (95% CI) "
+        "| x compile | memory vs eager | GFLOP/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
         rng = r.get("vs_eager_range")
         rng = f"{rng[0]:.2f}-{rng[1]:.2f}" if rng else ""
+        pair = r.get("vs_eager_paired")
+        pair = f"{pair[0]:.3f} ({pair[1]:.3f}-{pair[2]:.3f})" if pair else ""
         lines.append(
             f"| {r['group']} | {r['fused']} | {fmt(r['fused_ms'], '.2f')} | {fmt(r.get('eager_ms'), '.2f')} | "
-            f"{fmt(r.get('compile_ms'), '.2f')} | {fmt(r.get('vs_eager'), '.2f')} | {rng} | "
+            f"{fmt(r.get('compile_ms'), '.2f')} | {fmt(r.get('vs_eager'), '.2f')} | {rng} | {pair} | "
             f"{fmt(r.get('vs_compile'), '.2f')} | {fmt(r.get('mem_ratio'), '.2f')} | {fmt(r.get('gflops'), '.1f')} |"
         )
     lines.append("")
     lines.append("x eager / x compile: speed-up of the fused provider (their time / its time, higher is better); "
                  "x eager per repeat: the lowest and highest ratio to eager within one interleaved repeat; "
+                 "x eager paired: geometric mean of those per-repeat ratios with its 95% confidence interval "
+                 "(3 repeats or more); "
                  "memory: fused saved-for-backward (CPU) or peak (GPU) bytes over eager's (lower is better).")
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,6 @@
 """``fer-bench``: run the throughput suites and print the ratio table (fused vs eager vs torch.compile).
 
-    fer-bench [--quick] [--ops dense_block,bilinear,...] [--device cpu|cuda] [--repeat N] [--out DIR]
+    fer-bench [--quick] [--ops dense_block,bilinear,...] [--device cpu|cuda] [--repeat N] [--rounds N] [--out DIR]
 
 Writes ``<out>/<machine>-<date>.json`` (pytest-benchmark), ``.md`` (the table) and ``.png`` (the chart).
 The suites live in the source tree's ``benchmarks/`` folder (an editable install, ``pip install -e .``).
@@ -52,6 +52,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default=",".join(SUITES), help=f"comma-separated suites from {', '.join(SUITES)}")
     ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     ap.add_argument("--repeat", type=int, default=None, help="interleaved repeats (default 1 quick, 3 full)")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="timed rounds of every benchmark (default: each suite's own, 3 quick); with many "
+                         "--repeat, 1 pairs single steps of the providers")
     ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
     args = ap.parse_args(argv)
 
@@ -73,7 +76,11 @@ def main(argv=None) -> int:
     tag = "" if set(suites) == set(SUITES) else "-" + "+".join(suites)
     stem = f"{machine_name()}-{dt.date.today().isoformat()}{tag}{'-quick' if args.quick else ''}"
     json_path, md_path, png_path = out / f"{stem}.json", out / f"{stem}.md", out / f"{stem}.png"
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
+        ap.error(f"--repeat: expected at least 1, got {repeat}")
+    if args.rounds is not None and args.rounds < 1:
+        ap.error(f"--rounds: expected at least 1, got {args.rounds}")
     env = dict(os.environ)
     if args.device:
         env["FER_BENCH_DEVICE"] = args.device
@@ -82,6 +89,8 @@ def main(argv=None) -> int:
            "--benchmark-columns=median,iqr,rounds", "--benchmark-sort=name"]
     if args.quick:
         cmd.append("--quick")
+    if args.rounds is not None:
+        cmd.append(f"--bench-rounds={args.rounds}")
     print("fer-bench:", " ".join(cmd[1:]))
     print(f"machine: {machine_name()} ({socket.gethostname()}), python {platform.python_version()}")
     rc = subprocess.call(cmd, cwd=bench_dir.parent, env=env)

@@ -1,6 +1,7 @@
 """The benchmark report: ratios over interleaved repeats, memory ratio, markdown table and chart."""
 
 import json
+import math
 
 import pytest
 
@@ -35,7 +36,8 @@ def test_ratios_use_median_over_repeats_and_fastest_fused(tmp_path):
     assert row["gflops"] == pytest.approx(2.0)
     assert row["vs_eager_range"] == pytest.approx((2.0, 3.0))  # repeats 0 and 1 have both providers
     md = report.markdown(table, "t")
-    assert "| op-full-a | cpp | 2000.00 | 6000.00 | 3000.00 | 3.00 | 2.00-3.00 | 1.50 | 0.25 | 2.0 |" in md
+    assert "vs_eager_paired" not in row  # two repeats: no interval
+    assert "| op-full-a | cpp | 2000.00 | 6000.00 | 3000.00 | 3.00 | 2.00-3.00 |  | 1.50 | 0.25 | 2.0 |" in md
     png = tmp_path / "c.png"
     report.chart(table, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -47,7 +49,7 @@ def test_single_repeat_has_no_per_repeat_range(tmp_path):
     path.write_text(json.dumps(data))
     row = report.rows(report.aggregate(report.load(path)))[0]
     assert "vs_eager_range" not in row
-    assert "| op-full-a | cpp | 2000.00 | 4000.00 |  | 2.00 |  |  |  |  |" in report.markdown([row])
+    assert "| op-full-a | cpp | 2000.00 | 4000.00 |  | 2.00 |  |  |  |  |  |" in report.markdown([row])
 
 
 def test_two_benchmarks_of_one_provider_in_one_repeat_are_an_error(tmp_path):
@@ -56,3 +58,45 @@ def test_two_benchmarks_of_one_provider_in_one_repeat_are_an_error(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="op-full-a: two cpp benchmarks in repeat 0"):
         report.aggregate(report.load(path))
+
+
+def test_paired_ratio_is_the_geometric_mean_with_a_t_interval(tmp_path):
+    # per-repeat eager/cpp ratios 1.0, 1.1, 1.2, 0.9, 1.3 (eager's times; cpp always 1.0)
+    ratios = [1.0, 1.1, 1.2, 0.9, 1.3]
+    data = {"benchmarks": [_bench("op-full-a", "cpp", r, 1.0) for r in range(5)]
+            + [_bench("op-full-a", "eager", r, v) for r, v in enumerate(ratios)]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    row = report.rows(report.aggregate(report.load(path)))[0]
+    logs = [math.log(v) for v in ratios]
+    mean = sum(logs) / 5
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / 4)
+    half = 2.7764 * sd / math.sqrt(5)  # t(0.975, 4 df)
+    assert row["vs_eager_paired"] == pytest.approx(
+        (math.exp(mean), math.exp(mean - half), math.exp(mean + half)), rel=1e-4)
+    gm, lo, hi = row["vs_eager_paired"]
+    assert lo < 1.0 < hi  # this run does not resolve a difference
+    assert f"| {gm:.3f} ({lo:.3f}-{hi:.3f}) |" in report.markdown([row])
+
+
+@pytest.mark.parametrize("df, exact", [(1, 12.7062), (4, 2.7764), (5, 2.5706), (10, 2.2281), (30, 2.0423),
+                                       (120, 1.9799)])
+def test_t_quantile_matches_the_table(df, exact):
+    assert report.t975(df) == pytest.approx(exact, rel=2e-3)
+
+
+def test_paired_ratio_rejects_fewer_than_three_repeats():
+    with pytest.raises(ValueError, match="at least 3 repeats, got 2"):
+        report.paired_ratio([1.0, 1.1])
+
+
+@pytest.mark.parametrize("argv, message", [(["--rounds", "0"], "--rounds: expected at least 1, got 0"),
+                                           (["--repeat", "0"], "--repeat: expected at least 1, got 0"),
+                                           (["--ops", "nope"], "--ops: unknown suite(s) nope")])
+def test_fer_bench_rejects_bad_arguments_before_running(argv, message, capsys):
+    from fer_kernels import bench
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
