@@ -100,3 +100,17 @@ def test_fer_bench_rejects_bad_arguments_before_running(argv, message, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_interleave_rotates_the_providers_every_repeat():
+    from benchmarks.conftest import interleave
+
+    case = ("m", "t", ())
+    entries = [(case, rep, p) for p in ("cpp", "eager", "compile") for rep in (2, 0, 1)]
+    entries.append((("m", "u", ()), 0, "eager"))  # a second case comes after the first, whole
+    got = [entries[i] for i in interleave(entries)]
+    assert [(r, p) for c, r, p in got if c == case] == [
+        (0, "eager"), (0, "compile"), (0, "cpp"),
+        (1, "compile"), (1, "cpp"), (1, "eager"),
+        (2, "cpp"), (2, "eager"), (2, "compile")]
+    assert got[-1][0] == ("m", "u", ())
