@@ -8,7 +8,12 @@ peak) bytes / eager's. With several repeats, the table also gives the range of t
 geometric mean with a 95% confidence interval (Student's t on the log ratios, the repeats taken as independent
 pairs): when the interval contains 1, the run did not resolve the difference.
 
-    python -m benchmarks.report RESULTS.json [--markdown OUT.md] [--png OUT.png]
+Several JSON files (separate runs of the same suites, each its own process) are pooled: the medians over all
+their repeats, and the paired interval over the runs' geometric means, one sample per run. A process can be
+a few per cent faster for one provider than another process is, from where its buffers happen to lie, and
+repeats within one run cannot average that out.
+
+    python -m benchmarks.report RESULTS.json [MORE.json ...] [--markdown OUT.md] [--png OUT.png]
 """
 
 from __future__ import annotations
@@ -23,22 +28,32 @@ from pathlib import Path
 FUSED = ("cpp", "cuda", "triton")
 
 
-def load(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+def load(*paths: str | Path) -> dict:
+    """One pytest-benchmark JSON, or several runs pooled (each benchmark tagged with its run's index)."""
+    if not paths:
+        raise ValueError("paths: expected at least one JSON file")
+    if len(paths) == 1:
+        return json.loads(Path(paths[0]).read_text())
+    merged: list[dict] = []
+    for run, path in enumerate(paths):
+        for b in json.loads(Path(path).read_text()).get("benchmarks", []):
+            merged.append({**b, "run": run})
+    return {"benchmarks": merged, "runs": len(paths)}
 
 
 def aggregate(data: dict) -> dict[str, dict[str, dict]]:
     """group -> provider -> {median_s, n, reps, extra}: median over interleaved repeats; ``reps`` maps each
-    repeat index to that repeat's median."""
-    reps: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    (run, repeat) to that repeat's median."""
+    reps: dict[str, dict[str, dict[tuple[int, int], float]]] = defaultdict(lambda: defaultdict(dict))
     extras: dict[tuple[str, str], dict] = {}
     for b in data.get("benchmarks", []):
         provider = b.get("params", {}).get("provider") or b.get("extra_info", {}).get("provider")
         if provider is None:
             continue
-        rep = int(b.get("params", {}).get("bench_rep", 0))
+        rep = (int(b.get("run", 0)), int(b.get("params", {}).get("bench_rep", 0)))
         if rep in reps[b["group"]][provider]:
-            raise ValueError(f"{b['group']}: two {provider} benchmarks in repeat {rep}; expected one per repeat")
+            where = f"repeat {rep[1]}" + (f" of run {rep[0]}" if "run" in b else "")
+            raise ValueError(f"{b['group']}: two {provider} benchmarks in {where}; expected one per repeat")
         reps[b["group"]][provider][rep] = b["stats"]["median"]
         extras[(b["group"], provider)] = b.get("extra_info", {})
     return {
@@ -101,7 +116,14 @@ def rows(agg: dict) -> list[dict]:
             if len(common) >= 2:
                 per_rep = [provs["eager"]["reps"][r] / f["reps"][r] for r in common]
                 row["vs_eager_range"] = (min(per_rep), max(per_rep))
-            if len(common) >= 3:
+            runs = sorted({run for run, _ in common})
+            if len(runs) > 1:  # one sample per run: its geometric mean
+                by_run = [[r for (run, _), r in zip(common, per_rep) if run == k] for k in runs]
+                gms = [math.exp(statistics.fmean(math.log(r) for r in rs)) for rs in by_run]
+                if len(gms) >= 3:
+                    row["vs_eager_paired"] = paired_ratio(gms)
+                    row["runs"] = len(gms)
+            elif len(common) >= 3:
                 row["vs_eager_paired"] = paired_ratio(per_rep)
         fm = _mem(f["extra"])
         em = _mem(provs.get("eager", {}).get("extra", {}))
@@ -139,7 +161,7 @@ def markdown(table: list[dict], title: str = "") -> str:
     lines.append("x eager / x compile: speed-up of the fused provider (their time / its time, higher is better); "
                  "x eager per repeat: the lowest and highest ratio to eager within one interleaved repeat; "
                  "x eager paired: geometric mean of those per-repeat ratios with its 95% confidence interval "
-                 "(3 repeats or more); "
+                 "(3 repeats or more; with several runs pooled, over the runs' geometric means, 3 runs or more); "
                  "memory: fused saved-for-backward (CPU) or peak (GPU) bytes over eager's (lower is better).")
     return "\n".join(lines) + "\n"
 
@@ -170,12 +192,12 @@ def chart(table: list[dict], path: str | Path) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", help="pytest-benchmark --benchmark-json output")
+    ap.add_argument("json", nargs="+", help="pytest-benchmark --benchmark-json output (several: runs pooled)")
     ap.add_argument("--markdown", help="write the table here")
     ap.add_argument("--png", help="write the bar chart here")
     ap.add_argument("--title", default="")
     args = ap.parse_args(argv)
-    table = rows(aggregate(load(args.json)))
+    table = rows(aggregate(load(*args.json)))
     md = markdown(table, args.title)
     print(md)
     if args.markdown:

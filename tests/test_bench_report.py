@@ -114,3 +114,22 @@ def test_interleave_rotates_the_providers_every_repeat():
         (1, "compile"), (1, "cpp"), (1, "eager"),
         (2, "cpp"), (2, "eager"), (2, "compile")]
     assert got[-1][0] == ("m", "u", ())
+
+
+def test_several_runs_pool_their_repeats_and_the_interval_is_over_runs(tmp_path):
+    run_ratios = [[1.0, 1.2], [1.1, 1.1], [0.9, 1.0, 1.1]]  # eager/cpp per repeat, cpp always 1.0
+    paths = []
+    for k, ratios in enumerate(run_ratios):
+        data = {"benchmarks": [_bench("op-full-a", "cpp", r, 1.0) for r in range(len(ratios))]
+                + [_bench("op-full-a", "eager", r, v) for r, v in enumerate(ratios)]}
+        paths.append(tmp_path / f"r{k}.json")
+        paths[-1].write_text(json.dumps(data))
+    row = report.rows(report.aggregate(report.load(*paths)))[0]
+    assert row["repeats"] == 7 and row["runs"] == 3
+    assert row["vs_eager"] == pytest.approx(1.1)  # median of all seven repeats' eager medians
+    gms = [math.exp(sum(map(math.log, rs)) / len(rs)) for rs in run_ratios]
+    assert row["vs_eager_paired"] == pytest.approx(report.paired_ratio(gms))
+    assert row["vs_eager_range"] == pytest.approx((0.9, 1.2))
+    with pytest.raises(ValueError, match="op-full-a: two cpp benchmarks in repeat 0 of run 1"):
+        report.aggregate({"benchmarks": [{**_bench("op-full-a", "cpp", 0, 1.0), "run": 1},
+                                         {**_bench("op-full-a", "cpp", 0, 2.0), "run": 1}]})
