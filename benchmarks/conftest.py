@@ -16,10 +16,10 @@
   machine hits every provider alike, and no provider always runs right after the same other one. (With a
   fixed order, 150 EIFN steps each gave the fused step 0.998x eager; random orders gave 1.03x. In 60
   random-order rounds the fused step was 1.008x eager when it ran right after torch.compile's and 1.053x
-  otherwise: a hint, under 2 standard errors, that a provider's step can slow the next one.) ``--quick`` times fewer rounds;
-  ``--bench-rounds N`` sets the rounds of every benchmark (``--bench-rounds 1`` with many repeats pairs single
-  steps of the providers a few seconds apart, the finest interleaving). Benchmarks name their provider
-  parameter ``provider``.
+  otherwise: a hint, under 2 standard errors, that a provider's step can slow the next one.)
+- ``--quick`` times fewer rounds; ``--bench-rounds N`` sets the rounds of every benchmark
+  (``--bench-rounds 1`` with many repeats pairs single steps of the providers a few seconds apart, the
+  finest interleaving). Benchmarks name their provider parameter ``provider``.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def rows(agg: dict) -> list[dict]:
                 row["vs_eager_range"] = (min(per_rep), max(per_rep))
             runs = sorted({run for run, _ in common})
             if len(runs) > 1:  # one sample per run: its geometric mean
-                by_run = [[r for (run, _), r in zip(common, per_rep) if run == k] for k in runs]
+                by_run = [[r for (run, _), r in zip(common, per_rep, strict=True) if run == k] for k in runs]
                 gms = [math.exp(statistics.fmean(math.log(r) for r in rs)) for rs in by_run]
                 if len(gms) >= 3:
                     row["vs_eager_paired"] = paired_ratio(gms)
@@ -143,8 +143,8 @@ def markdown(table: list[dict], title: str = "") -> str:
     fmt = lambda v, spec: "" if v is None else format(v, spec)
     lines = [f"### {title}", ""] if title else []
     lines += [
-        "| group | fused | fused ms | eager ms | compile ms | x eager | x eager per repeat | x eager paired (95% CI) "
-        "| x compile | memory vs eager | GFLOP/s |",
+        "| group | fused | fused ms | eager ms | compile ms | x eager | x eager per repeat "
+        "| x eager paired (95% CI) | x compile | memory vs eager | GFLOP/s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
@@ -160,8 +160,9 @@ def markdown(table: list[dict], title: str = "") -> str:
     lines.append("")
     lines.append("x eager / x compile: speed-up of the fused provider (their time / its time, higher is better); "
                  "x eager per repeat: the lowest and highest ratio to eager within one interleaved repeat; "
-                 "x eager paired: geometric mean of those per-repeat ratios with its 95% confidence interval "
-                 "(3 repeats or more; with several runs pooled, over the runs' geometric means, 3 runs or more); "
+                 "x eager paired: geometric mean of those per-repeat ratios with its 95% confidence "
+                 "interval (3 repeats or more; with several runs pooled, over the runs' geometric means, "
+                 "3 runs or more); "
                  "memory: fused saved-for-backward (CPU) or peak (GPU) bytes over eager's (lower is better).")
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,7 @@
 """``fer-bench``: run the throughput suites and print the ratio table (fused vs eager vs torch.compile).
 
-    fer-bench [--quick] [--ops dense_block,bilinear,...] [--device cpu|cuda] [--repeat N] [--rounds N] [--out DIR]
+    fer-bench [--quick] [--ops dense_block,bilinear,...] [--device cpu|cuda] [--repeat N] [--rounds N]
+              [--out DIR]
 
 Writes ``<out>/<machine>-<date>.json`` (pytest-benchmark), ``.md`` (the table) and ``.png`` (the chart).
 The suites live in the source tree's ``benchmarks/`` folder (an editable install, ``pip install -e .``).
