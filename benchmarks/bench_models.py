@@ -84,8 +84,7 @@ def _train_state(provider: str, case: str) -> tuple[dict, bool]:
 
 
 # --quick skips EIFN's step: one repeat cannot resolve its 2% difference from eager (step-to-step noise here is
-# 10-14%; see benchmarks/RESULTS.md, session 6), and its three providers with a cold torch.compile cache took
-# a fresh install's quick run past 3 minutes. The head alone (test_eifn_head) stays in quick mode.
+# 10-14%; benchmarks/RESULTS.md, session 6), and it cost about 45 s. The head alone (test_eifn_head) stays.
 @pytest.mark.parametrize("provider", provider_params("eager", "compile", *FUSED, device=DEVICE))
 @pytest.mark.parametrize(
     "case", [pytest.param(c, marks=pytest.mark.full_only) if c.startswith("eifn") else c for c in TRAIN_CASES]

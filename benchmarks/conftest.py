@@ -13,10 +13,8 @@
 - Interleaving: ``--bench-repeat N`` runs every benchmark N times, ordered so that the providers of one
   group alternate, their order rotated by one each repeat (eager, compile, cpp, then compile, cpp, eager,
   then cpp, eager, compile, ...); the report takes the median over the repeats, so a slow spell of the
-  machine hits every provider alike, and no provider always runs right after the same other one. (With a
-  fixed order, 150 EIFN steps each gave the fused step 0.998x eager; random orders gave 1.03x. In 60
-  random-order rounds the fused step was 1.008x eager when it ran right after torch.compile's and 1.053x
-  otherwise: a hint, under 2 standard errors, that a provider's step can slow the next one.)
+  machine hits every provider alike, and no provider always runs right after the same other one (a
+  provider's step may slow the next: benchmarks/RESULTS.md, session 6).
 - ``--quick`` times fewer rounds; ``--bench-rounds N`` sets the rounds of every benchmark
   (``--bench-rounds 1`` with many repeats pairs single steps of the providers a few seconds apart, the
   finest interleaving). Benchmarks name their provider parameter ``provider``.

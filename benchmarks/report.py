@@ -29,16 +29,11 @@ FUSED = ("cpp", "cuda", "triton")
 
 
 def load(*paths: str | Path) -> dict:
-    """One pytest-benchmark JSON, or several runs pooled (each benchmark tagged with its run's index)."""
+    """One pytest-benchmark JSON, or several runs pooled; each benchmark is tagged with its run's index."""
     if not paths:
         raise ValueError("paths: expected at least one JSON file")
-    if len(paths) == 1:
-        return json.loads(Path(paths[0]).read_text())
-    merged: list[dict] = []
-    for run, path in enumerate(paths):
-        for b in json.loads(Path(path).read_text()).get("benchmarks", []):
-            merged.append({**b, "run": run})
-    return {"benchmarks": merged, "runs": len(paths)}
+    return {"benchmarks": [{**b, "run": run} for run, path in enumerate(paths)
+                           for b in json.loads(Path(path).read_text()).get("benchmarks", [])]}
 
 
 def aggregate(data: dict) -> dict[str, dict[str, dict]]:
@@ -52,8 +47,8 @@ def aggregate(data: dict) -> dict[str, dict[str, dict]]:
             continue
         rep = (int(b.get("run", 0)), int(b.get("params", {}).get("bench_rep", 0)))
         if rep in reps[b["group"]][provider]:
-            where = f"repeat {rep[1]}" + (f" of run {rep[0]}" if "run" in b else "")
-            raise ValueError(f"{b['group']}: two {provider} benchmarks in {where}; expected one per repeat")
+            raise ValueError(f"{b['group']}: two {provider} benchmarks in repeat {rep[1]} of run {rep[0]}; "
+                             "expected one per repeat")
         reps[b["group"]][provider][rep] = b["stats"]["median"]
         extras[(b["group"], provider)] = b.get("extra_info", {})
     return {
@@ -113,18 +108,18 @@ def rows(agg: dict) -> list[dict]:
                 row[f"vs_{other}"] = provs[other]["median_s"] / f["median_s"]
         if "eager" in provs:
             common = sorted(set(f["reps"]) & set(provs["eager"]["reps"]))
-            if len(common) >= 2:
-                per_rep = [provs["eager"]["reps"][r] / f["reps"][r] for r in common]
+            per_rep = [provs["eager"]["reps"][r] / f["reps"][r] for r in common]
+            if len(per_rep) >= 2:
                 row["vs_eager_range"] = (min(per_rep), max(per_rep))
-            runs = sorted({run for run, _ in common})
-            if len(runs) > 1:  # one sample per run: its geometric mean
-                by_run = [[r for (run, _), r in zip(common, per_rep, strict=True) if run == k] for k in runs]
-                gms = [math.exp(statistics.fmean(math.log(r) for r in rs)) for rs in by_run]
-                if len(gms) >= 3:
-                    row["vs_eager_paired"] = paired_ratio(gms)
-                    row["runs"] = len(gms)
-            elif len(common) >= 3:
-                row["vs_eager_paired"] = paired_ratio(per_rep)
+            by_run: dict[int, list[float]] = defaultdict(list)
+            for (run, _), r in zip(common, per_rep, strict=True):
+                by_run[run].append(r)
+            # several runs pooled: one sample per run (its geometric mean); one run: one sample per repeat
+            samples = ([math.exp(statistics.fmean(map(math.log, rs))) for rs in by_run.values()]
+                       if len(by_run) > 1 else per_rep)
+            if len(samples) >= 3:
+                row["vs_eager_paired"] = paired_ratio(samples)
+                row["runs"] = len(by_run)
         fm = _mem(f["extra"])
         em = _mem(provs.get("eager", {}).get("extra", {}))
         if fm is not None and em:

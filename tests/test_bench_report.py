@@ -56,7 +56,7 @@ def test_two_benchmarks_of_one_provider_in_one_repeat_are_an_error(tmp_path):
     data = {"benchmarks": [_bench("op-full-a", "cpp", 0, 2.0), _bench("op-full-a", "cpp", 0, 3.0)]}
     path = tmp_path / "r.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="op-full-a: two cpp benchmarks in repeat 0"):
+    with pytest.raises(ValueError, match="op-full-a: two cpp benchmarks in repeat 0 of run 0"):
         report.aggregate(report.load(path))
 
 
