@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_kernels.nn._bn import bn_buffers, bn_momentum, bn_uses_batch_stats
+from fer_kernels.nn._bn import bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
 from fer_kernels.nn.convert import register_converter
 from fer_kernels.ops.dense_block import dense_block
 from fer_kernels.reference.dense_block import DenseLayerParams
@@ -53,13 +53,12 @@ def _run(x: torch.Tensor, layers: list[DenseLayer], backend: str | None) -> torc
     if any(bn_uses_batch_stats(bn) != training for bn in bns):
         raise RuntimeError("DenseBlock: all BatchNorms of a block must be in the same mode (train or eval)")
     params = [layer.params() for layer in layers]
-    # Validate before touching num_batches_tracked, so a rejected input changes nothing.
-    from fer_kernels.ops.dense_block import _check
-
-    _check(x, params, 0.1, layers[0].norm1.eps)
     factors = {bn_momentum(bn) for bn in bns}
     momentum = factors.pop() if len(factors) == 1 else bns[0].momentum
-    return dense_block(x, params, training, momentum, layers[0].norm1.eps, backend=backend)
+    out = dense_block(x, params, training, momentum, layers[0].norm1.eps, backend=backend)
+    for bn in bns:
+        bn_count_batch(bn)
+    return out
 
 
 class DenseBlock(nn.Module):

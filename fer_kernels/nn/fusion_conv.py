@@ -67,19 +67,16 @@ class Transition(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
     def forward(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
-        from fer_kernels.nn._bn import bn_buffers, bn_momentum, bn_uses_batch_stats
-        from fer_kernels.ops.fusion_conv import _check_transition
+        from fer_kernels.nn._bn import bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
 
         if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] != self.norm.num_features:
             raise ValueError(f"x: Transition expects {self.norm.num_features} channels, got shape {tuple(x.shape)}")
         mean, var = bn_buffers(self.norm)
         training = bn_uses_batch_stats(self.norm)
-        # Validate before touching num_batches_tracked, so a rejected input changes nothing.
-        _check_transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
-                          training, 0.1, self.norm.eps, self.pool)
-        momentum = bn_momentum(self.norm)
-        return transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
-                          training, momentum, self.norm.eps, self.pool, backend=backend)
+        out = transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
+                         training, bn_momentum(self.norm), self.norm.eps, self.pool, backend=backend)
+        bn_count_batch(self.norm)  # after the op accepted its inputs, so a rejected input changes nothing
+        return out
 
     def extra_repr(self) -> str:
         return f"in_channels={self.norm.num_features}, out_channels={self.conv.out_channels}, pool={self.pool}"

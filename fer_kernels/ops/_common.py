@@ -1,11 +1,56 @@
-"""Input validation shared by the ops: messages name the argument and the expected shape."""
+"""Input validation and the autocast rule shared by the ops: messages name the argument and the expected shape."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 GPU_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+# ---- autocast ----
+# The rule every fused op follows under torch.autocast (one rule, all backends, so backends agree):
+# - CUDA: the GEMM operands (activations, convolution / classifier weights and biases) run in the autocast dtype
+#   (float16 / bfloat16; the Triton kernels accumulate in float32), as autocast runs conv2d and linear. BatchNorm
+#   parameters and running statistics keep their dtype (float32), as cuDNN's batch norm does under autocast.
+# - CPU: the C++ kernels compute in float32 (they have no bfloat16 path), so low-precision activations are cast
+#   up to float32 and the output is float32, as autocast does for its float32-list ops.
+# - float64 inputs are left alone (autocast never touches float64), and so is every op outside autocast.
+# The op itself then runs with autocast off, so the reference backend computes what the fused ones compute.
+
+
+def autocast_dtype(*tensors: torch.Tensor | None) -> torch.dtype | None:
+    """The dtype a fused op computes in under ``torch.autocast`` for these inputs, or None when autocast does
+    not apply (off for their device, a float64 input, or no tensor)."""
+    ts = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if not ts:
+        return None
+    device = ts[0].device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    if any(t.dtype == torch.float64 for t in ts):
+        return None
+    return torch.get_autocast_dtype(device) if device == "cuda" else torch.float32
+
+
+def cast(t, dtype: torch.dtype | None):
+    """``t`` in ``dtype`` when it is a float16/bfloat16/float32 tensor and ``dtype`` is given, as autocast casts
+    (float64 stays, so a mismatch is reported by the checks; autograd flows through the cast)."""
+    if (dtype is None or not isinstance(t, torch.Tensor) or t.dtype not in (*LOW_PRECISION, torch.float32)
+            or t.dtype == dtype):
+        return t
+    return t.to(dtype)
+
+
+def autocast_off(dtype: torch.dtype | None, *tensors: torch.Tensor | None):
+    """A context with autocast disabled for the inputs' device when :func:`autocast_dtype` applied, else nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    device = next(t for t in tensors if isinstance(t, torch.Tensor)).device.type
+    return torch.autocast(device, enabled=False)
 
 
 def check_tensor(t, name: str, dim: int | None = None, shape: str = "") -> torch.Tensor:
@@ -22,12 +67,16 @@ def check_tensor(t, name: str, dim: int | None = None, shape: str = "") -> torch
     return t
 
 
-def check_same_device_dtype(ref: torch.Tensor, ref_name: str, **others: torch.Tensor | None) -> None:
-    """Check that every tensor in ``others`` has the device and dtype of ``ref``."""
+def check_same_device_dtype(ref: torch.Tensor, ref_name: str, *, norm: bool = False,
+                            **others: torch.Tensor | None) -> None:
+    """Check that every tensor in ``others`` has the device and dtype of ``ref``. ``norm``: they are BatchNorm
+    parameters or running statistics, which may also be float32 when ``ref`` is float16/bfloat16 (mixed
+    precision, as under autocast)."""
     for name, t in others.items():
         if t is None:
             continue
         if t.device != ref.device:
             raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
-        if t.dtype != ref.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype}")
+        if t.dtype != ref.dtype and not (norm and ref.dtype in LOW_PRECISION and t.dtype == torch.float32):
+            allowed = f"{ref.dtype} or torch.float32" if norm and ref.dtype in LOW_PRECISION else f"{ref.dtype}"
+            raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype} (expected {allowed})")

@@ -17,7 +17,7 @@ import torch
 
 from fer_kernels import _extension
 from fer_kernels.backends import get_backend, resolve
-from fer_kernels.ops._common import check_same_device_dtype, check_tensor
+from fer_kernels.ops._common import autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor
 from fer_kernels.reference.bilinear import bilinear_classifier_reference, bilinear_pool_reference
 
 POOL_IMPLS = {"reference": bilinear_pool_reference}
@@ -143,11 +143,15 @@ def bilinear_pool(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-5, signed_sq
         backend (str | None): force a backend for this call.
 
     Returns:
-        Tensor[N, Ca * Cb]
+        Tensor[N, Ca * Cb]: under ``torch.autocast``, in the dtype of the autocast rule
+        (:mod:`fer_kernels.ops._common`: the autocast dtype on CUDA, float32 on CPU).
     """
+    dt = autocast_dtype(a, b)
+    a, b = cast(a, dt), cast(b, dt)
     _check_ab(a, b, eps)
     name = resolve("bilinear_pool", POOL_IMPLS, [a, b], backend)
-    return POOL_IMPLS[name](a, b, eps, signed_sqrt, l2_normalize, mean)
+    with autocast_off(dt, a):
+        return POOL_IMPLS[name](a, b, eps, signed_sqrt, l2_normalize, mean)
 
 
 def bilinear_classifier(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -159,8 +163,10 @@ def bilinear_classifier(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, 
         weight (Tensor[K, Ca * Cb]), bias (Tensor[K] | None): the classifier.
 
     Returns:
-        Tensor[N, K]: logits.
+        Tensor[N, K]: logits (under ``torch.autocast``, in the dtype of the autocast rule, as the pool).
     """
+    dt = autocast_dtype(a, b, weight, bias)
+    a, b, weight, bias = (cast(t, dt) for t in (a, b, weight, bias))
     _check_ab(a, b, eps)
     width = a.shape[1] * b.shape[1]
     check_tensor(weight, "weight", 2, f"(K, {width})")
@@ -177,7 +183,8 @@ def bilinear_classifier(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, 
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, b, weight, bias))
     name = classifier_backend(a, resolve("bilinear_classifier", CLASSIFIER_IMPLS, [a, b, weight, bias], backend),
                               backend, needs_grad)
-    return CLASSIFIER_IMPLS[name](a, b, weight, bias, eps)
+    with autocast_off(dt, a):
+        return CLASSIFIER_IMPLS[name](a, b, weight, bias, eps)
 
 
 # The C++ classifier never stores Y, so its backward recomputes it: one GEMM of Ca*Cb*H*W more than the plain

@@ -14,7 +14,7 @@ import torch
 
 from fer_kernels import _extension
 from fer_kernels.backends import resolve
-from fer_kernels.ops._common import check_same_device_dtype, check_tensor
+from fer_kernels.ops._common import autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor
 from fer_kernels.reference.dense_block import DenseLayerParams, dense_block_reference
 
 _LISTS = ("norm1_weight", "norm1_bias", "norm1_running_mean", "norm1_running_var", "conv1_weight",
@@ -97,7 +97,9 @@ def _check(x, layers, momentum, eps):
                 check_tensor(t, f"{name}.{bn}_{suffix}", 1, f"({ch},)")
                 if t.shape[0] != ch:
                     raise ValueError(f"{name}.{bn}_{suffix}: expected shape ({ch},), got {tuple(t.shape)}")
-        check_same_device_dtype(x, "x", **{f"{name}.{f}": getattr(p, f) for f in DenseLayerParams._fields})
+        check_same_device_dtype(x, "x", **{f"{name}.{f}": getattr(p, f) for f in ("conv1_weight", "conv2_weight")})
+        check_same_device_dtype(x, "x", norm=True, **{f"{name}.{f}": getattr(p, f) for f in DenseLayerParams._fields
+                                                      if f.startswith("norm")})
         c += growth
     if not (momentum is None or isinstance(momentum, (int, float))):
         raise TypeError(f"momentum: expected a float, got {type(momentum).__name__}")
@@ -120,11 +122,19 @@ def dense_block(x: torch.Tensor, layers: Sequence[DenseLayerParams], training: b
         backend (str | None): force a backend for this call.
 
     Returns:
-        Tensor[N, C0 + L*k, H, W]
+        Tensor[N, C0 + L*k, H, W]: under ``torch.autocast``, x and the convolutions run in the autocast rule's
+        dtype (:mod:`fer_kernels.ops._common`); the BatchNorm parameters and running statistics keep theirs.
     """
+    dt = autocast_dtype(x)
+    if dt is not None:
+        x = cast(x, dt)
+        layers = [p if isinstance(p, DenseLayerParams) else DenseLayerParams(*p) for p in layers]
+        layers = [p._replace(conv1_weight=cast(p.conv1_weight, dt), conv2_weight=cast(p.conv2_weight, dt))
+                  for p in layers]
     layers = _check(x, layers, momentum, eps)
     name = resolve("dense_block", IMPLS, [x, layers[0].conv1_weight], backend)
-    return IMPLS[name](x, layers, training, momentum, eps)
+    with autocast_off(dt, x):
+        return IMPLS[name](x, layers, training, momentum, eps)
 
 
 # ---- registration: autograd and fake kernels, shared by the C++ and Triton ops ----

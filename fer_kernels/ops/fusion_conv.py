@@ -19,7 +19,7 @@ import torch
 
 from fer_kernels import _extension
 from fer_kernels.backends import resolve
-from fer_kernels.ops._common import check_same_device_dtype, check_tensor
+from fer_kernels.ops._common import autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor
 from fer_kernels.reference.fusion_conv import fusion_conv_reference, transition_reference
 
 # ---- autograd and fake kernels of the C++ ops (shared by the CPU and CUDA kernels) ----
@@ -233,11 +233,18 @@ def fusion_conv(
         backend (str | None): force a backend for this call (see :mod:`fer_kernels.backends`).
 
     Returns:
-        Tensor[N, C_out, H // pool, W // pool]
+        Tensor[N, C_out, H // pool, W // pool]: under ``torch.autocast``, in the dtype of the autocast rule
+        (:mod:`fer_kernels.ops._common`: the autocast dtype on CUDA, float32 on CPU).
     """
+    if isinstance(xs, (list, tuple)):
+        dt = autocast_dtype(*xs, weight, bias)
+        xs, weight, bias = [cast(x, dt) for x in xs], cast(weight, dt), cast(bias, dt)
+    else:
+        dt = None
     xs = _check(xs, weight, bias, pool)
     name = resolve("fusion_conv", IMPLS, [*xs, weight, bias], backend)
-    return IMPLS[name](xs, weight, bias, pool)
+    with autocast_off(dt, weight):
+        return IMPLS[name](xs, weight, bias, pool)
 
 
 def _check_transition(
@@ -266,7 +273,7 @@ def _check_transition(
         check_tensor(t, name, 1, f"({c},)")
         if t.shape[0] != c:
             raise ValueError(f"{name}: expected shape ({c},) for x with {c} channels, got {tuple(t.shape)}")
-        check_same_device_dtype(x, "x", **{name: t})
+        check_same_device_dtype(x, "x", norm=True, **{name: t})
     if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
         raise TypeError(f"momentum: expected a float, got {type(momentum).__name__}")
     if not eps > 0:
@@ -307,8 +314,11 @@ def transition(
         pool (int): average-pool size.
 
     Returns:
-        Tensor[N, C_out, H // pool, W // pool]
+        Tensor[N, C_out, H // pool, W // pool]: under ``torch.autocast``, x and the convolution run in the
+        autocast rule's dtype; the BatchNorm parameters and running statistics keep theirs.
     """
+    dt = autocast_dtype(x, conv_weight, conv_bias)
+    x, conv_weight, conv_bias = cast(x, dt), cast(conv_weight, dt), cast(conv_bias, dt)
     _check_transition(
         x,
         norm_weight,
@@ -323,19 +333,9 @@ def transition(
         pool,
     )
     name = resolve("transition", TRANSITION_IMPLS, [x, conv_weight], backend)
-    return TRANSITION_IMPLS[name](
-        x,
-        norm_weight,
-        norm_bias,
-        running_mean,
-        running_var,
-        conv_weight,
-        conv_bias,
-        training,
-        momentum,
-        eps,
-        pool,
-    )
+    with autocast_off(dt, x):
+        return TRANSITION_IMPLS[name](x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias,
+                                      training, momentum, eps, pool)
 
 
 def demo_case():
