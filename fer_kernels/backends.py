@@ -121,8 +121,12 @@ def _device_type(tensors: Iterable[torch.Tensor | None]) -> str:
     return types.pop() if types else "cpu"
 
 
-def _why_not(name: str, device: str) -> str | None:
-    """Why backend ``name`` cannot run tensors on ``device``, or None if it can."""
+def why_not(name: str, device: str) -> str | None:
+    """Why backend ``name`` cannot run tensors on ``device`` here, or None if it can.
+
+    On a CUDA host Triton compiles its kernels for the GPU, so CPU tensors run through Triton only where
+    ``TRITON_INTERPRET=1`` was set before triton was imported (one process cannot do both).
+    """
     status = available_backends()[name]
     if name == "reference":
         return None
@@ -141,6 +145,9 @@ def _why_not(name: str, device: str) -> str | None:
             return None
         if device == "cpu" and triton_interpret():
             return None
+        if device == "cpu" and torch.cuda.is_available():
+            return ("it compiles its kernels for the CUDA device here, and runs CPU tensors only under "
+                    "TRITON_INTERPRET=1 (set before triton is imported); got cpu tensors")
         return f"it runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got {device} tensors"
     raise AssertionError(name)
 
@@ -163,14 +170,14 @@ def resolve(op: str, impls: Mapping[str, object], tensors: Iterable[torch.Tensor
     if name == "auto":
         order = ("triton", "cuda") if device == "cuda" else ("cpp",)
         for cand in order:
-            if cand in impls and _why_not(cand, device) is None:
+            if cand in impls and why_not(cand, device) is None:
                 return cand
         key = (op, device)
         if key not in _fallbacks_logged:
             _fallbacks_logged.add(key)
             logger.debug("fer_kernels: no fused %s kernel for %s tensors here; using the reference", op, device)
         return "reference"
-    why = _why_not(name, device)
+    why = why_not(name, device)
     if why is not None:
         raise BackendUnavailableError(f"fer_kernels backend '{name}' cannot run {op}: {why}")
     if name not in impls:

@@ -1,7 +1,10 @@
 """Test set-up shared by every test file.
 
 Triton kernels run on CPU tensors through the interpreter: TRITON_INTERPRET must be set before triton is
-imported, so it is set here when no CUDA device is present.
+imported, so it is set here when no CUDA device is present. On a CUDA host it is left as the caller set it:
+unset, Triton compiles for the GPU (the CUDA-tensor tests run compiled kernels and the CPU-tensor Triton cases
+skip with the resolver's reason, see harness.backend_params); ``TRITON_INTERPRET=1`` runs the CPU cases
+interpreted instead (``make gpu-check`` runs the suite both ways).
 """
 
 import os

@@ -116,3 +116,37 @@ def test_demo_prints_backends_and_one_line_per_op():
     assert "backends:" in r.stdout and "reference" in r.stdout
     for family in fer_kernels.ops.FAMILIES:
         assert any(line.strip().startswith(family) for line in r.stdout.splitlines()), r.stdout
+
+
+def test_simulated_cuda_host_selection(monkeypatch):
+    """On a CUDA host without TRITON_INTERPRET, Triton compiles for the GPU: CPU tensors with backend="triton"
+    are refused with a reason (never a kernel launched on the wrong device), the harness skips those test
+    parameters with that reason instead of failing, auto still picks the C++ kernels for CPU tensors, and with
+    TRITON_INTERPRET=1 the CPU cases run interpreted."""
+    import importlib.util
+
+    import fer_kernels.backends as backends
+    from tests.harness import backend_params
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x = torch.zeros(2, 3)
+    impls = {"reference": None, "cpp": None, "triton": None}
+    assert fer_kernels.available_backends()["triton"].available
+    with pytest.raises(BackendUnavailableError, match="compiles its kernels for the CUDA device.*cpu tensors"):
+        resolve("op", impls, [x], "triton")
+    expected_auto = "cpp" if fer_kernels.available_backends()["cpp"].available else "reference"
+    assert resolve("op", impls, [x], "auto") == expected_auto
+    (param,) = backend_params("triton", device="cpu")
+    reasons = [m.kwargs.get("reason", "") for m in param.marks if m.name == "skip"]
+    assert len(reasons) == 1 and "TRITON_INTERPRET=1" in reasons[0], param.marks
+    (param,) = backend_params("triton", device="cuda")
+    assert not param.marks, param.marks  # CUDA tensors run the compiled kernels
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve("op", impls, [x], "triton") == "triton"
+    (param,) = backend_params("triton", device="cpu")
+    assert not param.marks, param.marks
+    assert backends.why_not("cuda", "cpu") is not None  # the CUDA C++ backend never takes CPU tensors
