@@ -67,23 +67,28 @@ __device__ __forceinline__ T signed_sqrt(T y, T eps, T* grad) {
 
 template <typename T>
 __global__ void pool_forward_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ z,
-                                    T* __restrict__ nrm2, int64_t ca, int64_t cb, int64_t l, T scale, T eps,
-                                    bool signed_sqrt_on) {
+                                    T* __restrict__ nrm2, int64_t n_total, int64_t ca, int64_t cb, int64_t l,
+                                    T scale, T eps, bool signed_sqrt_on) {
   __shared__ T as[TILE][TILE + 1], bs[TILE][TILE + 1], red[THREADS / 32];
-  const int64_t n = blockIdx.z, i0 = (int64_t)blockIdx.y * TILE, j0 = (int64_t)blockIdx.x * TILE;
+  const int64_t j0 = (int64_t)blockIdx.x * TILE;
   const int tx = threadIdx.x % TILE, ty = threadIdx.x / TILE;
-  T y[RPT];
-  y_tile(a, b, n, i0, j0, ca, cb, l, as, bs, y);
-  T sq = T(0);
-  for (int q = 0; q < RPT; ++q) {
-    const int64_t i = i0 + ty + 8 * q, j = j0 + tx;
-    T g, s = y[q] * scale;
-    if (signed_sqrt_on) s = signed_sqrt(s, eps, &g);
-    if (i < ca && j < cb) z[n * ca * cb + i * cb + j] = s;
-    sq += s * s;  // 0 outside the matrix
+  // Block-uniform loops: gridDim.y/z are capped at 65535, batch and row tiles may be larger.
+  for (int64_t n = blockIdx.z; n < n_total; n += gridDim.z) {
+    for (int64_t i0 = (int64_t)blockIdx.y * TILE; i0 < ca; i0 += (int64_t)gridDim.y * TILE) {
+      T y[RPT];
+      y_tile(a, b, n, i0, j0, ca, cb, l, as, bs, y);
+      T sq = T(0);
+      for (int q = 0; q < RPT; ++q) {
+        const int64_t i = i0 + ty + 8 * q, j = j0 + tx;
+        T g, s = y[q] * scale;
+        if (signed_sqrt_on) s = signed_sqrt(s, eps, &g);
+        if (i < ca && j < cb) z[n * ca * cb + i * cb + j] = s;
+        sq += s * s;  // 0 outside the matrix
+      }
+      const T total = block_sum(sq, red);
+      if (threadIdx.x == 0) atomicAdd(nrm2 + n, total);
+    }
   }
-  const T total = block_sum(sq, red);
-  if (threadIdx.x == 0) atomicAdd(nrm2 + n, total);
 }
 
 template <typename T>
@@ -120,31 +125,36 @@ __global__ void pool_scalars_kernel(const T* __restrict__ grad_z, const T* __res
 // Classifier forward: tile ||s||^2 and the K partial dots, one atomic each per block.
 template <typename T>
 __global__ void classifier_forward_kernel(const T* __restrict__ a, const T* __restrict__ b,
-                                          const T* __restrict__ w, T* __restrict__ acc_out, int64_t ca, int64_t cb,
-                                          int64_t l, int64_t k, T eps) {
+                                          const T* __restrict__ w, T* __restrict__ acc_out, int64_t n_total,
+                                          int64_t ca, int64_t cb, int64_t l, int64_t k, T eps) {
   __shared__ T as[TILE][TILE + 1], bs[TILE][TILE + 1], red[THREADS / 32];
-  const int64_t n = blockIdx.z, i0 = (int64_t)blockIdx.y * TILE, j0 = (int64_t)blockIdx.x * TILE;
+  const int64_t j0 = (int64_t)blockIdx.x * TILE;
   const int tx = threadIdx.x % TILE, ty = threadIdx.x / TILE;
-  T y[RPT], s[RPT];
-  y_tile(a, b, n, i0, j0, ca, cb, l, as, bs, y);
-  T sq = T(0);
-  for (int q = 0; q < RPT; ++q) {
-    T g;
-    s[q] = signed_sqrt(y[q], eps, &g);
-    sq += s[q] * s[q];
-  }
-  T* out = acc_out + n * (k + 1);
-  T total = block_sum(sq, red);
-  if (threadIdx.x == 0) atomicAdd(out + k, total);
   const int64_t D = ca * cb, j = j0 + tx;
-  for (int64_t c = 0; c < k; ++c) {
-    T dot = T(0);
-    for (int q = 0; q < RPT; ++q) {
-      const int64_t i = i0 + ty + 8 * q;
-      if (i < ca && j < cb) dot += w[c * D + i * cb + j] * s[q];
+  // Block-uniform loops: gridDim.y/z are capped at 65535, batch and row tiles may be larger.
+  for (int64_t n = blockIdx.z; n < n_total; n += gridDim.z) {
+    for (int64_t i0 = (int64_t)blockIdx.y * TILE; i0 < ca; i0 += (int64_t)gridDim.y * TILE) {
+      T y[RPT], s[RPT];
+      y_tile(a, b, n, i0, j0, ca, cb, l, as, bs, y);
+      T sq = T(0);
+      for (int q = 0; q < RPT; ++q) {
+        T g;
+        s[q] = signed_sqrt(y[q], eps, &g);
+        sq += s[q] * s[q];
+      }
+      T* out = acc_out + n * (k + 1);
+      T total = block_sum(sq, red);
+      if (threadIdx.x == 0) atomicAdd(out + k, total);
+      for (int64_t c = 0; c < k; ++c) {
+        T dot = T(0);
+        for (int q = 0; q < RPT; ++q) {
+          const int64_t i = i0 + ty + 8 * q;
+          if (i < ca && j < cb) dot += w[c * D + i * cb + j] * s[q];
+        }
+        total = block_sum(dot, red);
+        if (threadIdx.x == 0) atomicAdd(out + c, total);
+      }
     }
-    total = block_sum(dot, red);
-    if (threadIdx.x == 0) atomicAdd(out + c, total);
   }
 }
 
@@ -192,67 +202,70 @@ __global__ void backward_kernel(const T* __restrict__ a, const T* __restrict__ b
                                 const T* __restrict__ ws, T* __restrict__ grad_x, T* __restrict__ grad_w, int64_t n_total,
                                 int64_t ca, int64_t cb, int64_t l, int64_t k, T eps, T scale, bool signed_sqrt_on) {
   __shared__ T as[TILE][TILE + 1], bs[TILE][TILE + 1], dys[TILE][TILE + 1];
-  const int64_t n = blockIdx.y, slab0 = (int64_t)blockIdx.x * TILE;
+  const int64_t slab0 = (int64_t)blockIdx.x * TILE;
   const int tx = threadIdx.x % TILE, ty = threadIdx.x / TILE;
   const int64_t D = ca * cb, other = FOR_B ? ca : cb;
-  for (int64_t t0 = 0; t0 < other; t0 += TILE) {
-    const int64_t i0 = FOR_B ? t0 : slab0, j0 = FOR_B ? slab0 : t0;
-    const int64_t j = j0 + tx;
-    T dy[RPT];
-    if constexpr (std::is_same<Mode, PoolMode>::value) {
-      const T proj = ws[n], invd = ws[n_total + n], sfac = ws[2 * n_total + n];
-      for (int q = 0; q < RPT; ++q) {
-        const int64_t i = i0 + ty + 8 * q;
-        T v = T(0);
-        if (i < ca && j < cb) {
-          const T zz = z[n * D + i * cb + j];
-          v = (gz[n * D + i * cb + j] - zz * proj) * invd;
-          if (signed_sqrt_on) {
-            const T s = fabs(zz * sfac);
-            v = s != T(0) ? v * T(0.5) / s : T(0);
+  // Block-uniform loop: gridDim.y is capped at 65535, the batch may be larger.
+  for (int64_t n = blockIdx.y; n < n_total; n += gridDim.y) {
+    for (int64_t t0 = 0; t0 < other; t0 += TILE) {
+      const int64_t i0 = FOR_B ? t0 : slab0, j0 = FOR_B ? slab0 : t0;
+      const int64_t j = j0 + tx;
+      T dy[RPT];
+      if constexpr (std::is_same<Mode, PoolMode>::value) {
+        const T proj = ws[n], invd = ws[n_total + n], sfac = ws[2 * n_total + n];
+        for (int q = 0; q < RPT; ++q) {
+          const int64_t i = i0 + ty + 8 * q;
+          T v = T(0);
+          if (i < ca && j < cb) {
+            const T zz = z[n * D + i * cb + j];
+            v = (gz[n * D + i * cb + j] - zz * proj) * invd;
+            if (signed_sqrt_on) {
+              const T s = fabs(zz * sfac);
+              v = s != T(0) ? v * T(0.5) / s : T(0);
+            }
           }
+          dy[q] = v * scale;
         }
-        dy[q] = v * scale;
-      }
-    } else {
-      const T invd = ws[n], gfac = ws[n_total + n];
-      T y[RPT];
-      y_tile(a, b, n, i0, j0, ca, cb, l, as, bs, y);
-      for (int q = 0; q < RPT; ++q) {
-        const int64_t i = i0 + ty + 8 * q;
-        T g;
-        const T zq = signed_sqrt(y[q], eps, &g) * invd;
-        T dz = T(0);
-        if (i < ca && j < cb) {
-          for (int64_t c = 0; c < k; ++c) {
-            const T glc = gl[n * k + c];
-            dz += glc * w[c * D + i * cb + j];
-            if (!FOR_B) atomicAdd(grad_w + c * D + i * cb + j, glc * zq);
+      } else {
+        const T invd = ws[n], gfac = ws[n_total + n];
+        T y[RPT];
+        y_tile(a, b, n, i0, j0, ca, cb, l, as, bs, y);
+        for (int q = 0; q < RPT; ++q) {
+          const int64_t i = i0 + ty + 8 * q;
+          T g;
+          const T zq = signed_sqrt(y[q], eps, &g) * invd;
+          T dz = T(0);
+          if (i < ca && j < cb) {
+            for (int64_t c = 0; c < k; ++c) {
+              const T glc = gl[n * k + c];
+              dz += glc * w[c * D + i * cb + j];
+              if (!FOR_B) atomicAdd(grad_w + c * D + i * cb + j, glc * zq);
+            }
           }
+          dy[q] = (dz * invd - zq * gfac) * g;
         }
-        dy[q] = (dz * invd - zq * gfac) * g;
       }
-    }
-    for (int q = 0; q < RPT; ++q) dys[ty + 8 * q][tx] = dy[q];
-    __syncthreads();
-    // slab[r, l] += sum_t dY(r, t) * X[t, l]: X = B[n] rows j0.. for dA, A[n] rows i0.. for dB.
-    const T* x = FOR_B ? a + n * ca * l : b + n * cb * l;
-    const int64_t x0 = FOR_B ? i0 : j0, xrows = FOR_B ? ca : cb, rows = FOR_B ? cb : ca;
-    for (int64_t l0 = 0; l0 < l; l0 += TILE) {
-      for (int q = 0; q < RPT; ++q) {
-        const int r = ty + 8 * q;
-        as[r][tx] = (x0 + r < xrows && l0 + tx < l) ? x[(x0 + r) * l + l0 + tx] : T(0);
-      }
+      for (int q = 0; q < RPT; ++q) dys[ty + 8 * q][tx] = dy[q];
       __syncthreads();
-      for (int q = 0; q < RPT; ++q) {
-        const int r = ty + 8 * q;
-        T acc = T(0);
+      // slab[r, l] += sum_t dY(r, t) * X[t, l]: X = B[n] rows j0.. for dA, A[n] rows i0.. for dB.
+      const T* x = FOR_B ? a + n * ca * l : b + n * cb * l;
+      const int64_t x0 = FOR_B ? i0 : j0, xrows = FOR_B ? ca : cb, rows = FOR_B ? cb : ca;
+      for (int64_t l0 = 0; l0 < l; l0 += TILE) {
+        for (int q = 0; q < RPT; ++q) {
+          const int r = ty + 8 * q;
+          as[r][tx] = (x0 + r < xrows && l0 + tx < l) ? x[(x0 + r) * l + l0 + tx] : T(0);
+        }
+        __syncthreads();
+        for (int q = 0; q < RPT; ++q) {
+          const int r = ty + 8 * q;
+          T acc = T(0);
 #pragma unroll 8
-        for (int t = 0; t < TILE; ++t) acc += (FOR_B ? dys[t][r] : dys[r][t]) * as[t][tx];
-        const int64_t row = slab0 + r, col = l0 + tx;
-        if (row < rows && col < l) grad_x[(n * rows + row) * l + col] += acc;
+          for (int t = 0; t < TILE; ++t) acc += (FOR_B ? dys[t][r] : dys[r][t]) * as[t][tx];
+          const int64_t row = slab0 + r, col = l0 + tx;
+          if (row < rows && col < l) grad_x[(n * rows + row) * l + col] += acc;
+        }
+        __syncthreads();
       }
-      __syncthreads();
     }
   }
 }
@@ -264,6 +277,9 @@ inline unsigned grid_for(int64_t total, int threads) {
 
 inline unsigned tiles(int64_t x) { return (unsigned)((x + TILE - 1) / TILE); }
 
+// gridDim.y and gridDim.z are limited to 65535; the kernels loop over what a capped dimension leaves out.
+inline unsigned cap_yz(int64_t x) { return (unsigned)(x < 65535 ? x : 65535); }
+
 }  // namespace
 
 template <typename T>
@@ -273,9 +289,10 @@ cudaError_t bilinear_pool_forward(const T* a, const T* b, T* z, T* norms, T* wor
   if (n == 0) return cudaSuccess;
   cudaError_t err = cudaMemsetAsync(workspace, 0, n * sizeof(T), stream);
   if (err != cudaSuccess) return err;
-  const dim3 grid(tiles(cb), tiles(ca), (unsigned)n);
-  pool_forward_kernel<T><<<grid, THREADS, 0, stream>>>(a, b, z, workspace, ca, cb, l, mean ? T(1) / T(l) : T(1),
-                                                       (T)eps, signed_sqrt);
+  if (ca * cb == 0) return cudaMemsetAsync(norms, 0, n * sizeof(T), stream);  // z is empty, ||s|| = 0
+  const dim3 grid(tiles(cb), cap_yz(tiles(ca)), cap_yz(n));
+  pool_forward_kernel<T><<<grid, THREADS, 0, stream>>>(a, b, z, workspace, n, ca, cb, l,
+                                                       mean ? T(1) / T(l) : T(1), (T)eps, signed_sqrt);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   pool_finish_kernel<T><<<grid_for(n * ca * cb, 256), 256, 0, stream>>>(z, workspace, norms, n, ca * cb,
                                                                           l2_normalize);
@@ -292,11 +309,12 @@ cudaError_t bilinear_pool_backward(const T* grad_z, const T* a, const T* b, cons
   if ((err = cudaMemsetAsync(grad_b, 0, n * cb * l * sizeof(T), stream)) != cudaSuccess) return err;
   pool_scalars_kernel<T><<<(unsigned)n, THREADS, 0, stream>>>(grad_z, z, norms, workspace, n, ca * cb, l2_normalize);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if (ca * cb == 0) return cudaSuccess;  // grad_a, grad_b stay 0 (and a 0-block grid would not launch)
   const T scale = mean ? T(1) / T(l) : T(1);
-  backward_kernel<T, PoolMode, false><<<dim3(tiles(ca), (unsigned)n), THREADS, 0, stream>>>(
+  backward_kernel<T, PoolMode, false><<<dim3(tiles(ca), cap_yz(n)), THREADS, 0, stream>>>(
       a, b, z, grad_z, nullptr, nullptr, workspace, grad_a, nullptr, n, ca, cb, l, 0, T(0), scale, signed_sqrt);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  backward_kernel<T, PoolMode, true><<<dim3(tiles(cb), (unsigned)n), THREADS, 0, stream>>>(
+  backward_kernel<T, PoolMode, true><<<dim3(tiles(cb), cap_yz(n)), THREADS, 0, stream>>>(
       a, b, z, grad_z, nullptr, nullptr, workspace, grad_b, nullptr, n, ca, cb, l, 0, T(0), scale, signed_sqrt);
   return cudaGetLastError();
 }
@@ -308,9 +326,11 @@ cudaError_t bilinear_classifier_forward(const T* a, const T* b, const T* weight,
   if (n == 0) return cudaSuccess;
   cudaError_t err = cudaMemsetAsync(workspace, 0, n * (k + 1) * sizeof(T), stream);
   if (err != cudaSuccess) return err;
-  const dim3 grid(tiles(cb), tiles(ca), (unsigned)n);
-  classifier_forward_kernel<T><<<grid, THREADS, 0, stream>>>(a, b, weight, workspace, ca, cb, l, k, (T)eps);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if (ca * cb > 0) {  // else s is empty: ||s|| = 0 and logits = bias
+    const dim3 grid(tiles(cb), cap_yz(tiles(ca)), cap_yz(n));
+    classifier_forward_kernel<T><<<grid, THREADS, 0, stream>>>(a, b, weight, workspace, n, ca, cb, l, k, (T)eps);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
   classifier_finish_kernel<T><<<grid_for(n, 128), 128, 0, stream>>>(workspace, bias, logits, norms, n, k);
   return cudaGetLastError();
 }
@@ -331,11 +351,12 @@ cudaError_t bilinear_classifier_backward(const T* grad_logits, const T* a, const
   if ((err = cudaMemsetAsync(grad_b, 0, n * cb * l * sizeof(T), stream)) != cudaSuccess) return err;
   classifier_scalars_kernel<T><<<grid_for(n, 128), 128, 0, stream>>>(grad_logits, logits, bias, norms, workspace, n, k);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  backward_kernel<T, ClassifierMode, false><<<dim3(tiles(ca), (unsigned)n), THREADS, 0, stream>>>(
+  if (ca * cb == 0) return cudaSuccess;  // grad_a, grad_b, grad_weight stay 0
+  backward_kernel<T, ClassifierMode, false><<<dim3(tiles(ca), cap_yz(n)), THREADS, 0, stream>>>(
       a, b, nullptr, nullptr, weight, grad_logits, workspace, grad_a, grad_weight, n, ca, cb, l, k, (T)eps, T(1),
       true);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  backward_kernel<T, ClassifierMode, true><<<dim3(tiles(cb), (unsigned)n), THREADS, 0, stream>>>(
+  backward_kernel<T, ClassifierMode, true><<<dim3(tiles(cb), cap_yz(n)), THREADS, 0, stream>>>(
       a, b, nullptr, nullptr, weight, grad_logits, workspace, grad_b, nullptr, n, ca, cb, l, k, (T)eps, T(1), true);
   return cudaGetLastError();
 }

@@ -77,6 +77,8 @@ std::tuple<at::Tensor, at::Tensor> bilinear_pool_backward_cuda(const at::Tensor&
   check_same(norms, a, "norms", "a");
   TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == a.size(0) && grad_z.size(1) == a.size(1) * b.size(1),
               "grad_z: expected shape (N, Ca*Cb), got ", grad_z.sizes());
+  TORCH_CHECK(z.sizes() == grad_z.sizes(), "z: expected shape (N, Ca*Cb), got ", z.sizes());
+  TORCH_CHECK(norms.dim() == 1 && norms.size(0) == a.size(0), "norms: expected shape (N,), got ", norms.sizes());
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), l = a.size(2) * a.size(3);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), gz = grad_z.contiguous(), zc = z.contiguous(),
@@ -128,6 +130,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_b
   check_same(logits, a, "logits", "a");
   TORCH_CHECK(grad_logits.dim() == 2 && grad_logits.size(0) == a.size(0) && grad_logits.size(1) == weight.size(0),
               "grad_logits: expected shape (N, K), got ", grad_logits.sizes());
+  TORCH_CHECK(logits.sizes() == grad_logits.sizes(), "logits: expected shape (N, K), got ", logits.sizes());
+  TORCH_CHECK(norms.dim() == 1 && norms.size(0) == a.size(0), "norms: expected shape (N,), got ", norms.sizes());
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), l = a.size(2) * a.size(3), k = weight.size(0);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), wc = weight.contiguous(), gl = grad_logits.contiguous(),
