@@ -19,7 +19,13 @@ import numpy as np
 import torch
 
 from fer_models.data.base import DataError, read_gray, resize_gray
-from fer_models.runtime import import_plugins, load_checkpoint, model_from_checkpoint, predict_logits
+from fer_models.runtime import (
+    CheckpointError,
+    import_plugins,
+    load_checkpoint,
+    model_from_checkpoint,
+    predict_logits,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +86,11 @@ def predict(checkpoint: str, paths: list[str], detect: bool = False, batch_size:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import_plugins(args.imports)
-    res = predict(args.checkpoint, args.images, args.detect, args.batch_size)
+    try:
+        res = predict(args.checkpoint, args.images, args.detect, args.batch_size)
+    except CheckpointError as e:
+        print(f"fer-predict: {e}", file=sys.stderr)
+        return 2
     text = json.dumps(res, indent=1)
     if args.out == "-":
         print(text)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass
 
@@ -263,10 +264,29 @@ def write_json(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, truncated, of another kind, or carries code."""
+
+
 def load_checkpoint(path: str) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """A fer-train checkpoint, loaded as data (``torch.load(weights_only=True)``): a file whose pickle would
+    build anything but tensors and plain containers is refused without running it.
+
+    Raises:
+        CheckpointError: one line naming the file and what is wrong with it.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused: not plain data (weights_only load: {first})") from None
+    except Exception as exc:  # truncated zip, not a torch file, ...
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path}: not a fer-train checkpoint (needs 'model' and 'config')")
+        raise CheckpointError(f"{path}: not a fer-train checkpoint (needs 'model' and 'config')")
     return ckpt
 
 

@@ -36,6 +36,7 @@ from fer_models.data.protocol import load_or_make_folds, split_by_usage, split_f
 from fer_models.data.transforms import augment14, record
 from fer_models.registry import create_model, list_models
 from fer_models.runtime import (
+    CheckpointError,
     Dist,
     WithLoss,
     atomic_save,
@@ -517,7 +518,7 @@ def main(argv=None) -> int:
     np.random.seed(args.seed % (2**32))
     try:
         return _run(args, d)
-    except DataError as e:
+    except (DataError, CheckpointError) as e:
         print(f"fer-train: {e}", file=sys.stderr)
         return 2
     finally:

@@ -451,3 +451,49 @@ def test_console_scripts_declared():
     for name in ("fer-train", "fer-eval", "fer-predict", "fer-prep"):
         mod, fn = scripts[name].split(":")
         assert callable(getattr(importlib.import_module(mod), fn))
+
+
+# ---- checkpoints are data, not code ----
+
+
+class _Payload:
+    """Unpickling this runs code (os.system-like): a tampered checkpoint."""
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(_Payload.marker),))
+
+
+def test_checkpoint_with_pickled_payload_is_refused_without_running(tmp_path):
+    from fer_models.runtime import CheckpointError, load_checkpoint
+
+    _Payload.marker = str(tmp_path / "payload-ran")
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "extra": _Payload()}, bad)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused: not plain data"):
+        load_checkpoint(str(bad))
+    assert not (tmp_path / "payload-ran").exists(), "the checkpoint's payload ran"
+
+
+def test_missing_truncated_and_foreign_checkpoints_get_one_line(tmp_path, capsys):
+    from fer_models import evaluate, predict
+    from fer_models.runtime import CheckpointError, load_checkpoint
+
+    good = tmp_path / "good.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "config": {"model": "x"}}, good)
+    assert load_checkpoint(str(good))["model"]["w"].shape == (2,)
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(good.read_bytes()[:40])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    for path, match in ((tmp_path / "none.pt", "no such checkpoint file"), (trunc, "unreadable or truncated"),
+                        (foreign, "not a fer-train checkpoint")):
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(str(path))
+    img = tmp_path / "face.png"
+    img.write_bytes(b"")
+    assert predict.main(["--checkpoint", str(trunc), str(img)]) == 2
+    assert evaluate.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "trunc.pt" in err[0] and "none.pt" in err[1], err
