@@ -3,32 +3,47 @@
 Shapes: EIFN's head (32, 512, 4, 4) x (32, 512, 4, 4) with 7 classes; B-CNN at 448x448, (32, 512, 28, 28) with
 200 classes; and (16, 256, 14, 14) with 7 classes. Providers: ``eager`` (the plain composition: bmm, sign*sqrt,
 F.normalize, F.linear), ``compile`` (torch.compile of it), ``reference`` (fer_kernels' reference backend),
-``cpp``, and ``triton`` / ``cuda`` on GPU. Groups ``bilinear-<mode>-<op>_<shape>``; extra_info records FLOPs,
-minimal bytes moved and, for ``full``, the bytes saved for backward by one forward.
+``cpp``, and ``triton`` / ``cuda`` on GPU. dtypes: float32, and bfloat16 under autocast on GPU (bfloat16
+feature maps, float32 classifier weights; see benchmarks/conftest.py). Groups ``bilinear-<mode>-<op>_<shape>``
+(``-bf16`` for bfloat16); extra_info records FLOPs, minimal bytes moved, for ``full`` the bytes saved for
+backward by one forward, and on GPU the peak memory.
 
 Run: ``python -m pytest benchmarks/bench_bilinear.py -q`` (``-k eifn`` for the issue's target shape).
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 import fer_kernels as fk
-from benchmarks.conftest import bench, provider_params, saved_bytes, sync
+from benchmarks.conftest import (
+    DEVICE,
+    activation_dtype,
+    autocast,
+    batch,
+    bench,
+    dtype_params,
+    first_call,
+    group_name,
+    provider_params,
+    saved_bytes,
+    sync,
+)
 
-DEVICE = os.environ.get("FER_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 FUSED = ("cpp",) if DEVICE == "cpu" else ("triton", "cuda")
 
 SHAPES = {  # name -> (N, Ca, Cb, H, W, classes)
-    "eifn_32x512x4x4_k7": (32, 512, 512, 4, 4, 7),
-    "16x256x14x14_k7": (16, 256, 256, 14, 14, 7),
-    "bcnn_32x512x28x28_k200": (32, 512, 512, 28, 28, 200),
+    "eifn_32x512x4x4_k7": (batch(32), 512, 512, 4, 4, 7),
+    "16x256x14x14_k7": (batch(16), 256, 256, 14, 14, 7),
+    "bcnn_32x512x28x28_k200": (batch(32), 512, 512, 28, 28, 200),
 }
 BIG = {"bcnn_32x512x28x28_k200"}  # a few rounds only
+# --gpu-check: EIFN's head and a B-CNN-sized map, pool and classifier, training (forward + backward); the
+# reference provider (the same PyTorch ops as eager) is left out
+GPU_CHECK = {"test_bilinear": {"shape_name": ["eifn_32x512x4x4_k7", "bcnn_32x512x28x28_k200"],
+                               "mode": ["full"], "provider": ["eager", "compile", "triton", "cuda", "cpp"]}}
 
 
 def plain_pool(a, b, eps=1e-5):
@@ -55,11 +70,12 @@ def _fn(op: str, provider: str):
     return lambda a, b, w, bias: fk.bilinear_classifier(a, b, w, bias, backend=provider)
 
 
-def _inputs(shape, requires_grad: bool):
+def _inputs(shape, requires_grad: bool, dtype: str = "float32"):
     n, ca, cb, h, w, k = shape
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, ca, h, w, generator=g).relu().to(DEVICE)  # post-ReLU conv5_3 features
-    b = torch.randn(n, cb, h, w, generator=g).relu().to(DEVICE)
+    act = activation_dtype(dtype)
+    a = torch.randn(n, ca, h, w, generator=g).relu().to(DEVICE, act)  # post-ReLU conv5_3 features
+    b = torch.randn(n, cb, h, w, generator=g).relu().to(DEVICE, act)
     weight = (torch.randn(k, ca * cb, generator=g) * 1e-3).to(DEVICE)
     bias = torch.zeros(k).to(DEVICE)
     for t in (a, b, weight, bias):
@@ -73,26 +89,36 @@ def _inputs(shape, requires_grad: bool):
 @pytest.mark.parametrize(
     "shape_name", [pytest.param(n, marks=[] if i == 0 else [pytest.mark.full_only]) for i, n in enumerate(SHAPES)]
 )
-def test_bilinear(benchmark, shape_name, op, mode, provider):
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_bilinear(benchmark, shape_name, op, mode, provider, dtype):
     shape = SHAPES[shape_name]
     n, ca, cb, h, w, k = shape
     full = mode == "full"
-    a, b, weight, bias = _inputs(shape, full)
+    a, b, weight, bias = _inputs(shape, full, dtype)
     fn = _fn(op, provider)
     args = (a, b) if op == "pool" else (a, b, weight, bias)
     out_numel = n * ca * cb if op == "pool" else n * k
     grad_out = torch.randn(n, out_numel // n, device=DEVICE)
 
+    def forward():
+        with autocast(dtype, DEVICE):
+            return fn(*args)
+
     if full:
+        grad_as: dict = {}  # grad_out in the output's dtype (under autocast, eager's and fused's may differ)
+
         def run():
-            out = fn(*args)
-            grads = torch.autograd.grad(out, args, grad_out)
+            out = forward()
+            go = grad_as.get(out.dtype)
+            if go is None:
+                go = grad_as[out.dtype] = grad_out.to(out.dtype)
+            grads = torch.autograd.grad(out, args, go)
             sync(DEVICE)
             return grads
     else:
         def run():
             with torch.no_grad():
-                out = fn(*args)
+                out = forward()
             sync(DEVICE)
             return out
 
@@ -100,11 +126,12 @@ def test_bilinear(benchmark, shape_name, op, mode, provider):
     flops = gemm + (2 * n * k * ca * cb if op == "classifier" else 0)
     elem = a.element_size()
     moved = (a.numel() + b.numel()) * elem + (out_numel * elem) + (weight.numel() * elem if op == "classifier" else 0)
-    extra = dict(provider=provider, op=op, mode=mode, shape=list(shape), dtype=str(a.dtype).replace("torch.", ""),
+    extra = dict(provider=provider, op=op, mode=mode, shape=list(shape), dtype=dtype,
                  flops=3 * flops if full else flops, bytes=2 * moved if full else moved)
     if full:
-        if provider == "compile":
-            fn(*args)  # compile outside the measurement
-        extra["saved_bytes"] = saved_bytes(lambda: fn(*args))
+        if provider == "compile" or DEVICE == "cuda":
+            extra["warmup_s"] = first_call(run)  # compile / JIT outside the measurement
+        extra["saved_bytes"] = saved_bytes(forward)
     rounds = 3 if shape_name in BIG else None
-    bench(benchmark, run, group=f"bilinear-{mode}-{op}_{shape_name}", device=DEVICE, rounds=rounds, **extra)
+    bench(benchmark, run, group=group_name(f"bilinear-{mode}-{op}_{shape_name}", dtype), device=DEVICE,
+          rounds=rounds, **extra)

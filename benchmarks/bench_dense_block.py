@@ -2,7 +2,8 @@
 
 Providers: ``eager`` (plain torchvision-style block), ``eager-checkpointed`` (torch.utils.checkpoint per layer,
 torchvision's ``memory_efficient``), ``compile`` (torch.compile of the eager block), ``reference``, ``cpp``,
-``triton`` (GPU only). ``extra_info`` records the shape, FLOPs and the bytes saved for backward.
+``triton`` (GPU only). dtypes: float32, and bfloat16 under autocast (GPU; see benchmarks/conftest.py).
+``extra_info`` records the shape, FLOPs, the bytes saved for backward and, on GPU, the peak memory.
 
     pytest benchmarks/bench_dense_block.py --benchmark-json=out.json     # pytest-benchmark, per provider
     python -m benchmarks.bench_dense_block [--rounds 7]                  # interleaved medians and ratios
@@ -11,7 +12,6 @@ torchvision's ``memory_efficient``), ``compile`` (torch.compile of the eager blo
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -21,14 +21,31 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 import fer_kernels as fk
-from benchmarks.conftest import HAS_CUDA, bench, provider_params, saved_bytes, sync
+from benchmarks.conftest import (
+    DEVICE,
+    HAS_CUDA,
+    activation_dtype,
+    autocast,
+    batch,
+    bench,
+    dtype_params,
+    first_call,
+    group_name,
+    provider_params,
+    saved_bytes,
+    sync,
+)
 
 # name -> (N, C0, H, W, layers, growth, bn_size)
 SHAPES = {
-    "block1": (64, 24, 48, 48, 6, 12, 4),
-    "block3": (64, 60, 12, 12, 6, 12, 4),
+    "block1": (batch(64), 24, 48, 48, 6, 12, 4),
+    "block3": (batch(64), 60, 12, 12, 6, 12, 4),
 }
 PROVIDERS = ("eager", "eager-checkpointed", "compile", "reference", "cpp", "triton")
+# --gpu-check: block 1 (DenseNet-BC-40 at 48x48), eval forward and train forward+backward, fused vs eager and
+# torch.compile (cpp: the fused provider of a CPU dry run)
+GPU_CHECK = {"test_dense_block": {"shape_name": ["block1"],
+                                  "provider": ["eager", "compile", "triton", "cpp"]}}
 
 
 class PlainDenseLayer(nn.Module):
@@ -73,12 +90,14 @@ def flops(shape, mode):
     return f if mode == "fwd" else 3 * f
 
 
-def make_case(provider, shape_name, mode, device="cpu"):
-    """(callable that runs one timed step, callable that runs one forward with grad for saved_bytes)."""
+def make_case(provider, shape_name, mode, device="cpu", dtype="float32"):
+    """(callable that runs one timed step, callable that runs one forward with grad for saved_bytes).
+
+    ``dtype`` bfloat16: a bfloat16 block input and float32 parameters, every call under autocast."""
     n, c0, h, w, layers, k, bn = SHAPES[shape_name]
     torch.manual_seed(0)
     plain = PlainDenseBlock(layers, c0, k, bn, checkpointed=provider == "eager-checkpointed").to(device)
-    x = torch.randn(n, c0, h, w, device=device)
+    x = torch.randn(n, c0, h, w, device=device).to(activation_dtype(dtype))
     training = mode == "full"
     plain.train(training)
     if provider in ("eager", "eager-checkpointed"):
@@ -93,35 +112,36 @@ def make_case(provider, shape_name, mode, device="cpu"):
 
     def step():
         if training:
-            y = model(xg)
+            with autocast(dtype, device):
+                y = model(xg)
             y.backward(torch.ones_like(y))
             xg.grad = None
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(dtype, device):
                 model(x)
         sync(device)
 
     def forward_with_grad():
-        return model(xg)
+        with autocast(dtype, device):
+            return model(xg)
 
     return step, forward_with_grad
-
-
-DEVICE = os.environ.get("FER_BENCH_DEVICE") or ("cuda" if HAS_CUDA else "cpu")
 
 
 @pytest.mark.parametrize("provider", provider_params(*PROVIDERS, device=DEVICE))
 @pytest.mark.parametrize("shape_name", [pytest.param("block1"), pytest.param("block3", marks=pytest.mark.full_only)])
 @pytest.mark.parametrize("mode", ["fwd", "full"])
-def test_dense_block(benchmark, provider, shape_name, mode):
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_dense_block(benchmark, provider, shape_name, mode, dtype):
     device = DEVICE
-    step, fwd = make_case(provider, shape_name, mode, device)
-    extra = {"dtype": "float32", "shape": SHAPES[shape_name], "provider": provider, "mode": mode,
+    step, fwd = make_case(provider, shape_name, mode, device, dtype)
+    extra = {"dtype": dtype, "shape": SHAPES[shape_name], "provider": provider, "mode": mode,
              "flops": flops(SHAPES[shape_name], mode)}
     if mode == "full":
-        step()  # warm-up / compile before measuring memory
+        extra["warmup_s"] = first_call(step)  # warm-up / compile before measuring memory
         extra["saved_bytes"] = saved_bytes(fwd)
-    bench(benchmark, step, group=f"dense_block-{mode}-{shape_name}", device=device, rounds=5, **extra)
+    bench(benchmark, step, group=group_name(f"dense_block-{mode}-{shape_name}", dtype), device=device,
+          rounds=5, **extra)
 
 
 def main():

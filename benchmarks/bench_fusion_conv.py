@@ -1,6 +1,6 @@
 """fusion_conv benchmarks: concat + 1x1 conv + AvgPool (IDEnNet spatial fusion), DenseNet-BC-40 transitions.
 
-Shapes (batch 64, float32):
+Shapes (batch 64; float32, and bfloat16 under autocast on GPU, see benchmarks/conftest.py):
 - ``fusion``: two (64, 48, 24, 24) inputs -> 48 channels, pool 2 (issue 5).
 - ``transition1..3``: BN-ReLU-Conv1x1-AvgPool2 on DenseNet-BC-40 (growth 12, 6 bottleneck layers per block,
   stem 2k = 24 channels, compression 0.5) block outputs: 24 + 6*12 = 96 ch at 48x48 -> 48; 48 + 72 = 120 ch at
@@ -10,7 +10,8 @@ Shapes (batch 64, float32):
 Providers: ``eager`` (torch.cat + nn.Conv2d + nn.AvgPool2d / nn.BatchNorm2d-ReLU-Conv-Pool), ``compile``
 (torch.compile of that eager code), ``reference`` (fer_kernels' reference backend), ``cpp``, ``triton`` and
 ``cuda`` (GPU only). Modes: ``fwd`` (forward, no grad) and ``full`` (forward with grad + backward).
-``extra_info`` records saved-for-backward bytes, FLOPs and ``bytes`` (the least any provider must move).
+``extra_info`` records saved-for-backward bytes, FLOPs, ``bytes`` (the least any provider must move) and, on
+GPU, the peak memory.
 
 Run:  python -m pytest benchmarks/bench_fusion_conv.py -q --benchmark-json=fusion_conv.json
 Ratios: python -m benchmarks.bench_fusion_conv fusion_conv.json
@@ -26,10 +27,21 @@ import torch
 from torch import nn
 
 import fer_kernels as fk
-from benchmarks.conftest import HAS_CUDA, bench, provider_params, saved_bytes, sync
+from benchmarks.conftest import (
+    DEVICE,
+    activation_dtype,
+    autocast,
+    batch,
+    bench,
+    dtype_params,
+    first_call,
+    group_name,
+    provider_params,
+    saved_bytes,
+    sync,
+)
 
-DEVICE = "cuda" if HAS_CUDA else "cpu"
-N = 64
+N = batch(64)
 # name -> (kind, channels per input, H, W, C_out)
 SHAPES = {
     "fusion-2x48x24x24-48": ("fusion", (48, 48), 24, 24, 48),
@@ -39,6 +51,10 @@ SHAPES = {
 }
 POOL = 2
 PROVIDERS = ("eager", "compile", "reference", "cpp", "triton", "cuda")
+# --gpu-check: IDEnNet's spatial fusion and DenseNet-BC-40's first transition, training (forward + backward)
+GPU_CHECK = {"test_fusion_conv": {
+    "shape": ["fusion-2x48x24x24-48", "transition1-96x48x48-48"], "mode": ["full"],
+    "provider": ["eager", "compile", "triton", "cuda", "cpp"]}}
 
 
 class _EagerFusion(nn.Module):
@@ -60,8 +76,9 @@ class _EagerTransition(nn.Sequential):
         self.pool = nn.AvgPool2d(POOL)
 
 
-def _setup(shape_name: str, provider: str):
-    """(callable running one forward on fresh inputs, list of tensors that get gradients)."""
+def _setup(shape_name: str, provider: str, dtype: str = "float32"):
+    """(module or callable running one forward, its inputs, its parameters). bfloat16: bfloat16 inputs,
+    float32 parameters (the caller runs it under autocast)."""
     kind, chans, h, w, c_out = SHAPES[shape_name]
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(N, c, h, w, generator=g).to(DEVICE) for c in chans]
@@ -72,6 +89,7 @@ def _setup(shape_name: str, provider: str):
         eager = _EagerTransition(chans[0], c_out).to(DEVICE)
         fused = fk.nn.Transition(chans[0], c_out, POOL).to(DEVICE)
         xs = [x + 0.5 for x in xs]
+    xs = [x.to(activation_dtype(dtype)) for x in xs]
     fused.load_state_dict(eager.state_dict())
     if provider == "eager":
         fn = eager
@@ -83,13 +101,14 @@ def _setup(shape_name: str, provider: str):
     return fn, xs, params
 
 
-def _flops_and_bytes(shape_name: str, provider: str) -> tuple[int, int]:
+def _flops_and_bytes(shape_name: str, provider: str, dtype: str = "float32") -> tuple[int, int]:
     kind, chans, h, w, c_out = SHAPES[shape_name]
     c = sum(chans)
     pixels = N * h * w
     fused = provider in ("cpp", "triton", "cuda")
     flops = 2 * c * c_out * (pixels // (POOL * POOL) if fused else pixels)
-    moved = 4 * (pixels * c + N * c_out * (h // POOL) * (w // POOL))  # read the inputs once, write y
+    elem = activation_dtype(dtype).itemsize
+    moved = elem * (pixels * c + N * c_out * (h // POOL) * (w // POOL))  # read the inputs once, write y
     return flops, moved
 
 
@@ -98,17 +117,18 @@ def _flops_and_bytes(shape_name: str, provider: str) -> tuple[int, int]:
     "shape", [pytest.param(n, marks=[] if i == 0 else [pytest.mark.full_only]) for i, n in enumerate(SHAPES)]
 )
 @pytest.mark.parametrize("provider", provider_params(*PROVIDERS, device=DEVICE))
-def test_fusion_conv(benchmark, provider, shape, mode):
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_fusion_conv(benchmark, provider, shape, mode, dtype):
     kind = SHAPES[shape][0]
     if provider == "cuda" and kind == "transition":
         pytest.skip("the transition has no CUDA C++ kernel (its GPU path is Triton)")
-    fn, xs, params = _setup(shape, provider)
-    flops, moved = _flops_and_bytes(shape, provider)
+    fn, xs, params = _setup(shape, provider, dtype)
+    flops, moved = _flops_and_bytes(shape, provider, dtype)
 
     if mode == "fwd":
 
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), autocast(dtype, DEVICE):
                 fn(*xs)
             sync(DEVICE)
     else:
@@ -120,7 +140,8 @@ def test_fusion_conv(benchmark, provider, shape, mode):
             nonlocal grad_out
             for t in (*xs, *params):
                 t.grad = None
-            y = fn(*xs)
+            with autocast(dtype, DEVICE):
+                y = fn(*xs)
             if grad_out is None:
                 grad_out = torch.randn_like(y)
             y.backward(grad_out)
@@ -129,14 +150,20 @@ def test_fusion_conv(benchmark, provider, shape, mode):
         flops *= 3  # backward: grad input and grad weight GEMMs
 
     extra = dict(
-        dtype="float32", shape=shape, batch=N, pool=POOL, flops=flops, bytes=moved, provider=provider
+        dtype=dtype, shape=shape, batch=N, pool=POOL, flops=flops, bytes=moved, provider=provider
     )
     if mode == "full":
-        run()  # compile outside the memory measurement
+        extra["warmup_s"] = first_call(run)  # compile outside the memory measurement
         for x in xs:
             x.requires_grad_(True)
-        extra["saved_bytes"] = saved_bytes(lambda: fn(*xs))
-    bench(benchmark, run, group=f"fusion_conv-{mode}-{shape}", device=DEVICE, rounds=10, **extra)
+
+        def forward_with_grad():
+            with autocast(dtype, DEVICE):
+                return fn(*xs)
+
+        extra["saved_bytes"] = saved_bytes(forward_with_grad)
+    bench(benchmark, run, group=group_name(f"fusion_conv-{mode}-{shape}", dtype), device=DEVICE, rounds=10,
+          **extra)
 
 
 def summarize(path: str) -> str:

@@ -2,27 +2,49 @@
 
 Providers: ``eager`` (the model's plain-PyTorch twin, ``model.to_reference()``, same weights), ``compile``
 (``torch.compile`` of that twin), ``cpp`` / ``triton`` / ``cuda`` (the model on fer_kernels with that backend).
-Groups ``models-<mode>-<shape>``; extra_info records images/s (``items_per_call``) and saved-for-backward
-bytes of one training forward. The ``eifn_head`` groups time the bilinear head alone on EIFN's shapes, so
-the report can give the head's share of a training step before (eager) and after (fused).
+Groups ``models-<mode>-<shape>``; extra_info records images/s (``items_per_call``), saved-for-backward
+bytes of one training forward and, on GPU, the peak memory of one step. The ``eifn_head`` groups time the
+bilinear head alone on EIFN's shapes, so the report can give the head's share of a training step before
+(eager) and after (fused). dtypes: float32, and bfloat16 on GPU: forward and loss under
+``torch.autocast(device, torch.bfloat16)``, backward and SGD step outside it, float32 weights (mixed-precision
+training as usual; see benchmarks/conftest.py). Groups of bfloat16 end in ``-bf16``.
 """
 
 from __future__ import annotations
 
-import os
+import time
 
 import pytest
 import torch
 
-from benchmarks.conftest import bench, provider_params, saved_bytes, sync
+from benchmarks.conftest import (
+    DEVICE,
+    activation_dtype,
+    autocast,
+    bench,
+    dtype_params,
+    group_name,
+    provider_params,
+    saved_bytes,
+    sync,
+)
+from benchmarks.conftest import batch as batch_size
 
-DEVICE = os.environ.get("FER_BENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
 FUSED = ("cpp",) if DEVICE == "cpu" else ("triton", "cuda")
 
 TRAIN_CASES = {  # name -> (model, batch, input size, expressions, identities)
-    "idennet_if_40-n64": ("idennet_if_40", 64, (1, 48, 48), 6, 80),
-    "eifn-n16": ("eifn", 16, (1, 64, 64), 7, 118),
+    "idennet_if_40-n64": ("idennet_if_40", batch_size(64), (1, 48, 48), 6, 80),
+    "eifn-n16": ("eifn", batch_size(16), (1, 64, 64), 7, 118),
 }
+# Models whose every fused layer has a CUDA C++ kernel (IDEnNet's dense blocks and transitions: Triton only).
+HAS_CUDA_KERNELS = {"eifn"}
+NO_CUDA_KERNELS = "its dense blocks and transitions have no CUDA C++ kernel (their GPU path is Triton)"
+# --gpu-check: both training steps and EIFN's head alone (no inference: the training step is what the fused
+# backward passes are for). torch.compile of a whole model is the slowest thing the check does
+# (IDEnNet-IF-40's training graph: tens of seconds per dtype), so the model steps are compiled in bfloat16
+# only, the dtype a model trains in on such a GPU; float32 steps compare the fused model with eager.
+GPU_CHECK = {"test_train_step": [{"provider": ["eager", "triton", "cuda", "cpp"]}, {"dtype": ["bfloat16"]}],
+             "test_eifn_head": {}}
 
 
 def _build(provider: str, name: str, n_exp: int, n_id: int):
@@ -49,17 +71,17 @@ def _batch(n: int, size, n_exp: int, n_id: int):
 # costs its timed steps only (no rebuild, no second compile, no warm-up), so ``--bench-repeat 150
 # --bench-rounds 1`` pairs single steps of the providers a few seconds apart. Every provider takes the same
 # number of SGD steps on its own copy of the same initial weights. Cleared when the next case starts.
-_TRAIN_STATE: dict[tuple[str, str], dict] = {}
+_TRAIN_STATE: dict[tuple[str, str, str], dict] = {}
 
 
-def _train_state(provider: str, case: str) -> tuple[dict, bool]:
-    """(state, warmed): the cached state of (provider, case), or a fresh one (warmed False)."""
+def _train_state(provider: str, case: str, dtype: str = "float32") -> tuple[dict, bool]:
+    """(state, warmed): the cached state of (provider, case, dtype), or a fresh one (warmed False)."""
     import fer_kernels
 
-    if any(c != case for _, c in _TRAIN_STATE):
+    if any((c, d) != (case, dtype) for _, c, d in _TRAIN_STATE):
         _TRAIN_STATE.clear()
-    if (provider, case) in _TRAIN_STATE:
-        return _TRAIN_STATE[(provider, case)], True
+    if (provider, case, dtype) in _TRAIN_STATE:
+        return _TRAIN_STATE[(provider, case, dtype)], True
     name, n, size, n_exp, n_id = TRAIN_CASES[case]
     model, fwd, backend = _build(provider, name, n_exp, n_id)
     model.train()
@@ -68,7 +90,8 @@ def _train_state(provider: str, case: str) -> tuple[dict, bool]:
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
 
     def loss_of():
-        return model.loss(fwd(x), ye, yi)["total"]
+        with autocast(dtype, DEVICE):
+            return model.loss(fwd(x), ye, yi)["total"]
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -79,7 +102,7 @@ def _train_state(provider: str, case: str) -> tuple[dict, bool]:
     state = {"backend": backend or "auto", "step": step}
     with fer_kernels.use_backend(state["backend"]):
         state["saved"] = saved_bytes(loss_of)
-    _TRAIN_STATE[(provider, case)] = state
+    _TRAIN_STATE[(provider, case, dtype)] = state
     return state, False
 
 
@@ -89,58 +112,75 @@ def _train_state(provider: str, case: str) -> tuple[dict, bool]:
 @pytest.mark.parametrize(
     "case", [pytest.param(c, marks=pytest.mark.full_only) if c.startswith("eifn") else c for c in TRAIN_CASES]
 )
-def test_train_step(benchmark, provider, case):
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_train_step(benchmark, provider, case, dtype):
     import fer_kernels
 
     name, n, size, _, _ = TRAIN_CASES[case]
-    state, warmed = _train_state(provider, case)
+    if provider == "cuda" and name not in HAS_CUDA_KERNELS:
+        pytest.skip(f"{name}: {NO_CUDA_KERNELS}")
+    t0 = time.perf_counter()
+    state, warmed = _train_state(provider, case, dtype)
+    extra = {"peak_bytes": state["peak"]} if "peak" in state else {}
+    if not warmed:
+        extra["warmup_s"] = time.perf_counter() - t0  # build, and the first forward (compile) for saved_bytes
     with fer_kernels.use_backend(state["backend"]):
-        bench(benchmark, state["step"], group=f"models-full-{case}", device=DEVICE, rounds=5, warmed=warmed,
-              provider=provider, shape=f"{name} N={n} {size}", dtype="float32", items_per_call=n,
-              saved_bytes=state["saved"])
+        bench(benchmark, state["step"], group=group_name(f"models-full-{case}", dtype), device=DEVICE,
+              rounds=5, warmed=warmed, provider=provider, shape=f"{name} N={n} {size}", dtype=dtype,
+              items_per_call=n, saved_bytes=state["saved"], **extra)
+    if benchmark.extra_info.get("peak_bytes") is not None:
+        state["peak"] = benchmark.extra_info["peak_bytes"]
 
 
 @pytest.mark.parametrize("provider", provider_params("eager", "compile", *FUSED, device=DEVICE))
 @pytest.mark.parametrize("batch", [1, 64])
 @pytest.mark.parametrize("name", ["idennet_if_40", pytest.param("eifn", marks=pytest.mark.full_only)])
-def test_inference(benchmark, provider, batch, name):
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_inference(benchmark, provider, batch, name, dtype):
     import fer_kernels
 
+    if provider == "cuda" and name not in HAS_CUDA_KERNELS:
+        pytest.skip(f"{name}: {NO_CUDA_KERNELS}")
     _, _, size, n_exp, n_id = next(c for c in TRAIN_CASES.values() if c[0] == name)
     model, fwd, backend = _build(provider, name, n_exp, n_id)
     model.eval()
     x, _, _ = _batch(batch, size, n_exp, n_id)
 
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), autocast(dtype, DEVICE):
             fwd(x)
         sync(DEVICE)
 
     with fer_kernels.use_backend(backend or "auto"):
-        bench(benchmark, run, group=f"models-infer-{name}-n{batch}", device=DEVICE, provider=provider,
-              shape=f"{name} N={batch} {size}", dtype="float32", items_per_call=batch)
+        bench(benchmark, run, group=group_name(f"models-infer-{name}-n{batch}", dtype), device=DEVICE,
+              provider=provider, shape=f"{name} N={batch} {size}", dtype=dtype, items_per_call=batch)
 
 
 @pytest.mark.parametrize("provider", provider_params("eager", *FUSED, device=DEVICE))
-def test_eifn_head(benchmark, provider):
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_eifn_head(benchmark, provider, dtype):
     """EIFN's bilinear head alone (fwd+bwd), on the feature maps EIFN gives it at 64x64 and N=16."""
     import fer_kernels
     import fer_models
 
     model = fer_models.create_model("eifn", num_expressions=7, num_identities=118).to(DEVICE)
-    x, _, _ = _batch(16, (1, 64, 64), 7, 118)
+    n = batch_size(16)
+    x, _, _ = _batch(n, (1, 64, 64), 7, 118)
     with torch.no_grad():
         xi = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        a = model.identity_extractor(xi)
-        b = model.expression_extractor(xi)
+        a = model.identity_extractor(xi).to(activation_dtype(dtype))  # as the bf16 VGG stacks would give them
+        b = model.expression_extractor(xi).to(activation_dtype(dtype))
     a.requires_grad_(True)
     b.requires_grad_(True)
     head = model.to_reference().classifier if provider == "eager" else model.classifier
 
     def run():
-        head(a, b).sum().backward()
+        with autocast(dtype, DEVICE):
+            out = head(a, b)
+        out.sum().backward()
         sync(DEVICE)
 
     with fer_kernels.use_backend(provider if provider != "eager" else "auto"):
-        bench(benchmark, run, group="models-full-eifn_head-n16", device=DEVICE, provider=provider,
-              shape=f"a {tuple(a.shape)} b {tuple(b.shape)}", dtype="float32", items_per_call=16)
+        bench(benchmark, run, group=group_name("models-full-eifn_head-n16", dtype), device=DEVICE,
+              provider=provider, shape=f"a {tuple(a.shape)} b {tuple(b.shape)}", dtype=dtype,
+              items_per_call=n)

@@ -133,3 +133,56 @@ def test_several_runs_pool_their_repeats_and_the_interval_is_over_runs(tmp_path)
     with pytest.raises(ValueError, match="op-full-a: two cpp benchmarks in repeat 0 of run 1"):
         report.aggregate({"benchmarks": [{**_bench("op-full-a", "cpp", 0, 1.0), "run": 1},
                                          {**_bench("op-full-a", "cpp", 0, 2.0), "run": 1}]})
+
+
+def test_gpu_run_table_has_dtype_rows_peak_memory_and_the_header(tmp_path):
+    gpu = {"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "tf32": False}
+    benches = []
+    for dtype, suffix, scale in (("float32", "", 1.0), ("bfloat16", "-bf16", 0.5)):
+        g = f"dense_block-full-block1{suffix}"
+        benches += [
+            _bench(g, "eager", 0, 4.0e-3 * scale, dtype=dtype, peak_bytes=1000, saved_bytes=800, **gpu),
+            _bench(g, "compile", 0, 3.0e-3 * scale, dtype=dtype, peak_bytes=900, **gpu),
+            _bench(g, "triton", 0, 2.0e-3 * scale, dtype=dtype, peak_bytes=250, saved_bytes=200, **gpu),
+        ]
+    benches += [  # an op with two fused GPU backends: the faster one is "fused", the other is shown beside it
+        _bench("bilinear-full-pool_eifn-bf16", "eager", 0, 1.0e-3, dtype="bfloat16", peak_bytes=4000, **gpu),
+        _bench("bilinear-full-pool_eifn-bf16", "triton", 0, 0.4e-3, dtype="bfloat16", peak_bytes=1000, **gpu),
+        _bench("bilinear-full-pool_eifn-bf16", "cuda", 0, 0.5e-3, dtype="bfloat16", peak_bytes=1000, **gpu),
+    ]
+    info = {"command": "fer-bench --device cuda --gpu-check --out benchmarks/results", "budget_s": 240.0,
+            "wall_s": 201.0,
+            "env": {"gpu": "NVIDIA H100 80GB HBM3 (sm_90, 79 GiB, 132 SMs; 1 visible)", "driver": "550.54",
+                    "torch": "2.13.0+cu128", "CUDA": "12.8", "cuDNN": "91000", "Triton": "3.9.0",
+                    "Python": "3.11.7", "backends": "reference yes, cpp yes, triton yes, cuda yes",
+                    "precision": "float32 = IEEE float32 (TF32 off)"},
+            "suites": [{"name": "dense_block", "status": "ok", "wall_s": 50.0, "failures": [],
+                        "warmup_s": {"compile": 31.0, "triton": 6.0}},
+                       {"name": "bilinear", "status": "FAILED (1 failure(s))", "wall_s": 40.0,
+                        "failures": [{"nodeid": "benchmarks/bench_bilinear.py::test_bilinear[x]",
+                                      "outcome": "failed in call", "message": "CompilationError: at 12:4"}]}]}
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps({"benchmarks": benches, "fer_bench": info}))
+    table = report.rows(report.aggregate(report.load(path)))
+    md = report.markdown(table, "NVIDIA-H100-80GB-HBM3, 2026-12-04", report.meta(path))
+    assert "| group | dtype | fused | fused ms | other fused ms | eager ms | compile ms | x eager |" in md
+    assert "| x compile | peak vs eager | saved vs eager | GFLOP/s |" in md
+    assert ("| dense_block-full-block1 | float32 | triton | 2.00 |  | 4.00 | 3.00 | 2.00 |  |  | 1.50 | 0.25 "
+            "| 0.25 |  |") in md
+    assert ("| dense_block-full-block1-bf16 | bfloat16 | triton | 1.00 |  | 2.00 | 1.50 | 2.00 |  |  | 1.50 "
+            "| 0.25 | 0.25 |") in md
+    assert "| bilinear-full-pool_eifn-bf16 | bfloat16 | triton | 0.40 | cuda 0.50 | 1.00 |  | 2.50 |" in md
+    row = next(r for r in table if r["group"] == "dense_block-full-block1")
+    assert row["mem_ratio"] == pytest.approx(0.25)  # the peak ratio where both have peak_bytes
+    for line in ("- GPU: NVIDIA H100 80GB HBM3 (sm_90, 79 GiB, 132 SMs; 1 visible), driver 550.54",
+                 "- torch 2.13.0+cu128, CUDA 12.8, cuDNN 91000, Triton 3.9.0, Python 3.11.7",
+                 "- command: `fer-bench --device cuda --gpu-check --out benchmarks/results`",
+                 "- suites: dense_block ok (50 s; first calls compile 31 s, triton 6 s); "
+                 "bilinear FAILED (1 failure(s)) (40 s); total 201 s of a 240 s budget",
+                 "- bilinear: `benchmarks/bench_bilinear.py::test_bilinear[x]` failed in call: "
+                 "CompilationError: at 12:4"):
+        assert line in md, line
+    assert md.index("- GPU:") < md.index("| group |") < md.index("#### Failures")
+    png = tmp_path / "gpu.png"
+    report.chart(table, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
