@@ -5,7 +5,11 @@ Math (DESIGN section 4), per sample n with A = a[n] (Ca, L), B = b[n] (Cb, L):
 ``logits = W z + bias``. float32 runs with ieee-precision dots, float16/bfloat16 load in their dtype and
 accumulate in float32, float64 in float64.
 
-Tiling: one program per (sample, BI x BJ tile of Y); Y is accumulated over L in BL chunks with ``tl.dot``.
+Tiling: one program per (sample, BI x BJ tile of Y); Y is accumulated over L in BL chunks with ``tl.dot``
+(32 x 32 x 32; 16 x 16 x 16 for float64 on a GPU, whose accumulators and dot operands take twice the registers).
+Grids are 1-d, sample-major with the tile index fastest (the batch and the tile counts both grow, and only axis 0
+reaches 2^31 - 1). Offsets scaled by a sample, a channel row (``i * L``, ``i * Cb``) or a class (``k * Ca*Cb``)
+are 64-bit; offsets along one row (a pixel of L, a column j) stay 32-bit.
 The pool stores s and atomically adds its tile's ``||s||^2``; a second kernel scales by ``1/max(||s||, 1e-12)``.
 The classifier never writes s: each program atomically adds its tile's ``||s||^2`` and its K partial dot
 products ``W_k . s``. Backward recomputes Y tiles (classifier) or reads z (pool), forms the tile of
@@ -15,8 +19,8 @@ Saved for backward: a, b, norms and z (pool) or logits (classifier).
 
 Ops: ``fer_kernels::bilinear_pool_triton``, ``fer_kernels::_bilinear_pool_backward_triton``,
 ``fer_kernels::bilinear_classifier_triton``, ``fer_kernels::_bilinear_classifier_backward_triton``
-(``torch.library.triton_op``, so ``torch.compile`` traces the kernels). On CPU tensors only under
-``TRITON_INTERPRET=1``.
+(``torch.library.triton_op``, so ``torch.compile`` traces the kernels), each launching under the device guard
+of its inputs (``_common.device_guard``). On CPU tensors only under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -27,26 +31,35 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fer_kernels.ops.bilinear import make_classifier_autograd, make_pool_autograd
-
-BI, BJ, BL = 32, 32, 32  # tile of Y (BI x BJ), chunk of L (tl.dot needs every dimension >= 16)
-
+from fer_kernels.triton import _common
 
 @triton.jit
 def _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr,
             ACC: tl.constexpr, PREC: tl.constexpr):
-    """Y[offs_i, offs_j] of sample n: sum over L of A[n, i, l] B[n, j, l], in ACC."""
+    """Y[offs_i, offs_j] of sample n (int64): sum over L of A[n, i, l] B[n, j, l], in ACC."""
     acc = tl.zeros((BI, BJ), dtype=ACC)
     offs_l = tl.arange(0, BL)
-    a_base = A + n * Ca * L
-    b_base = B + n * Cb * L
+    a_rows = A + n * Ca * L + offs_i.to(tl.int64) * L  # n is int64
+    b_rows = B + n * Cb * L + offs_j.to(tl.int64) * L
     for l0 in range(0, L, BL):
         ll = l0 + offs_l
-        a = tl.load(a_base + offs_i[:, None] * L + ll[None, :], mask=(offs_i[:, None] < Ca) & (ll[None, :] < L),
-                    other=0.0)
-        bt = tl.load(b_base + offs_j[None, :] * L + ll[:, None], mask=(offs_j[None, :] < Cb) & (ll[:, None] < L),
-                     other=0.0)
+        a = tl.load(a_rows[:, None] + ll[None, :], mask=(offs_i[:, None] < Ca) & (ll[None, :] < L), other=0.0)
+        bt = tl.load(b_rows[None, :] + ll[:, None], mask=(offs_j[None, :] < Cb) & (ll[:, None] < L), other=0.0)
         acc = tl.dot(a, bt, acc, input_precision=PREC, out_dtype=ACC)
     return acc
+
+
+@triton.jit
+def _tile_ij(Ca, Cb, BI: tl.constexpr, BJ: tl.constexpr):
+    """(n, offs_i, offs_j) of a program of the 1-d grid over (n, i tile, j tile), j tiles fastest (they share
+    the A rows of their i tile); n is int64."""
+    pid = tl.program_id(0)
+    n_i = tl.cdiv(Ca, BI)
+    n_j = tl.cdiv(Cb, BJ)
+    offs_j = (pid % n_j) * BJ + tl.arange(0, BJ)
+    offs_i = ((pid // n_j) % n_i) * BI + tl.arange(0, BI)
+    n = ((pid // n_j) // n_i).to(tl.int64)
+    return n, offs_i, offs_j
 
 
 @triton.jit
@@ -70,33 +83,36 @@ def _signed_sqrt(y, eps):
 @triton.jit
 def _bilinear_pool_fwd_kernel(A, B, S, NRM2, Ca, Cb, L, scale, eps, SIGNED: tl.constexpr, BI: tl.constexpr,
                               BJ: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    n = tl.program_id(0)
-    offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
-    offs_j = tl.program_id(2) * BJ + tl.arange(0, BJ)
+    n, offs_i, offs_j = _tile_ij(Ca, Cb, BI, BJ)
     y = _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI, BJ, BL, ACC, PREC) * scale
     if SIGNED:
         s, g = _signed_sqrt(y, eps)
     else:
         s = y
     mask = (offs_i[:, None] < Ca) & (offs_j[None, :] < Cb)
-    tl.store(S + n * Ca * Cb + offs_i[:, None] * Cb + offs_j[None, :], s.to(S.dtype.element_ty), mask=mask)
+    out = S + n * Ca * Cb + (offs_i.to(tl.int64) * Cb)[:, None] + offs_j[None, :]
+    tl.store(out, s.to(S.dtype.element_ty), mask=mask)
     tl.atomic_add(NRM2 + n, tl.sum(tl.sum(s * s, axis=1), axis=0))
 
 
 @triton.jit
 def _bilinear_pool_scale_kernel(S, NRM2, D, BLOCK: tl.constexpr):
-    n = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    # 1-d grid over (n, block of the Ca*Cb entries), blocks fastest.
+    pid = tl.program_id(0)
+    nblk = tl.cdiv(D, BLOCK)
+    n = pid // nblk
+    offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
     inv = 1.0 / tl.maximum(_sqrt(tl.load(NRM2 + n)), 1e-12)
-    x = tl.load(S + n * D + offs, mask=offs < D, other=0.0)
-    tl.store(S + n * D + offs, (x * inv).to(S.dtype.element_ty), mask=offs < D)
+    row = S + n.to(tl.int64) * D
+    x = tl.load(row + offs, mask=offs < D, other=0.0)
+    tl.store(row + offs, (x * inv).to(S.dtype.element_ty), mask=offs < D)
 
 
 @triton.jit
 def _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, proj, invd, sfac, scale, SIGNED: tl.constexpr, ACC: tl.constexpr):
     """dY tile of the pool from the saved output: ds = (dz - z <z,dz>) / d, dY = ds * 0.5/|s| (s = z d)."""
     mask = (offs_i[:, None] < Ca) & (offs_j[None, :] < Cb)
-    off = n * Ca * Cb + offs_i[:, None] * Cb + offs_j[None, :]
+    off = n * Ca * Cb + (offs_i.to(tl.int64) * Cb)[:, None] + offs_j[None, :]  # n is int64
     z = tl.load(Z + off, mask=mask, other=0.0).to(ACC)
     dz = tl.load(DZ + off, mask=mask, other=0.0).to(ACC)
     dy = (dz - z * proj) * invd
@@ -111,49 +127,57 @@ def _bilinear_pool_bwd_kernel(A, B, Z, DZ, PROJ, INVD, SFAC, DX, Ca, Cb, L, scal
                               SIGNED: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr,
                               ACC: tl.constexpr, PREC: tl.constexpr):
     # FOR_B = False: dA[n, i-tile, l-tile] = sum_j dY[i, j] B[j, l]; True: dB[n, j-tile, l-tile] = sum_i dY[i, j] A[i, l].
-    n = tl.program_id(0)
-    offs_l = tl.program_id(2) * BL + tl.arange(0, BL)
+    # 1-d grid over (n, row tile, l tile), l tiles fastest (they share the dY rows of their row tile).
+    pid = tl.program_id(0)
+    n_l = tl.cdiv(L, BL)
+    offs_l = (pid % n_l) * BL + tl.arange(0, BL)
+    if FOR_B:
+        n_r = tl.cdiv(Cb, BJ)
+    else:
+        n_r = tl.cdiv(Ca, BI)
+    pid_r = (pid // n_l) % n_r
+    n = ((pid // n_l) // n_r).to(tl.int64)
     proj = tl.load(PROJ + n)
     invd = tl.load(INVD + n)
     sfac = tl.load(SFAC + n)
     if FOR_B:
-        offs_j = tl.program_id(1) * BJ + tl.arange(0, BJ)
+        offs_j = pid_r * BJ + tl.arange(0, BJ)
         acc = tl.zeros((BJ, BL), dtype=ACC)
         for i0 in range(0, Ca, BI):
             offs_i = i0 + tl.arange(0, BI)
             dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, proj, invd, sfac, scale, SIGNED, ACC)
-            a = tl.load(A + n * Ca * L + offs_i[:, None] * L + offs_l[None, :],
+            a = tl.load(A + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :],
                         mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L), other=0.0)
             acc = tl.dot(tl.trans(dy.to(a.dtype)), a, acc, input_precision=PREC, out_dtype=ACC)
-        tl.store(DX + n * Cb * L + offs_j[:, None] * L + offs_l[None, :], acc.to(DX.dtype.element_ty),
+        tl.store(DX + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :], acc.to(DX.dtype.element_ty),
                  mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L))
     else:
-        offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
+        offs_i = pid_r * BI + tl.arange(0, BI)
         acc = tl.zeros((BI, BL), dtype=ACC)
         for j0 in range(0, Cb, BJ):
             offs_j = j0 + tl.arange(0, BJ)
             dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, proj, invd, sfac, scale, SIGNED, ACC)
-            b = tl.load(B + n * Cb * L + offs_j[:, None] * L + offs_l[None, :],
+            b = tl.load(B + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :],
                         mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L), other=0.0)
             acc = tl.dot(dy.to(b.dtype), b, acc, input_precision=PREC, out_dtype=ACC)
-        tl.store(DX + n * Ca * L + offs_i[:, None] * L + offs_l[None, :], acc.to(DX.dtype.element_ty),
+        tl.store(DX + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :], acc.to(DX.dtype.element_ty),
                  mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L))
 
 
 @triton.jit
 def _bilinear_classifier_fwd_kernel(A, B, W, NRM2, DOTS, Ca, Cb, L, K, eps, BI: tl.constexpr, BJ: tl.constexpr,
                                     BL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    n = tl.program_id(0)
-    offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
-    offs_j = tl.program_id(2) * BJ + tl.arange(0, BJ)
+    n, offs_i, offs_j = _tile_ij(Ca, Cb, BI, BJ)
     y = _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI, BJ, BL, ACC, PREC)
     s, g = _signed_sqrt(y, eps)
     tl.atomic_add(NRM2 + n, tl.sum(tl.sum(s * s, axis=1), axis=0))
     mask = (offs_i[:, None] < Ca) & (offs_j[None, :] < Cb)
-    woff = offs_i[:, None] * Cb + offs_j[None, :]
+    w_k = W + (offs_i.to(tl.int64) * Cb)[:, None] + offs_j[None, :]  # the tile of W_k, k = 0
+    plane = tl.cast(Ca, tl.int64) * Cb
     for k in range(0, K):
-        w = tl.load(W + k * Ca * Cb + woff, mask=mask, other=0.0).to(ACC)
+        w = tl.load(w_k, mask=mask, other=0.0).to(ACC)
         tl.atomic_add(DOTS + n * K + k, tl.sum(tl.sum(w * s, axis=1), axis=0))
+        w_k += plane
 
 
 @triton.jit
@@ -164,13 +188,15 @@ def _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, 
     s, g = _signed_sqrt(y, eps)
     z = s * invd
     mask = (offs_i[:, None] < Ca) & (offs_j[None, :] < Cb)
-    woff = offs_i[:, None] * Cb + offs_j[None, :]
+    woff = (offs_i.to(tl.int64) * Cb)[:, None] + offs_j[None, :]
+    plane = tl.cast(Ca, tl.int64) * Cb
     dz = tl.zeros((BI, BJ), dtype=ACC)
     for k in range(0, K):
         glk = tl.load(GL + n * K + k).to(ACC)
-        dz += glk * tl.load(W + k * Ca * Cb + woff, mask=mask, other=0.0).to(ACC)
+        dz += glk * tl.load(W + woff, mask=mask, other=0.0).to(ACC)
         if WITH_DW:
-            tl.atomic_add(DW + k * Ca * Cb + woff, glk * z, mask=mask)
+            tl.atomic_add(DW + woff, glk * z, mask=mask)
+        woff += plane  # the tile of W_{k+1}
     return (dz * invd - z * gfac) * g
 
 
@@ -180,35 +206,42 @@ def _bilinear_classifier_bwd_kernel(A, B, W, GL, INVD, GFAC, DX, DW, Ca, Cb, L, 
                                     PREC: tl.constexpr):
     # FOR_B = False: program (n, i-tile) owns dA[n, i-tile, :] (accumulated in DX, ACC dtype) and adds dW;
     # FOR_B = True: program (n, j-tile) owns dB[n, j-tile, :]. dY tiles are recomputed, never stored.
-    n = tl.program_id(0)
+    # 1-d grid over (n, row tile), row tiles fastest.
+    pid = tl.program_id(0)
+    if FOR_B:
+        n_r = tl.cdiv(Cb, BJ)
+    else:
+        n_r = tl.cdiv(Ca, BI)
+    pid_r = pid % n_r
+    n = (pid // n_r).to(tl.int64)
     invd = tl.load(INVD + n)
     gfac = tl.load(GFAC + n)
     if FOR_B:
-        offs_j = tl.program_id(1) * BJ + tl.arange(0, BJ)
+        offs_j = pid_r * BJ + tl.arange(0, BJ)
         for i0 in range(0, Ca, BI):
             offs_i = i0 + tl.arange(0, BI)
             dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, False, BI, BJ,
                                 BL, ACC, PREC)
             for l0 in range(0, L, BL):
                 offs_l = l0 + tl.arange(0, BL)
-                a = tl.load(A + n * Ca * L + offs_i[:, None] * L + offs_l[None, :],
+                a = tl.load(A + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :],
                             mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L), other=0.0)
-                out = DX + n * Cb * L + offs_j[:, None] * L + offs_l[None, :]
+                out = DX + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :]
                 omask = (offs_j[:, None] < Cb) & (offs_l[None, :] < L)
                 prev = tl.load(out, mask=omask, other=0.0)
                 tl.store(out, tl.dot(tl.trans(dy.to(a.dtype)), a, prev, input_precision=PREC, out_dtype=ACC),
                          mask=omask)
     else:
-        offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
+        offs_i = pid_r * BI + tl.arange(0, BI)
         for j0 in range(0, Cb, BJ):
             offs_j = j0 + tl.arange(0, BJ)
             dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, True, BI, BJ,
                                 BL, ACC, PREC)
             for l0 in range(0, L, BL):
                 offs_l = l0 + tl.arange(0, BL)
-                b = tl.load(B + n * Cb * L + offs_j[:, None] * L + offs_l[None, :],
+                b = tl.load(B + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :],
                             mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L), other=0.0)
-                out = DX + n * Ca * L + offs_i[:, None] * L + offs_l[None, :]
+                out = DX + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :]
                 omask = (offs_i[:, None] < Ca) & (offs_l[None, :] < L)
                 prev = tl.load(out, mask=omask, other=0.0)
                 tl.store(out, tl.dot(dy.to(b.dtype), b, prev, input_precision=PREC, out_dtype=ACC), mask=omask)
@@ -218,10 +251,23 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _consts(dtype: torch.dtype) -> dict:
-    acc = tl.float64 if dtype == torch.float64 else tl.float32
-    prec = "ieee" if dtype in (torch.float32, torch.float64) else None  # 16-bit inputs: native dot
-    return dict(BI=BI, BJ=BJ, BL=BL, ACC=acc, PREC=prec)
+def _consts(t: torch.Tensor, classifier_bwd: bool = False) -> dict:
+    """Constexprs for tensors like ``t``: tiles BI x BJ of Y, chunk BL of L, accumulator and dot precision.
+
+    The interpreter takes 32 x 32 x 32. On a GPU, float64 takes 16 x 16 x 16 (its accumulators and dot operands
+    take twice the registers), and so does the float32 classifier backward in BI x BJ (with BL = 32): its ieee
+    dots are FMA loops in which every thread holds K-slices of both operands, K = BJ (dA) or BI (dB), next to a
+    live dY tile. The other tiles are 32 x 32 x 32. These keep every kernel free of register spills on
+    sm_80/sm_90.
+    """
+    acc = tl.float64 if t.dtype == torch.float64 else tl.float32
+    prec = "ieee" if t.dtype in (torch.float32, torch.float64) else None  # 16-bit inputs: native dot
+    bi = bj = bl = 32
+    if _common.on_gpu(t) and t.dtype == torch.float64:
+        bi = bj = bl = 16
+    elif _common.on_gpu(t) and t.dtype == torch.float32 and classifier_bwd:
+        bi = bj = 16
+    return dict(BI=bi, BJ=bj, BL=bl, ACC=acc, PREC=prec)
 
 
 def _flat(a: torch.Tensor, b: torch.Tensor):
@@ -233,17 +279,20 @@ def _flat(a: torch.Tensor, b: torch.Tensor):
 def bilinear_pool_triton(a: torch.Tensor, b: torch.Tensor, eps: float, signed_sqrt: bool, l2_normalize: bool,
                          mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton bilinear pool: returns (z (N, Ca*Cb), norms (N,))."""
-    a3, b3, L = _flat(a, b)
-    n, ca, cb = a.shape[0], a.shape[1], b.shape[1]
-    z = torch.empty(n, ca * cb, device=a.device, dtype=a.dtype)
-    nrm2 = torch.zeros(n, device=a.device, dtype=_acc_dtype(a.dtype))
-    grid = (n, triton.cdiv(ca, BI), triton.cdiv(cb, BJ))
-    wrap_triton(_bilinear_pool_fwd_kernel)[grid](a3, b3, z, nrm2, ca, cb, L, (1.0 / L) if mean else 1.0, eps,
-                                                 SIGNED=signed_sqrt, **_consts(a.dtype))
-    if l2_normalize:
-        block = 1024
-        wrap_triton(_bilinear_pool_scale_kernel)[(n, triton.cdiv(ca * cb, block))](z, nrm2, ca * cb, BLOCK=block)
-    return z, nrm2.sqrt().to(a.dtype)
+    with _common.device_guard(a):
+        a3, b3, L = _flat(a, b)
+        n, ca, cb = a.shape[0], a.shape[1], b.shape[1]
+        z = torch.empty(n, ca * cb, device=a.device, dtype=a.dtype)
+        nrm2 = torch.zeros(n, device=a.device, dtype=_acc_dtype(a.dtype))
+        consts = _consts(a)
+        grid = (n * triton.cdiv(ca, consts["BI"]) * triton.cdiv(cb, consts["BJ"]),)
+        wrap_triton(_bilinear_pool_fwd_kernel)[grid](a3, b3, z, nrm2, ca, cb, L, (1.0 / L) if mean else 1.0, eps,
+                                                     SIGNED=signed_sqrt, **consts)
+        if l2_normalize:
+            block = 1024
+            grid = (n * triton.cdiv(ca * cb, block),)
+            wrap_triton(_bilinear_pool_scale_kernel)[grid](z, nrm2, ca * cb, BLOCK=block)
+        return z, nrm2.sqrt().to(a.dtype)
 
 
 @triton_op("fer_kernels::_bilinear_pool_backward_triton", mutates_args=())
@@ -251,45 +300,49 @@ def bilinear_pool_backward_triton(grad_z: torch.Tensor, a: torch.Tensor, b: torc
                                   norms: torch.Tensor, eps: float, signed_sqrt: bool, l2_normalize: bool,
                                   mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (grad_a, grad_b) of :func:`bilinear_pool_triton` from its saved output z and norms."""
-    a3, b3, L = _flat(a, b)
-    n, ca, cb = a.shape[0], a.shape[1], b.shape[1]
-    acc = _acc_dtype(a.dtype)
-    gz, zc = grad_z.contiguous(), z.contiguous()
-    nrm = norms.to(acc)
-    d = nrm.clamp_min(1e-12)
-    if l2_normalize:
-        proj = torch.where(nrm >= 1e-12, (zc.to(acc) * gz.to(acc)).sum(1), torch.zeros_like(nrm))
-        invd, sfac = 1.0 / d, d
-    else:
-        proj, invd, sfac = torch.zeros_like(nrm), torch.ones_like(nrm), torch.ones_like(nrm)
-    scale = (1.0 / L) if mean else 1.0
-    da = torch.empty_like(a3)
-    db = torch.empty_like(b3)
-    consts = _consts(a.dtype)
-    wrap_triton(_bilinear_pool_bwd_kernel)[(n, triton.cdiv(ca, BI), triton.cdiv(L, BL))](
-        a3, b3, zc, gz, proj, invd, sfac, da, ca, cb, L, scale, FOR_B=False, SIGNED=signed_sqrt, **consts)
-    wrap_triton(_bilinear_pool_bwd_kernel)[(n, triton.cdiv(cb, BJ), triton.cdiv(L, BL))](
-        a3, b3, zc, gz, proj, invd, sfac, db, ca, cb, L, scale, FOR_B=True, SIGNED=signed_sqrt, **consts)
-    return da.view(a.shape), db.view(b.shape)
+    with _common.device_guard(a):
+        a3, b3, L = _flat(a, b)
+        n, ca, cb = a.shape[0], a.shape[1], b.shape[1]
+        acc = _acc_dtype(a.dtype)
+        gz, zc = grad_z.contiguous(), z.contiguous()
+        nrm = norms.to(acc)
+        d = nrm.clamp_min(1e-12)
+        if l2_normalize:
+            proj = torch.where(nrm >= 1e-12, (zc.to(acc) * gz.to(acc)).sum(1), torch.zeros_like(nrm))
+            invd, sfac = 1.0 / d, d
+        else:
+            proj, invd, sfac = torch.zeros_like(nrm), torch.ones_like(nrm), torch.ones_like(nrm)
+        scale = (1.0 / L) if mean else 1.0
+        da = torch.empty_like(a3)
+        db = torch.empty_like(b3)
+        consts = _consts(a)
+        l_tiles = triton.cdiv(L, consts["BL"])
+        wrap_triton(_bilinear_pool_bwd_kernel)[(n * triton.cdiv(ca, consts["BI"]) * l_tiles,)](
+            a3, b3, zc, gz, proj, invd, sfac, da, ca, cb, L, scale, FOR_B=False, SIGNED=signed_sqrt, **consts)
+        wrap_triton(_bilinear_pool_bwd_kernel)[(n * triton.cdiv(cb, consts["BJ"]) * l_tiles,)](
+            a3, b3, zc, gz, proj, invd, sfac, db, ca, cb, L, scale, FOR_B=True, SIGNED=signed_sqrt, **consts)
+        return da.view(a.shape), db.view(b.shape)
 
 
 @triton_op("fer_kernels::bilinear_classifier_triton", mutates_args=())
 def bilinear_classifier_triton(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton fused bilinear classifier: returns (logits (N, K), norms (N,)); z is never written."""
-    a3, b3, L = _flat(a, b)
-    n, ca, cb, k = a.shape[0], a.shape[1], b.shape[1], weight.shape[0]
-    acc = _acc_dtype(a.dtype)
-    nrm2 = torch.zeros(n, device=a.device, dtype=acc)
-    dots = torch.zeros(n, k, device=a.device, dtype=acc)
-    grid = (n, triton.cdiv(ca, BI), triton.cdiv(cb, BJ))
-    wrap_triton(_bilinear_classifier_fwd_kernel)[grid](a3, b3, weight.contiguous(), nrm2, dots, ca, cb, L, k, eps,
-                                                       **_consts(a.dtype))
-    norms = nrm2.sqrt()
-    logits = dots / norms.clamp_min(1e-12)[:, None]
-    if bias is not None:
-        logits = logits + bias.to(acc)
-    return logits.to(a.dtype), norms.to(a.dtype)
+    with _common.device_guard(a):
+        a3, b3, L = _flat(a, b)
+        n, ca, cb, k = a.shape[0], a.shape[1], b.shape[1], weight.shape[0]
+        acc = _acc_dtype(a.dtype)
+        nrm2 = torch.zeros(n, device=a.device, dtype=acc)
+        dots = torch.zeros(n, k, device=a.device, dtype=acc)
+        consts = _consts(a)
+        grid = (n * triton.cdiv(ca, consts["BI"]) * triton.cdiv(cb, consts["BJ"]),)
+        wrap_triton(_bilinear_classifier_fwd_kernel)[grid](a3, b3, weight.contiguous(), nrm2, dots, ca, cb, L, k,
+                                                           eps, **consts)
+        norms = nrm2.sqrt()
+        logits = dots / norms.clamp_min(1e-12)[:, None]
+        if bias is not None:
+            logits = logits + bias.to(acc)
+        return logits.to(a.dtype), norms.to(a.dtype)
 
 
 @triton_op("fer_kernels::_bilinear_classifier_backward_triton", mutates_args=())
@@ -298,27 +351,28 @@ def bilinear_classifier_backward_triton(grad_logits: torch.Tensor, a: torch.Tens
                                         logits: torch.Tensor, eps: float
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (grad_a, grad_b, grad_weight, grad_bias) of :func:`bilinear_classifier_triton`, recomputing Y."""
-    a3, b3, L = _flat(a, b)
-    n, ca, cb, k = a.shape[0], a.shape[1], b.shape[1], weight.shape[0]
-    acc = _acc_dtype(a.dtype)
-    gl = grad_logits.contiguous()
-    nrm = norms.to(acc)
-    d = nrm.clamp_min(1e-12)
-    lmb = logits.to(acc) - (bias.to(acc) if bias is not None else 0.0)
-    g = (gl.to(acc) * lmb).sum(1)  # <z, dz> = sum_k dl_k (logits_k - bias_k)
-    invd = 1.0 / d
-    gfac = torch.where(nrm >= 1e-12, g / d, torch.zeros_like(g))
-    da = torch.zeros(a3.shape, device=a.device, dtype=acc)
-    db = torch.zeros(b3.shape, device=a.device, dtype=acc)
-    dw = torch.zeros(k, ca * cb, device=a.device, dtype=acc)
-    w = weight.contiguous()
-    consts = _consts(a.dtype)
-    wrap_triton(_bilinear_classifier_bwd_kernel)[(n, triton.cdiv(ca, BI))](
-        a3, b3, w, gl, invd, gfac, da, dw, ca, cb, L, k, eps, FOR_B=False, **consts)
-    wrap_triton(_bilinear_classifier_bwd_kernel)[(n, triton.cdiv(cb, BJ))](
-        a3, b3, w, gl, invd, gfac, db, dw, ca, cb, L, k, eps, FOR_B=True, **consts)
-    return (da.to(a.dtype).view(a.shape), db.to(b.dtype).view(b.shape), dw.to(weight.dtype),
-            gl.sum(0).to(weight.dtype))
+    with _common.device_guard(a):
+        a3, b3, L = _flat(a, b)
+        n, ca, cb, k = a.shape[0], a.shape[1], b.shape[1], weight.shape[0]
+        acc = _acc_dtype(a.dtype)
+        gl = grad_logits.contiguous()
+        nrm = norms.to(acc)
+        d = nrm.clamp_min(1e-12)
+        lmb = logits.to(acc) - (bias.to(acc) if bias is not None else 0.0)
+        g = (gl.to(acc) * lmb).sum(1)  # <z, dz> = sum_k dl_k (logits_k - bias_k)
+        invd = 1.0 / d
+        gfac = torch.where(nrm >= 1e-12, g / d, torch.zeros_like(g))
+        da = torch.zeros(a3.shape, device=a.device, dtype=acc)
+        db = torch.zeros(b3.shape, device=a.device, dtype=acc)
+        dw = torch.zeros(k, ca * cb, device=a.device, dtype=acc)
+        w = weight.contiguous()
+        consts = _consts(a, classifier_bwd=True)
+        wrap_triton(_bilinear_classifier_bwd_kernel)[(n * triton.cdiv(ca, consts["BI"]),)](
+            a3, b3, w, gl, invd, gfac, da, dw, ca, cb, L, k, eps, FOR_B=False, **consts)
+        wrap_triton(_bilinear_classifier_bwd_kernel)[(n * triton.cdiv(cb, consts["BJ"]),)](
+            a3, b3, w, gl, invd, gfac, db, dw, ca, cb, L, k, eps, FOR_B=True, **consts)
+        return (da.to(a.dtype).view(a.shape), db.to(b.dtype).view(b.shape), dw.to(weight.dtype),
+                gl.sum(0).to(weight.dtype))
 
 
 # Why here: the Triton ops carry the same autograd formulas as the C++ ops (fer_kernels.ops.bilinear).

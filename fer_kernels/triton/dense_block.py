@@ -16,9 +16,16 @@ Kernels (all on the block buffer ``buf`` (N, C0+L*k, H*W), the saved bottleneck 
 - ``_dense_block_bn_bwd_kernel``: the per-channel BN input gradient ``A*((dz - B) - C*(x - mean))`` (written, or
   accumulated into the buffer's gradient).
 
-float32 uses ``input_precision="ieee"``; float16/bfloat16 feed the tensor cores in their dtype and
-accumulate in float32; float64 (for gradcheck under the interpreter) stays float64. Saved for backward: the
-buffer, h and the statistics, as in the C++ backend.
+Every ``tl.dot`` names its ``out_dtype`` (the accumulator's): float32 uses ``input_precision="ieee"``;
+float16/bfloat16 feed the tensor cores in their dtype and accumulate in float32; float64 (for gradcheck)
+stays float64. Saved for backward: the buffer, h and the statistics, as in the C++ backend.
+
+Grids are 1-d (tile counts grow with the batch and the channels; only axis 0 reaches 2^31 - 1), pixel tiles
+fastest. A pixel tile is a run of the flattened (sample, pixel) index ``m`` and may straddle samples: its rows'
+sample index is 64-bit and so is every offset scaled by a sample stride or a channel plane (``c * H*W``);
+offsets within one plane (pixel, 3x3 tap) are 32-bit. Tile sizes (``_conv_config``, ``_wgrad_config``) follow
+the tensors (``_common.on_gpu``): small for the interpreter, and on a GPU sized so that every kernel compiles
+without register spills on sm_80/sm_90. Both ops launch under the device guard of their inputs.
 """
 
 from __future__ import annotations
@@ -30,6 +37,22 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from fer_kernels.triton import _common
+
+
+@triton.jit
+def _pixel_rows(m0, M, HW, BLOCK_M: tl.constexpr):
+    """Rows m0 .. m0 + BLOCK_M - 1 of the flattened (sample, pixel) index, m0 a 64-bit scalar.
+
+    Returns (n, p, mask): each row's sample (int64) and pixel (int32), one 64-bit division per tile.
+    """
+    n0 = m0 // HW
+    q = (m0 - n0 * HW).to(tl.int32) + tl.arange(0, BLOCK_M)
+    n = n0 + q // HW
+    p = q % HW
+    mask = tl.arange(0, BLOCK_M) < M - m0
+    return n, p, mask
+
 
 @triton.jit
 def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_sn, mean, invstd, s1_ptr, s2_ptr,
@@ -37,17 +60,18 @@ def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_
                             KS: tl.constexpr, FLIP: tl.constexpr, PRO: tl.constexpr, EPI: tl.constexpr,
                             STATS: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = offs_m < M
-    n = offs_m // HW
-    p = offs_m % HW
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % n_m
+    pid_n = pid // n_m
+    n, p, mmask = _pixel_rows(pid_m.to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
     y = p // W
     x = p % W
+    src_rows = n * src_sn
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < COUT
     ktot = CIN * KS * KS
+    w_cols = offs_n.to(tl.int64) * ktot
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, ktot, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -69,22 +93,23 @@ def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_
             sx = x[:, None] + ox[None, :]
             valid = mmask[:, None] & kmask[None, :] & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
             sp = sy * W + sx
-        v = tl.load(src + n[:, None] * src_sn + ci[None, :] * HW + sp, mask=valid, other=0.0).to(ACC)
+        v = tl.load(src + src_rows[:, None] + (ci.to(tl.int64) * HW)[None, :] + sp, mask=valid, other=0.0).to(ACC)
         if PRO:
             s = tl.load(scale + ci, mask=kmask, other=0.0).to(ACC)
             t = tl.load(shift + ci, mask=kmask, other=0.0).to(ACC)
             v = tl.where(valid, tl.maximum(v * s[None, :] + t[None, :], 0.0), 0.0)
-        wt = tl.load(w + offs_n[None, :] * ktot + offs_k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        wt = tl.load(w + w_cols[None, :] + offs_k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
         if DOT == 0:  # float64
-            acc += tl.dot(v, wt.to(ACC))
+            acc = tl.dot(v, wt.to(ACC), acc, out_dtype=ACC)
         elif DOT == 1:  # float32, exact products
-            acc += tl.dot(v, wt.to(ACC), input_precision="ieee")
+            acc = tl.dot(v, wt.to(ACC), acc, input_precision="ieee", out_dtype=ACC)
         else:  # float16 / bfloat16 inputs, float32 accumulation
-            acc += tl.dot(v.to(wt.dtype), wt, out_dtype=tl.float32)
+            acc = tl.dot(v.to(wt.dtype), wt, acc, out_dtype=ACC)
     omask = mmask[:, None] & nmask[None, :]
+    planes = (offs_n.to(tl.int64) * HW)[None, :]
     if EPI == 1:
         # backward: ReLU mask of the recomputed BN pre-activation of aux (h or x), and BN-backward sums
-        hv = tl.load(aux + n[:, None] * aux_sn + offs_n[None, :] * HW + p[:, None], mask=omask, other=0.0).to(ACC)
+        hv = tl.load(aux + (n * aux_sn + p)[:, None] + planes, mask=omask, other=0.0).to(ACC)
         s = tl.load(scale + offs_n, mask=nmask, other=0.0).to(ACC)
         t = tl.load(shift + offs_n, mask=nmask, other=0.0).to(ACC)
         mu = tl.load(mean + offs_n, mask=nmask, other=0.0).to(ACC)
@@ -99,20 +124,25 @@ def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_
         if STATS:
             tl.atomic_add(s1_ptr + offs_n, tl.sum(acc, 0).to(s1_ptr.dtype.element_ty), mask=nmask)
             tl.atomic_add(s2_ptr + offs_n, tl.sum(acc * acc, 0).to(s2_ptr.dtype.element_ty), mask=nmask)
-    tl.store(dst + n[:, None] * dst_sn + offs_n[None, :] * HW + p[:, None], acc.to(dst.dtype.element_ty), mask=omask)
+    tl.store(dst + (n * dst_sn + p)[:, None] + planes, acc.to(dst.dtype.element_ty), mask=omask)
 
 
 @triton.jit
 def _dense_block_bwd_kernel(g, g_sn, src, src_sn, scale, shift, dw, M, HW, H, W, CIN, COUT, M_PER_PROG,
                             KS: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_Q: tl.constexpr):
-    pid_o = tl.program_id(0)
-    pid_q = tl.program_id(1)
-    pid_s = tl.program_id(2)
+    # 1-d grid over (pixel split s, q tile, o tile), o tiles fastest; program s reduces rows
+    # [s * M_PER_PROG, (s + 1) * M_PER_PROG) in BLOCK_M chunks and atomically adds its dW tile.
+    pid = tl.program_id(0)
+    qtot = CIN * KS * KS
+    n_o = tl.cdiv(COUT, BLOCK_O)
+    n_q = tl.cdiv(qtot, BLOCK_Q)
+    pid_o = pid % n_o
+    pid_q = (pid // n_o) % n_q
+    pid_s = (pid // n_o) // n_q
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     omask = offs_o < COUT
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qtot = CIN * KS * KS
     qmask = offs_q < qtot
     if KS == 1:
         ci = offs_q
@@ -122,44 +152,45 @@ def _dense_block_bwd_kernel(g, g_sn, src, src_sn, scale, shift, dw, M, HW, H, W,
         ci = offs_q // 9
         oy = (offs_q % 9) // 3 - 1
         ox = offs_q % 3 - 1
+    g_planes = (offs_o.to(tl.int64) * HW)[None, :]
+    src_planes = (ci.to(tl.int64) * HW)[None, :]
     s = tl.load(scale + ci, mask=qmask, other=0.0).to(ACC)
     t = tl.load(shift + ci, mask=qmask, other=0.0).to(ACC)
     acc = tl.zeros((BLOCK_O, BLOCK_Q), dtype=ACC)
-    m_start = pid_s * M_PER_PROG
-    for m0 in range(m_start, m_start + M_PER_PROG, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        mmask = (offs_m < M) & (offs_m < m_start + M_PER_PROG)
-        n = offs_m // HW
-        p = offs_m % HW
+    m_start = pid_s.to(tl.int64) * M_PER_PROG
+    m_end = tl.minimum(M, m_start + M_PER_PROG)
+    for mi in range(0, M_PER_PROG, BLOCK_M):
+        n, p, mmask = _pixel_rows(m_start + mi, m_end, HW, BLOCK_M)
         y = p // W
         x = p % W
-        gt = tl.load(g + n[:, None] * g_sn + offs_o[None, :] * HW + p[:, None], mask=mmask[:, None] & omask[None, :],
-                     other=0.0)
+        gt = tl.load(g + (n * g_sn + p)[:, None] + g_planes, mask=mmask[:, None] & omask[None, :], other=0.0)
         sy = y[:, None] + oy[None, :]
         sx = x[:, None] + ox[None, :]
         valid = mmask[:, None] & qmask[None, :] & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
-        v = tl.load(src + n[:, None] * src_sn + ci[None, :] * HW + sy * W + sx, mask=valid, other=0.0).to(ACC)
+        v = tl.load(src + (n * src_sn)[:, None] + src_planes + sy * W + sx, mask=valid, other=0.0).to(ACC)
         v = tl.where(valid, tl.maximum(v * s[None, :] + t[None, :], 0.0), 0.0)
         if DOT == 0:
-            acc += tl.dot(tl.trans(gt.to(ACC)), v)
+            acc = tl.dot(tl.trans(gt.to(ACC)), v, acc, out_dtype=ACC)
         elif DOT == 1:
-            acc += tl.dot(tl.trans(gt.to(ACC)), v, input_precision="ieee")
+            acc = tl.dot(tl.trans(gt.to(ACC)), v, acc, input_precision="ieee", out_dtype=ACC)
         else:
-            acc += tl.dot(tl.trans(gt), v.to(gt.dtype), out_dtype=tl.float32)
-    tl.atomic_add(dw + offs_o[:, None] * qtot + offs_q[None, :], acc.to(dw.dtype.element_ty),
+            acc = tl.dot(tl.trans(gt), v.to(gt.dtype), acc, out_dtype=ACC)
+    tl.atomic_add(dw + (offs_o.to(tl.int64) * qtot)[:, None] + offs_q[None, :], acc.to(dw.dtype.element_ty),
                   mask=omask[:, None] & qmask[None, :])
 
 
 @triton.jit
 def _dense_block_stats_kernel(src, src_sn, s1_ptr, s2_ptr, M, HW, C, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_C: tl.constexpr):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # 1-d grid over (channel tile, pixel tile), pixel tiles fastest.
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n, p, mmask = _pixel_rows((pid % n_m).to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
+    offs_c = (pid // n_m) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = offs_c < C
-    mask = (offs_m < M)[:, None] & cmask[None, :]
-    n = offs_m // HW
-    p = offs_m % HW
-    v = tl.load(src + n[:, None] * src_sn + offs_c[None, :] * HW + p[:, None], mask=mask, other=0.0).to(ACC)
+    mask = mmask[:, None] & cmask[None, :]
+    v = tl.load(src + (n * src_sn + p)[:, None] + (offs_c.to(tl.int64) * HW)[None, :], mask=mask,
+                other=0.0).to(ACC)
     tl.atomic_add(s1_ptr + offs_c, tl.sum(v, 0).to(s1_ptr.dtype.element_ty), mask=cmask)
     tl.atomic_add(s2_ptr + offs_c, tl.sum(v * v, 0).to(s2_ptr.dtype.element_ty), mask=cmask)
 
@@ -167,21 +198,22 @@ def _dense_block_stats_kernel(src, src_sn, s1_ptr, s2_ptr, M, HW, C, ACC: tl.con
 @triton.jit
 def _dense_block_bn_bwd_kernel(dst, dst_sn, d, d_sn, xs, xs_sn, A, Bc, Cc, mean, M, HW, C, ACCUM: tl.constexpr,
                                ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    # 1-d grid over (channel tile, pixel tile), pixel tiles fastest.
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n, p, mmask = _pixel_rows((pid % n_m).to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
+    offs_c = (pid // n_m) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = offs_c < C
-    mask = (offs_m < M)[:, None] & cmask[None, :]
-    n = offs_m // HW
-    p = offs_m % HW
-    off = offs_c[None, :] * HW + p[:, None]
-    dz = tl.load(d + n[:, None] * d_sn + off, mask=mask, other=0.0).to(ACC)
-    xv = tl.load(xs + n[:, None] * xs_sn + off, mask=mask, other=0.0).to(ACC)
+    mask = mmask[:, None] & cmask[None, :]
+    planes = (offs_c.to(tl.int64) * HW)[None, :]
+    dz = tl.load(d + (n * d_sn + p)[:, None] + planes, mask=mask, other=0.0).to(ACC)
+    xv = tl.load(xs + (n * xs_sn + p)[:, None] + planes, mask=mask, other=0.0).to(ACC)
     a = tl.load(A + offs_c, mask=cmask, other=0.0).to(ACC)
     b = tl.load(Bc + offs_c, mask=cmask, other=0.0).to(ACC)
     c = tl.load(Cc + offs_c, mask=cmask, other=0.0).to(ACC)
     mu = tl.load(mean + offs_c, mask=cmask, other=0.0).to(ACC)
     out = a[None, :] * ((dz - b[None, :]) - c[None, :] * (xv - mu[None, :]))
-    ptr = dst + n[:, None] * dst_sn + off
+    ptr = dst + (n * dst_sn + p)[:, None] + planes
     if ACCUM:
         out += tl.load(ptr, mask=mask, other=0.0).to(ACC)
     tl.store(ptr, out.to(dst.dtype.element_ty), mask=mask)
@@ -196,43 +228,67 @@ def _modes(dtype):
     return 2, tl.float32, torch.float32
 
 
-def _blocks(dtype):
-    # The interpreter runs on CPU: small tiles keep it quick. tl.dot needs every dimension >= 16.
-    if dtype == torch.float64 or not torch.cuda.is_available():
-        return 16, 16, 16
-    return 64, 32, 32
+def _conv_config(t):
+    """Tiles (and pipeline depth) of the convolution kernel for tensors like ``t``.
+
+    The interpreter runs on CPU: small tiles keep it quick (tl.dot needs every dimension >= 16); float64 keeps
+    them on a GPU too (its dots are slow and only gradcheck uses it). float32 dots are ieee FMA loops in which
+    every thread holds a BLOCK_K slice of its rows and columns: float32 takes half the K chunk of the
+    tensor-core dtypes and a 2-stage pipeline, which keeps it within the register file on sm_80/sm_90.
+    """
+    if t.dtype == torch.float64 or not _common.on_gpu(t):
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+    if t.dtype == torch.float32:
+        return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=16, num_stages=2)
+    return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
+
+
+def _wgrad_config(t):
+    """Tiles of the weight-gradient kernel for tensors like ``t``.
+
+    BLOCK_M is the dot's reduction chunk: the gathered BN-ReLU column tile (BLOCK_M x BLOCK_Q) and, in float32,
+    the FMA dot's per-thread row and column slices must fit in registers next to the 16 x BLOCK_Q dW tile.
+    """
+    if t.dtype == torch.float64 or not _common.on_gpu(t):
+        return dict(BLOCK_M=16, BLOCK_O=16, BLOCK_Q=16)
+    if t.dtype == torch.float32:
+        return dict(BLOCK_M=32, BLOCK_O=16, BLOCK_Q=32)
+    return dict(BLOCK_M=64, BLOCK_O=16, BLOCK_Q=32)
 
 
 def _conv(src, scale, shift, w, dst, m, hw, h, wd, cin, cout, ks, flip, pro, epi, stats, aux=None, mean=None,
           invstd=None, s1=None, s2=None):
     dot, acc, _ = _modes(src.dtype)
-    bm, bn, bk = _blocks(src.dtype)
+    cfg = _conv_config(src)
     dummy = scale if scale is not None else w
-    grid = (triton.cdiv(m, bm), triton.cdiv(cout, bn))
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(cout, cfg["BLOCK_N"]),)
     wrap_triton(_dense_block_fwd_kernel)[grid](
         src, src.stride(0), dummy if scale is None else scale, dummy if shift is None else shift, w, dst,
         dst.stride(0), dst if aux is None else aux, 0 if aux is None else aux.stride(0),
         dummy if mean is None else mean, dummy if invstd is None else invstd,
         dummy if s1 is None else s1, dummy if s2 is None else s2,
-        m, hw, h, wd, cin, cout, KS=ks, FLIP=flip, PRO=pro, EPI=epi, STATS=stats, DOT=dot, ACC=acc,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        m, hw, h, wd, cin, cout, KS=ks, FLIP=flip, PRO=pro, EPI=epi, STATS=stats, DOT=dot, ACC=acc, **cfg)
 
 
 def _wgrad(g, src, scale, shift, dw, m, hw, h, wd, cin, cout, ks):
     dot, acc, _ = _modes(src.dtype)
-    bm, _, _ = _blocks(src.dtype)
-    bo = 16
-    bq = 16 if src.dtype == torch.float64 or not torch.cuda.is_available() else 64
-    m_per = max(bm, triton.cdiv(triton.cdiv(m, 64), bm) * bm)
-    grid = (triton.cdiv(cout, bo), triton.cdiv(cin * ks * ks, bq), triton.cdiv(m, m_per))
+    cfg = _wgrad_config(src)
+    bm = cfg["BLOCK_M"]
+    m_per = max(bm, triton.cdiv(triton.cdiv(m, 64), bm) * bm)  # at most 64 pixel splits
+    grid = (triton.cdiv(cout, cfg["BLOCK_O"]) * triton.cdiv(cin * ks * ks, cfg["BLOCK_Q"]) * triton.cdiv(m, m_per),)
     wrap_triton(_dense_block_bwd_kernel)[grid](g, g.stride(0), src, src.stride(0), scale, shift, dw, m, hw, h, wd,
-                                               cin, cout, m_per, KS=ks, DOT=dot, ACC=acc, BLOCK_M=bm,
-                                               BLOCK_O=bo, BLOCK_Q=bq)
+                                               cin, cout, m_per, KS=ks, DOT=dot, ACC=acc, **cfg)
+
+
+def _stats(src, s1, s2, m, hw, c):
+    grid = (triton.cdiv(m, 64) * triton.cdiv(c, 16),)
+    wrap_triton(_dense_block_stats_kernel)[grid](src, src.stride(0), s1, s2, m, hw, c, ACC=_modes(src.dtype)[1],
+                                                 BLOCK_M=64, BLOCK_C=16)
 
 
 def _bn_bwd(dst, d, xs, A, Bc, Cc, mean, m, hw, c, accum):
     _, acc, _ = _modes(dst.dtype)
-    grid = (triton.cdiv(m, 64), triton.cdiv(c, 16))
+    grid = (triton.cdiv(m, 64) * triton.cdiv(c, 16),)
     wrap_triton(_dense_block_bn_bwd_kernel)[grid](dst, dst.stride(0), d, d.stride(0), xs, xs.stride(0), A, Bc, Cc,
                                                   mean, m, hw, c, ACCUM=accum, ACC=acc, BLOCK_M=64, BLOCK_C=16)
 
@@ -253,48 +309,48 @@ def _dense_block_triton(x: torch.Tensor, norm1_weight: list[torch.Tensor], norm1
                                              torch.Tensor]:
     """Triton dense block; same schema and outputs as ``fer_kernels::dense_block`` (statistics in float32,
     float64 for float64 inputs)."""
-    n, c0, hh, ww = x.shape
-    L, k, b = len(conv1_weight), conv2_weight[0].shape[0], conv1_weight[0].shape[0]
-    ctot, hw = c0 + L * k, hh * ww
-    m = n * hw
-    _, _, sdt = _modes(x.dtype)
-    buf = x.new_empty(n, ctot, hh, ww)
-    buf[:, :c0].copy_(x)
-    hbuf = x.new_empty(L, n, b, hh, ww)
-    xs1 = torch.zeros(ctot, dtype=sdt, device=x.device)
-    xs2 = torch.zeros(ctot, dtype=sdt, device=x.device)
-    hs1 = torch.zeros(L, b, dtype=sdt, device=x.device)
-    hs2 = torch.zeros(L, b, dtype=sdt, device=x.device)
-    xmean = xvar = None
-    if training:
-        wrap_triton(_dense_block_stats_kernel)[(triton.cdiv(m, 64), triton.cdiv(c0, 16))](
-            buf, buf.stride(0), xs1, xs2, m, hw, c0, ACC=_modes(x.dtype)[1], BLOCK_M=64, BLOCK_C=16)
-    for l in range(L):
-        c = c0 + l * k
+    with _common.device_guard(x):
+        n, c0, hh, ww = x.shape
+        L, k, b = len(conv1_weight), conv2_weight[0].shape[0], conv1_weight[0].shape[0]
+        ctot, hw = c0 + L * k, hh * ww
+        m = n * hw
+        _, _, sdt = _modes(x.dtype)
+        buf = x.new_empty(n, ctot, hh, ww)
+        buf[:, :c0].copy_(x)
+        hbuf = x.new_empty(L, n, b, hh, ww)
+        xs1 = torch.zeros(ctot, dtype=sdt, device=x.device)
+        xs2 = torch.zeros(ctot, dtype=sdt, device=x.device)
+        hs1 = torch.zeros(L, b, dtype=sdt, device=x.device)
+        hs2 = torch.zeros(L, b, dtype=sdt, device=x.device)
+        xmean = xvar = None
         if training:
-            xmean = xs1 / m
-            xvar = (xs2 / m - xmean * xmean).clamp_min(0)
-            s1, t1, _ = _affine(norm1_weight[l], norm1_bias[l], xmean[:c], xvar[:c], eps)
-        else:
-            s1, t1, _ = _affine(norm1_weight[l], norm1_bias[l], norm1_mean[l].to(sdt), norm1_var[l].to(sdt), eps)
-        hl = hbuf[l]
-        _conv(buf, s1, t1, conv1_weight[l].contiguous(), hl, m, hw, hh, ww, c, b, 1, False, True, 0, training,
-              s1=hs1[l], s2=hs2[l])
-        if training:
-            hm = hs1[l] / m
-            hv = (hs2[l] / m - hm * hm).clamp_min(0)
-            s2, t2, _ = _affine(norm2_weight[l], norm2_bias[l], hm, hv, eps)
-        else:
-            s2, t2, _ = _affine(norm2_weight[l], norm2_bias[l], norm2_mean[l].to(sdt), norm2_var[l].to(sdt), eps)
-        _conv(hl, s2, t2, conv2_weight[l].contiguous(), buf[:, c:], m, hw, hh, ww, b, k, 3, False, True, 0,
-              training, s1=xs1[c:], s2=xs2[c:])
-    if not training:
-        e = x.new_empty(0, dtype=sdt)
-        return buf, hbuf, e, e.clone(), e.clone(), e.clone()
-    xmean = xs1 / m
-    hmean = hs1 / m
-    return (buf, hbuf, xmean, (xs2 / m - xmean * xmean).clamp_min(0), hmean,
-            (hs2 / m - hmean * hmean).clamp_min(0))
+            _stats(buf, xs1, xs2, m, hw, c0)
+        for l in range(L):
+            c = c0 + l * k
+            if training:
+                xmean = xs1 / m
+                xvar = (xs2 / m - xmean * xmean).clamp_min(0)
+                s1, t1, _ = _affine(norm1_weight[l], norm1_bias[l], xmean[:c], xvar[:c], eps)
+            else:
+                s1, t1, _ = _affine(norm1_weight[l], norm1_bias[l], norm1_mean[l].to(sdt), norm1_var[l].to(sdt), eps)
+            hl = hbuf[l]
+            _conv(buf, s1, t1, conv1_weight[l].contiguous(), hl, m, hw, hh, ww, c, b, 1, False, True, 0, training,
+                  s1=hs1[l], s2=hs2[l])
+            if training:
+                hm = hs1[l] / m
+                hv = (hs2[l] / m - hm * hm).clamp_min(0)
+                s2, t2, _ = _affine(norm2_weight[l], norm2_bias[l], hm, hv, eps)
+            else:
+                s2, t2, _ = _affine(norm2_weight[l], norm2_bias[l], norm2_mean[l].to(sdt), norm2_var[l].to(sdt), eps)
+            _conv(hl, s2, t2, conv2_weight[l].contiguous(), buf[:, c:], m, hw, hh, ww, b, k, 3, False, True, 0,
+                  training, s1=xs1[c:], s2=xs2[c:])
+        if not training:
+            e = x.new_empty(0, dtype=sdt)
+            return buf, hbuf, e, e.clone(), e.clone(), e.clone()
+        xmean = xs1 / m
+        hmean = hs1 / m
+        return (buf, hbuf, xmean, (xs2 / m - xmean * xmean).clamp_min(0), hmean,
+                (hs2 / m - hmean * hmean).clamp_min(0))
 
 
 @triton_op("fer_kernels::_dense_block_triton_backward", mutates_args=())
@@ -307,50 +363,51 @@ def _dense_block_triton_backward(
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
            list[torch.Tensor], list[torch.Tensor]]:
     """Backward of ``dense_block_triton``: layers in reverse, a and c recomputed inside the kernels."""
-    n, ctot, hh, ww = out.shape
-    L, k, b = len(conv1_weight), conv2_weight[0].shape[0], conv1_weight[0].shape[0]
-    c0, hw = ctot - L * k, hh * ww
-    m = n * hw
-    _, _, sdt = _modes(out.dtype)
-    gbuf = grad_out.contiguous().clone()
-    dz2 = out.new_empty(n, b, hh, ww)
-    dh = out.new_empty(n, b, hh, ww)
-    dz1 = out.new_empty(n, ctot - k, hh, ww)
-    gg1, gb1, gw1, gg2, gb2, gw2 = ([None] * L for _ in range(6))
-    for l in range(L - 1, -1, -1):
-        c = c0 + l * k
-        if training:
-            m1, v1, m2, v2 = xmean[:c], xvar[:c], hmean[l], hvar[l]
-        else:
-            m1, v1 = norm1_mean[l].to(sdt), norm1_var[l].to(sdt)
-            m2, v2 = norm2_mean[l].to(sdt), norm2_var[l].to(sdt)
-        s1, t1, is1 = _affine(norm1_weight[l], norm1_bias[l], m1, v1, eps)
-        s2, t2, is2 = _affine(norm2_weight[l], norm2_bias[l], m2, v2, eps)
-        hl = h[l]
-        gy = gbuf[:, c:]
-        w2 = conv2_weight[l]
-        dw2 = torch.zeros(w2.shape, dtype=sdt, device=out.device)
-        _wgrad(gy, hl, s2, t2, dw2, m, hw, hh, ww, b, k, 3)
-        sum2 = torch.zeros(b, dtype=sdt, device=out.device)
-        sumx2 = torch.zeros(b, dtype=sdt, device=out.device)
-        w2r = w2.permute(1, 0, 2, 3).contiguous()
-        _conv(gy, s2, t2, w2r, dz2, m, hw, hh, ww, k, b, 3, True, False, 1, True, aux=hl, mean=m2, invstd=is2,
-              s1=sum2, s2=sumx2)
-        A2, B2, C2 = _bn_coefs(norm2_weight[l], is2, m2, sum2, sumx2, m, training)
-        _bn_bwd(dh, dz2, hl, A2, B2, C2, m2, m, hw, b, False)
-        w1 = conv1_weight[l]
-        dw1 = torch.zeros(w1.shape, dtype=sdt, device=out.device)
-        _wgrad(dh, out, s1, t1, dw1, m, hw, hh, ww, c, b, 1)
-        sum1 = torch.zeros(c, dtype=sdt, device=out.device)
-        sumx1 = torch.zeros(c, dtype=sdt, device=out.device)
-        w1t = w1.reshape(b, c).t().contiguous()
-        _conv(dh, s1, t1, w1t, dz1, m, hw, hh, ww, b, c, 1, False, False, 1, True, aux=out, mean=m1, invstd=is1,
-              s1=sum1, s2=sumx1)
-        A1, B1, C1 = _bn_coefs(norm1_weight[l], is1, m1, sum1, sumx1, m, training)
-        _bn_bwd(gbuf, dz1, out, A1, B1, C1, m1, m, hw, c, True)
-        gg1[l], gb1[l], gw1[l] = sumx1.to(out.dtype), sum1.to(out.dtype), dw1.to(out.dtype)
-        gg2[l], gb2[l], gw2[l] = sumx2.to(out.dtype), sum2.to(out.dtype), dw2.to(out.dtype)
-    return gbuf[:, :c0].contiguous(), gg1, gb1, gw1, gg2, gb2, gw2
+    with _common.device_guard(out):
+        n, ctot, hh, ww = out.shape
+        L, k, b = len(conv1_weight), conv2_weight[0].shape[0], conv1_weight[0].shape[0]
+        c0, hw = ctot - L * k, hh * ww
+        m = n * hw
+        _, _, sdt = _modes(out.dtype)
+        gbuf = grad_out.contiguous().clone()
+        dz2 = out.new_empty(n, b, hh, ww)
+        dh = out.new_empty(n, b, hh, ww)
+        dz1 = out.new_empty(n, ctot - k, hh, ww)
+        gg1, gb1, gw1, gg2, gb2, gw2 = ([None] * L for _ in range(6))
+        for l in range(L - 1, -1, -1):
+            c = c0 + l * k
+            if training:
+                m1, v1, m2, v2 = xmean[:c], xvar[:c], hmean[l], hvar[l]
+            else:
+                m1, v1 = norm1_mean[l].to(sdt), norm1_var[l].to(sdt)
+                m2, v2 = norm2_mean[l].to(sdt), norm2_var[l].to(sdt)
+            s1, t1, is1 = _affine(norm1_weight[l], norm1_bias[l], m1, v1, eps)
+            s2, t2, is2 = _affine(norm2_weight[l], norm2_bias[l], m2, v2, eps)
+            hl = h[l]
+            gy = gbuf[:, c:]
+            w2 = conv2_weight[l]
+            dw2 = torch.zeros(w2.shape, dtype=sdt, device=out.device)
+            _wgrad(gy, hl, s2, t2, dw2, m, hw, hh, ww, b, k, 3)
+            sum2 = torch.zeros(b, dtype=sdt, device=out.device)
+            sumx2 = torch.zeros(b, dtype=sdt, device=out.device)
+            w2r = w2.permute(1, 0, 2, 3).contiguous()
+            _conv(gy, s2, t2, w2r, dz2, m, hw, hh, ww, k, b, 3, True, False, 1, True, aux=hl, mean=m2, invstd=is2,
+                  s1=sum2, s2=sumx2)
+            A2, B2, C2 = _bn_coefs(norm2_weight[l], is2, m2, sum2, sumx2, m, training)
+            _bn_bwd(dh, dz2, hl, A2, B2, C2, m2, m, hw, b, False)
+            w1 = conv1_weight[l]
+            dw1 = torch.zeros(w1.shape, dtype=sdt, device=out.device)
+            _wgrad(dh, out, s1, t1, dw1, m, hw, hh, ww, c, b, 1)
+            sum1 = torch.zeros(c, dtype=sdt, device=out.device)
+            sumx1 = torch.zeros(c, dtype=sdt, device=out.device)
+            w1t = w1.reshape(b, c).t().contiguous()
+            _conv(dh, s1, t1, w1t, dz1, m, hw, hh, ww, b, c, 1, False, False, 1, True, aux=out, mean=m1, invstd=is1,
+                  s1=sum1, s2=sumx1)
+            A1, B1, C1 = _bn_coefs(norm1_weight[l], is1, m1, sum1, sumx1, m, training)
+            _bn_bwd(gbuf, dz1, out, A1, B1, C1, m1, m, hw, c, True)
+            gg1[l], gb1[l], gw1[l] = sumx1.to(out.dtype), sum1.to(out.dtype), dw1.to(out.dtype)
+            gg2[l], gb2[l], gw2[l] = sumx2.to(out.dtype), sum2.to(out.dtype), dw2.to(out.dtype)
+        return gbuf[:, :c0].contiguous(), gg1, gb1, gw1, gg2, gb2, gw2
 
 
 def _bn_coefs(gamma, invstd, mean, s_dz, s_dzx, m, training):

@@ -7,7 +7,8 @@ pooling). Backward: ``dP = W^T dy``; fusion: ``dx_i = spread_p(dP_i) / p^2``; tr
 ``dx = s * (dz - mean(dz) - xhat * mean(dz*xhat))`` (batch statistics) or ``s * dz``;
 ``dW = sum_n dy_n P_n^T``.
 
-Kernels (accumulate in float32, float64 for float64 inputs; float32 dots use ``input_precision="ieee"``):
+Kernels (accumulate in float32, float64 for float64 inputs: every ``tl.dot`` names its ``out_dtype``, the
+accumulator's; float32 dots use ``input_precision="ieee"``):
 - ``_fusion_pool_kernel``: one program per (n, c) plane x a block of pooled pixels; reads the input through
   its strides (no copy for non-contiguous / channels_last inputs), optional BN-ReLU prologue, writes its
   channel slice of P.
@@ -16,8 +17,18 @@ Kernels (accumulate in float32, float64 for float64 inputs; float32 dots use ``i
   spread over each p x p window into ``dx_i`` (fusion) or as is into ``dP`` (transition).
 - ``_fusion_conv_dw_kernel``: tile (BLOCK_O x BLOCK_C) of ``dW`` per slice of the batch (split-K), loop over
   its samples and pixels; ``db``.
-- ``_transition_stats_kernel``, ``_transition_bwd_reduce_kernel``, ``_transition_bwd_dx_kernel``: per-channel
-  batch statistics; per-channel ``sum dz``, ``sum dz*xhat`` and the recomputed P; the elementwise BN backward.
+- ``_transition_stats_kernel``, ``_transition_bwd_reduce_kernel``: per-channel reductions split over the
+  batch: program (c, s) reduces a contiguous run of (sample, pixel block) units of channel c into partial sums
+  ``part[c, s]`` that the host adds up (deterministic, no atomics; C x S programs instead of C). Statistics are
+  accumulated around the channel's first value ``x[0, c, 0, 0]`` (the same shift in every partial); the
+  backward reduction forms ``sum dz``, ``sum dz*xhat`` and writes the recomputed P.
+- ``_transition_bwd_dx_kernel``: the elementwise BN backward per (n, c) plane x pixel block.
+
+Grids: every grid axis beyond x is bounded by the launcher (split counts); tile counts that grow with the
+batch, channels or pixels are folded into axis 0 (limit 2^31 - 1; y and z stop at 65535), the fastest-varying
+tile index first. Offsets: anything scaled by a sample, plane, channel or image row is 64-bit
+(``.to(tl.int64)``); offsets along one image row or inside one contiguous plane (pixel, p x p tap) stay 32-bit.
+Every op launches under the device guard of its inputs (``_common.device_guard``).
 
 Saved for backward: fusion_conv saves P (1/p^2 of the concatenation) and W; the transition saves x, the
 statistics and the weights, and recomputes P in its reduction pass.
@@ -31,12 +42,21 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from fer_kernels.ops.fusion_conv import _transition_setup
+from fer_kernels.triton import _common
 
 _BLOCK_1D = 256
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(t: torch.Tensor):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
 
 
 @triton.jit
@@ -56,34 +76,35 @@ def _fusion_pool_kernel(
     sxw,
     P: tl.constexpr,
     HAS_BN: tl.constexpr,
-    ACC_F64: tl.constexpr,
+    ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    plane = tl.program_id(0)
+    # 1-d grid over (plane = n * C_in + c, block of pooled pixels), pixel blocks fastest.
+    pid = tl.program_id(0)
+    L = Ho * Wo
+    nblk = tl.cdiv(L, BLOCK)
+    plane = pid // nblk
     n = plane // C_in
     c = plane % C_in
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < Ho * Wo
+    offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < L
     oy = offs // Wo
     ox = offs % Wo
-    base = x_ptr + n * sxn + c * sxc
+    base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
+    pix = (oy * P).to(tl.int64) * sxh + (ox * P) * sxw  # window corner; the row stride may be W*C (channels_last)
     if HAS_BN:
         s = tl.load(scale_ptr + c)
         t = tl.load(shift_ptr + c)
-    if ACC_F64:
-        acc = tl.zeros([BLOCK], dtype=tl.float64)
-    else:
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK], dtype=ACC)
     for dy in tl.static_range(P):
         for dx in tl.static_range(P):
-            v = tl.load(base + (oy * P + dy) * sxh + (ox * P + dx) * sxw, mask=mask, other=0.0).to(acc.dtype)
+            v = tl.load(base + pix + (dy * sxh + dx * sxw), mask=mask, other=0.0).to(ACC)
             if HAS_BN:
                 v = tl.maximum(v * s + t, 0.0)
             acc += v
     acc = acc / (P * P)
-    tl.store(
-        out_ptr + (n * C_total + c_off + c) * Ho * Wo + offs, acc.to(out_ptr.dtype.element_ty), mask=mask
-    )
+    out = out_ptr + (n.to(tl.int64) * C_total + c_off + c) * L
+    tl.store(out + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -100,38 +121,37 @@ def _fusion_conv_fwd_kernel(
     BLOCK_L: tl.constexpr,
     BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
-    ACC_F64: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    pid_o = tl.program_id(0)
-    pid_l = tl.program_id(1)
-    n = tl.program_id(2)
+    # 1-d grid over (n, pixel tile, out-channel tile), out-channel tiles fastest (they share the P tile).
+    pid = tl.program_id(0)
+    n_o = tl.cdiv(C_out, BLOCK_O)
+    n_l = tl.cdiv(L, BLOCK_L)
+    pid_o = pid % n_o
+    pid_l = (pid // n_o) % n_l
+    n = (pid // n_o) // n_l
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    if ACC_F64:
-        acc = tl.zeros([BLOCK_O, BLOCK_L], dtype=tl.float64)
-    else:
-        acc = tl.zeros([BLOCK_O, BLOCK_L], dtype=tl.float32)
+    mask_o = offs_o < C_out
+    mask_l = offs_l < L
+    p_base = p_ptr + n.to(tl.int64) * C * L
+    w_rows = offs_o.to(tl.int64) * C
+    acc = tl.zeros([BLOCK_O, BLOCK_L], dtype=ACC)
     for k0 in range(0, C, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(
-            w_ptr + offs_o[:, None] * C + offs_k[None, :],
-            mask=(offs_o[:, None] < C_out) & (offs_k[None, :] < C),
-            other=0.0,
-        )
+        mask_k = offs_k < C
+        w = tl.load(w_ptr + w_rows[:, None] + offs_k[None, :], mask=mask_o[:, None] & mask_k[None, :], other=0.0)
         p = tl.load(
-            p_ptr + (n * C + offs_k[:, None]) * L + offs_l[None, :],
-            mask=(offs_k[:, None] < C) & (offs_l[None, :] < L),
+            p_base + (offs_k.to(tl.int64) * L)[:, None] + offs_l[None, :],
+            mask=mask_k[:, None] & mask_l[None, :],
             other=0.0,
         )
-        acc = tl.dot(w, p, acc, input_precision=PRECISION)
+        acc = tl.dot(w, p, acc, input_precision=PRECISION, out_dtype=ACC)
     if HAS_BIAS:
-        b = tl.load(b_ptr + offs_o, mask=offs_o < C_out, other=0.0).to(acc.dtype)
+        b = tl.load(b_ptr + offs_o, mask=mask_o, other=0.0).to(ACC)
         acc += b[:, None]
-    tl.store(
-        out_ptr + (n * C_out + offs_o[:, None]) * L + offs_l[None, :],
-        acc.to(out_ptr.dtype.element_ty),
-        mask=(offs_o[:, None] < C_out) & (offs_l[None, :] < L),
-    )
+    out = out_ptr + n.to(tl.int64) * C_out * L + (offs_o.to(tl.int64) * L)[:, None] + offs_l[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_o[:, None] & mask_l[None, :])
 
 
 @triton.jit
@@ -155,54 +175,54 @@ def _fusion_conv_bwd_kernel(
     BLOCK_L: tl.constexpr,
     BLOCK_O: tl.constexpr,
     PRECISION: tl.constexpr,
-    ACC_F64: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    pid_c = tl.program_id(0)
-    pid_l = tl.program_id(1)
-    n = tl.program_id(2)
+    # 1-d grid over (n, pixel tile, in-channel tile), in-channel tiles fastest (they share the dy tile).
+    pid = tl.program_id(0)
     L = Ho * Wo
+    n_c = tl.cdiv(C_in, BLOCK_C)
+    n_l = tl.cdiv(L, BLOCK_L)
+    pid_c = pid % n_c
+    pid_l = (pid // n_c) % n_l
+    n = (pid // n_c) // n_l
+    n64 = n.to(tl.int64)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_c = offs_c < C_in
     mask_l = offs_l < L
-    if ACC_F64:
-        acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float64)
-    else:
-        acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=tl.float32)
+    dy_base = dy_ptr + n64 * C_out * L
+    acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
     for o0 in range(0, C_out, BLOCK_O):
         offs_o = o0 + tl.arange(0, BLOCK_O)
+        mask_o = offs_o < C_out
         # W^T tile: wt[c, o] = W[o, c_off + c]
         wt = tl.load(
-            w_ptr + offs_o[None, :] * C_total + c_off + offs_c[:, None],
-            mask=mask_c[:, None] & (offs_o[None, :] < C_out),
+            w_ptr + (offs_o.to(tl.int64) * C_total)[None, :] + (c_off + offs_c)[:, None],
+            mask=mask_c[:, None] & mask_o[None, :],
             other=0.0,
         )
         g = tl.load(
-            dy_ptr + (n * C_out + offs_o[:, None]) * L + offs_l[None, :],
-            mask=(offs_o[:, None] < C_out) & mask_l[None, :],
+            dy_base + (offs_o.to(tl.int64) * L)[:, None] + offs_l[None, :],
+            mask=mask_o[:, None] & mask_l[None, :],
             other=0.0,
         )
-        acc = tl.dot(wt, g, acc, input_precision=PRECISION)
+        acc = tl.dot(wt, g, acc, input_precision=PRECISION, out_dtype=ACC)
     m2 = mask_c[:, None] & mask_l[None, :]
     if HAS_GP:
-        acc += tl.load(
-            gp_ptr + (n * C_total + c_off + offs_c[:, None]) * L + offs_l[None, :], mask=m2, other=0.0
-        ).to(acc.dtype)
+        gp = gp_ptr + n64 * C_total * L + ((c_off + offs_c).to(tl.int64) * L)[:, None] + offs_l[None, :]
+        acc += tl.load(gp, mask=m2, other=0.0).to(ACC)
     if SPREAD:
         acc = acc / (P * P)
         oy = offs_l // Wo
         ox = offs_l % Wo
-        base = dx_ptr + (n * C_in + offs_c[:, None]) * H * W
+        base = dx_ptr + n64 * C_in * H * W + (offs_c.to(tl.int64) * H * W)[:, None]
         val = acc.to(dx_ptr.dtype.element_ty)
         for dy in tl.static_range(P):
             for dx in tl.static_range(P):
                 tl.store(base + ((oy * P + dy) * W + ox * P + dx)[None, :], val, mask=m2)
     else:
-        tl.store(
-            dx_ptr + (n * C_in + offs_c[:, None]) * L + offs_l[None, :],
-            acc.to(dx_ptr.dtype.element_ty),
-            mask=m2,
-        )
+        out = dx_ptr + n64 * C_in * L + (offs_c.to(tl.int64) * L)[:, None] + offs_l[None, :]
+        tl.store(out, acc.to(dx_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
@@ -220,68 +240,70 @@ def _fusion_conv_dw_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
     PRECISION: tl.constexpr,
-    ACC_F64: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    # Split-K over the batch: program (o, c, s) sums samples [s * N_PER, (s + 1) * N_PER) into partial s of
-    # dW (and of db when c == 0); the host sums the partials (deterministic, no atomics).
-    pid_o = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    pid_s = tl.program_id(2)
+    # Split-K over the batch: program (s, c, o) (1-d grid, o fastest) sums samples [s * N_PER, (s + 1) * N_PER)
+    # into partial s of dW (and of db when c == 0); the host sums the partials (deterministic, no atomics).
+    pid = tl.program_id(0)
+    n_o = tl.cdiv(C_out, BLOCK_O)
+    n_c = tl.cdiv(C, BLOCK_C)
+    pid_o = pid % n_o
+    pid_c = (pid // n_o) % n_c
+    pid_s = (pid // n_o) // n_c
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    if ACC_F64:
-        acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float64)
-        dbias = tl.zeros([BLOCK_O], dtype=tl.float64)
-    else:
-        acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=tl.float32)
-        dbias = tl.zeros([BLOCK_O], dtype=tl.float32)
+    mask_o = offs_o < C_out
+    mask_c = offs_c < C
+    o_rows = offs_o.to(tl.int64) * L
+    c_rows = offs_c.to(tl.int64) * L
+    acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=ACC)
+    dbias = tl.zeros([BLOCK_O], dtype=ACC)
     n_end = tl.minimum(N, (pid_s + 1) * N_PER)
     for n in range(pid_s * N_PER, n_end):
+        n64 = tl.cast(n, tl.int64)  # the loop index is a plain int under the interpreter
+        dy_base = dy_ptr + n64 * C_out * L
+        p_base = p_ptr + n64 * C * L
         for l0 in range(0, L, BLOCK_L):
             offs_l = l0 + tl.arange(0, BLOCK_L)
-            g = tl.load(
-                dy_ptr + (n * C_out + offs_o[:, None]) * L + offs_l[None, :],
-                mask=(offs_o[:, None] < C_out) & (offs_l[None, :] < L),
-                other=0.0,
-            )
-            pt = tl.load(
-                p_ptr + (n * C + offs_c[None, :]) * L + offs_l[:, None],
-                mask=(offs_c[None, :] < C) & (offs_l[:, None] < L),
-                other=0.0,
-            )
-            acc = tl.dot(g, pt, acc, input_precision=PRECISION)
-            dbias += tl.sum(g.to(acc.dtype), axis=1)
+            mask_l = offs_l < L
+            g = tl.load(dy_base + o_rows[:, None] + offs_l[None, :], mask=mask_o[:, None] & mask_l[None, :], other=0.0)
+            pt = tl.load(p_base + c_rows[None, :] + offs_l[:, None], mask=mask_c[None, :] & mask_l[:, None], other=0.0)
+            acc = tl.dot(g, pt, acc, input_precision=PRECISION, out_dtype=ACC)
+            dbias += tl.sum(g.to(ACC), axis=1)
+    part = pid_s.to(tl.int64) * C_out
     tl.store(
-        dw_ptr + (pid_s * C_out + offs_o[:, None]) * C + offs_c[None, :],
+        dw_ptr + ((part + offs_o) * C)[:, None] + offs_c[None, :],
         acc.to(dw_ptr.dtype.element_ty),
-        mask=(offs_o[:, None] < C_out) & (offs_c[None, :] < C),
+        mask=mask_o[:, None] & mask_c[None, :],
     )
     if pid_c == 0:
-        tl.store(db_ptr + pid_s * C_out + offs_o, dbias.to(db_ptr.dtype.element_ty), mask=offs_o < C_out)
+        tl.store(db_ptr + part + offs_o, dbias.to(db_ptr.dtype.element_ty), mask=mask_o)
 
 
 @triton.jit
-def _transition_stats_kernel(
-    x_ptr, mean_ptr, var_ptr, N, C, HW, W, sxn, sxc, sxh, sxw, count, BLOCK: tl.constexpr
-):
-    # Per channel: mean and biased variance in mean_ptr's dtype (float32, float64 for float64 inputs),
-    # accumulated around the channel's first value.
+def _transition_stats_kernel(x_ptr, shift_ptr, part_ptr, N, HW, W, sxn, sxc, sxh, sxw, U_PER, BLOCK: tl.constexpr):
+    # Program (c, s): sums of d = x - shift[c] and of d^2 over units [s * U_PER, (s + 1) * U_PER) of channel c,
+    # a unit being one BLOCK of one sample's pixels; stored in part[c, s, 0:2] (part's dtype: float32, float64
+    # for float64 inputs). The host adds the partials: mean = shift + sum d / M, var = sum d^2 / M - (sum d / M)^2.
     c = tl.program_id(0)
-    shift = tl.load(x_ptr + c * sxc).to(mean_ptr.dtype.element_ty)
-    s = tl.zeros([BLOCK], dtype=mean_ptr.dtype.element_ty)
-    ss = tl.zeros([BLOCK], dtype=mean_ptr.dtype.element_ty)
-    for n in range(0, N):
-        for i0 in range(0, HW, BLOCK):
-            offs = i0 + tl.arange(0, BLOCK)
-            m = offs < HW
-            v = tl.load(x_ptr + n * sxn + c * sxc + (offs // W) * sxh + (offs % W) * sxw, mask=m, other=0.0)
-            d = tl.where(m, v.to(s.dtype) - shift, 0.0)
-            s += d
-            ss += d * d
-    mu = tl.sum(s, axis=0) / count
-    var = tl.maximum(tl.sum(ss, axis=0) / count - mu * mu, 0.0)
-    tl.store(mean_ptr + c, shift + mu)
-    tl.store(var_ptr + c, var)
+    s_id = tl.program_id(1)
+    nblk = tl.cdiv(HW, BLOCK)
+    cbase = x_ptr + c.to(tl.int64) * sxc
+    shift = tl.load(shift_ptr + c)
+    s = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    ss = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    u_end = tl.minimum(N * nblk, (s_id + 1) * U_PER)
+    for u in range(s_id * U_PER, u_end):
+        offs = (u % nblk) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < HW
+        ptr = cbase + (u // nblk).to(tl.int64) * sxn + (offs // W).to(tl.int64) * sxh + (offs % W) * sxw
+        v = tl.load(ptr, mask=m, other=0.0)
+        d = tl.where(m, v.to(s.dtype) - shift, 0.0)
+        s += d
+        ss += d * d
+    out = part_ptr + (c.to(tl.int64) * tl.num_programs(1) + s_id) * 2
+    tl.store(out, tl.sum(s, axis=0))
+    tl.store(out + 1, tl.sum(ss, axis=0))
 
 
 @triton.jit
@@ -293,7 +315,7 @@ def _transition_bwd_reduce_kernel(
     mean_ptr,
     invstd_ptr,
     p_ptr,
-    red_ptr,
+    part_ptr,
     N,
     C,
     Ho,
@@ -302,42 +324,47 @@ def _transition_bwd_reduce_kernel(
     sxc,
     sxh,
     sxw,
+    U_PER,
     P: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    # Per channel: sum dz and sum dz*xhat over the pooled area (dz is 0 outside it), and P = AvgPool(relu(z)).
+    # Program (c, s), units as in _transition_stats_kernel over the pooled pixels: part[c, s] = (sum dz,
+    # sum dz*xhat) over the pooled area (dz is 0 outside it), and P = AvgPool(relu(z)) of its units.
     c = tl.program_id(0)
+    s_id = tl.program_id(1)
     s = tl.load(scale_ptr + c)
     t = tl.load(shift_ptr + c)
     mu = tl.load(mean_ptr + c)
     inv = tl.load(invstd_ptr + c)
     L = Ho * Wo
-    sdz = tl.zeros([BLOCK], dtype=red_ptr.dtype.element_ty)
-    sdzx = tl.zeros([BLOCK], dtype=red_ptr.dtype.element_ty)
-    for n in range(0, N):
-        for l0 in range(0, L, BLOCK):
-            offs = l0 + tl.arange(0, BLOCK)
-            m = offs < L
-            oy = offs // Wo
-            ox = offs % Wo
-            g = tl.load(dp_ptr + (n * C + c) * L + offs, mask=m, other=0.0) / (P * P)
-            a = tl.zeros([BLOCK], dtype=red_ptr.dtype.element_ty)
-            for dy in tl.static_range(P):
-                for dx in tl.static_range(P):
-                    v = tl.load(
-                        x_ptr + n * sxn + c * sxc + (oy * P + dy) * sxh + (ox * P + dx) * sxw,
-                        mask=m,
-                        other=0.0,
-                    ).to(sdz.dtype)
-                    z = v * s + t
-                    on = (z > 0.0) & m
-                    dz = tl.where(on, g, 0.0)
-                    a += tl.where(on, z, 0.0)
-                    sdz += dz
-                    sdzx += dz * ((v - mu) * inv)
-            tl.store(p_ptr + (n * C + c) * L + offs, (a / (P * P)).to(p_ptr.dtype.element_ty), mask=m)
-    tl.store(red_ptr + c * 2, tl.sum(sdz, axis=0))
-    tl.store(red_ptr + c * 2 + 1, tl.sum(sdzx, axis=0))
+    nblk = tl.cdiv(L, BLOCK)
+    cbase = x_ptr + c.to(tl.int64) * sxc
+    sdz = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    sdzx = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+    u_end = tl.minimum(N * nblk, (s_id + 1) * U_PER)
+    for u in range(s_id * U_PER, u_end):
+        n = u // nblk
+        offs = (u % nblk) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < L
+        oy = offs // Wo
+        ox = offs % Wo
+        plane = (n.to(tl.int64) * C + c) * L
+        g = tl.load(dp_ptr + plane + offs, mask=m, other=0.0) / (P * P)
+        xbase = cbase + n.to(tl.int64) * sxn + (oy * P).to(tl.int64) * sxh + (ox * P) * sxw
+        a = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
+        for dy in tl.static_range(P):
+            for dx in tl.static_range(P):
+                v = tl.load(xbase + (dy * sxh + dx * sxw), mask=m, other=0.0).to(sdz.dtype)
+                z = v * s + t
+                on = (z > 0.0) & m
+                dz = tl.where(on, g, 0.0)
+                a += tl.where(on, z, 0.0)
+                sdz += dz
+                sdzx += dz * ((v - mu) * inv)
+        tl.store(p_ptr + plane + offs, (a / (P * P)).to(p_ptr.dtype.element_ty), mask=m)
+    out = part_ptr + (c.to(tl.int64) * tl.num_programs(1) + s_id) * 2
+    tl.store(out, tl.sum(sdz, axis=0))
+    tl.store(out + 1, tl.sum(sdzx, axis=0))
 
 
 @triton.jit
@@ -364,11 +391,15 @@ def _transition_bwd_dx_kernel(
     BATCH: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    plane = tl.program_id(0)
+    # 1-d grid over (plane = n * C + c, pixel block), pixel blocks fastest.
+    pid = tl.program_id(0)
+    HW = H * W
+    nblk = tl.cdiv(HW, BLOCK)
+    plane = pid // nblk
     n = plane // C
     c = plane % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < H * W
+    offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < HW
     y = offs // W
     xx = offs % W
     oy = y // P
@@ -376,8 +407,9 @@ def _transition_bwd_dx_kernel(
     inside = m & (oy < Ho) & (ox < Wo)
     s = tl.load(scale_ptr + c)
     t = tl.load(shift_ptr + c)
-    v = tl.load(x_ptr + n * sxn + c * sxc + y * sxh + xx * sxw, mask=m, other=0.0).to(dp_ptr.dtype.element_ty)
-    g = tl.load(dp_ptr + (n * C + c) * Ho * Wo + oy * Wo + ox, mask=inside, other=0.0) / (P * P)
+    xptr = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + y.to(tl.int64) * sxh + xx * sxw
+    v = tl.load(xptr, mask=m, other=0.0).to(dp_ptr.dtype.element_ty)
+    g = tl.load(dp_ptr + plane.to(tl.int64) * Ho * Wo + oy * Wo + ox, mask=inside, other=0.0) / (P * P)
     dz = tl.where(v * s + t > 0.0, g, 0.0)
     if BATCH:
         mu = tl.load(mean_ptr + c)
@@ -387,21 +419,56 @@ def _transition_bwd_dx_kernel(
         dx = s * (dz - k0 - (v - mu) * inv * k1)
     else:
         dx = s * dz
-    tl.store(dx_ptr + plane * H * W + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+    tl.store(dx_ptr + plane.to(tl.int64) * HW + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
-def _blocks(c_out: int, c: int) -> tuple[int, int, int]:
+def _blocks(c_out: int, c: int, t: torch.Tensor) -> tuple[int, int, int]:
+    """(BLOCK_O, BLOCK_L, BLOCK_K) of the forward GEMM: float64 on a GPU takes 32 pixels (its 32 x 64
+    accumulator and dot operands crowd the register file)."""
     bo = 32 if c_out > 16 else 16
     bk = 32 if c > 16 else 16
-    return bo, 64, bk
+    return bo, 32 if t.dtype == torch.float64 and _common.on_gpu(t) else 64, bk
+
+
+def _split(c: int, units: int, t: torch.Tensor) -> tuple[int, int]:
+    """(S, units per program) for the per-channel reductions over ``units`` (sample, pixel block) units.
+
+    On a GPU, C x S programs should fill the device (about 2048 resident programs); under the interpreter two
+    programs per channel keep the partial-sum path exercised at little cost.
+    """
+    target = triton.cdiv(2048, c) if _common.on_gpu(t) else 2
+    u_per = triton.cdiv(units, max(1, min(units, target)))
+    return triton.cdiv(units, u_per), u_per
+
+
+def _launch_pool(x, out, scale, shift, c_total, c_off, pool, has_bn):
+    n, ci, h, w = x.shape
+    ho, wo = h // pool, w // pool
+    grid = (n * ci * triton.cdiv(ho * wo, _BLOCK_1D),)
+    wrap_triton(_fusion_pool_kernel)[grid](
+        x,
+        out,
+        scale,
+        shift,
+        ci,
+        c_total,
+        c_off,
+        ho,
+        wo,
+        *x.stride(),
+        P=pool,
+        HAS_BN=has_bn,
+        ACC=_tl_acc(x),
+        BLOCK=_BLOCK_1D,
+    )
 
 
 def _launch_gemm(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     n, c, ho, wo = pooled.shape
     c_out = weight.shape[0]
     out = pooled.new_empty(n, c_out, ho, wo)
-    bo, bl, bk = _blocks(c_out, c)
-    grid = (triton.cdiv(c_out, bo), triton.cdiv(ho * wo, bl), n)
+    bo, bl, bk = _blocks(c_out, c, pooled)
+    grid = (triton.cdiv(c_out, bo) * triton.cdiv(ho * wo, bl) * n,)
     w2 = weight.reshape(c_out, c).contiguous()
     wrap_triton(_fusion_conv_fwd_kernel)[grid](
         pooled,
@@ -416,7 +483,7 @@ def _launch_gemm(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         BLOCK_L=bl,
         BLOCK_K=bk,
         PRECISION=_dot_precision(pooled.dtype),
-        ACC_F64=pooled.dtype == torch.float64,
+        ACC=_tl_acc(pooled),
     )
     return out
 
@@ -429,10 +496,9 @@ def _launch_weight_grads(dy: torch.Tensor, pooled: torch.Tensor, weight: torch.T
     split = max(1, min(n, 256 // tiles))  # enough programs to fill a GPU when C_out x C is small
     n_per = triton.cdiv(max(n, 1), split)
     split = triton.cdiv(max(n, 1), n_per)
-    acc = torch.float64 if pooled.dtype == torch.float64 else torch.float32
-    gw_parts = torch.empty(split, c_out, c, dtype=acc, device=pooled.device)
-    gb_parts = torch.empty(split, c_out, dtype=acc, device=pooled.device)
-    grid = (triton.cdiv(c_out, bo), triton.cdiv(c, bc), split)
+    gw_parts = torch.empty(split, c_out, c, dtype=_acc(pooled), device=pooled.device)
+    gb_parts = torch.empty(split, c_out, dtype=_acc(pooled), device=pooled.device)
+    grid = (tiles * split,)
     wrap_triton(_fusion_conv_dw_kernel)[grid](
         dy,
         pooled,
@@ -447,7 +513,7 @@ def _launch_weight_grads(dy: torch.Tensor, pooled: torch.Tensor, weight: torch.T
         BLOCK_C=bc,
         BLOCK_L=bl,
         PRECISION=_dot_precision(pooled.dtype),
-        ACC_F64=pooled.dtype == torch.float64,
+        ACC=_tl_acc(pooled),
     )
     gw = gw_parts.sum(0).reshape(weight.shape).to(weight.dtype)
     gb = gb_parts.sum(0).to(weight.dtype)
@@ -457,7 +523,7 @@ def _launch_weight_grads(dy: torch.Tensor, pooled: torch.Tensor, weight: torch.T
 def _launch_dp(dy, weight, gp, out, c_in, c_off, c_total, h, w, ho, wo, pool, spread):
     n, c_out = dy.shape[:2]
     bc, bl, bo = 32 if c_in > 16 else 16, 64, 32 if c_out > 16 else 16
-    grid = (triton.cdiv(c_in, bc), triton.cdiv(ho * wo, bl), n)
+    grid = (triton.cdiv(c_in, bc) * triton.cdiv(ho * wo, bl) * n,)
     w2 = weight.reshape(c_out, c_total).contiguous()
     wrap_triton(_fusion_conv_bwd_kernel)[grid](
         dy,
@@ -479,7 +545,7 @@ def _launch_dp(dy, weight, gp, out, c_in, c_off, c_total, h, w, ho, wo, pool, sp
         BLOCK_L=bl,
         BLOCK_O=bo,
         PRECISION=_dot_precision(dy.dtype),
-        ACC_F64=dy.dtype == torch.float64,
+        ACC=_tl_acc(dy),
     )
 
 
@@ -493,30 +559,13 @@ def fusion_conv_triton(
     """Triton ``fusion_conv``: returns ``(y, P)`` like ``fer_kernels::fusion_conv``."""
     n, _, h, w = xs[0].shape
     c_total = sum(x.shape[1] for x in xs)
-    ho, wo = h // pool, w // pool
-    pooled = xs[0].new_empty(n, c_total, ho, wo)
-    off = 0
-    for x in xs:
-        ci = x.shape[1]
-        grid = (n * ci, triton.cdiv(ho * wo, _BLOCK_1D))
-        wrap_triton(_fusion_pool_kernel)[grid](
-            x,
-            pooled,
-            x,
-            x,
-            ci,
-            c_total,
-            off,
-            ho,
-            wo,
-            *x.stride(),
-            P=pool,
-            HAS_BN=False,
-            ACC_F64=x.dtype == torch.float64,
-            BLOCK=_BLOCK_1D,
-        )
-        off += ci
-    return _launch_gemm(pooled, weight, bias), pooled
+    with _common.device_guard(xs[0]):
+        pooled = xs[0].new_empty(n, c_total, h // pool, w // pool)
+        off = 0
+        for x in xs:
+            _launch_pool(x, pooled, x, x, c_total, off, pool, False)
+            off += x.shape[1]
+        return _launch_gemm(pooled, weight, bias), pooled
 
 
 @triton_op("fer_kernels::_fusion_conv_triton_backward", mutates_args=())
@@ -533,18 +582,19 @@ def _fusion_conv_triton_backward(
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     dy = grad_out.contiguous()
     gp = grad_pooled.contiguous() if grad_pooled is not None else None
-    gw, gb = _launch_weight_grads(dy, pooled, weight)
-    gxs = []
-    if input_grad:
-        n, c_total, ho, wo = pooled.shape
-        ragged = height % pool != 0 or width % pool != 0
-        off = 0
-        for ci in channels:
-            make = torch.zeros if ragged else torch.empty
-            gx = make(n, ci, height, width, dtype=pooled.dtype, device=pooled.device)
-            _launch_dp(dy, weight, gp, gx, ci, off, c_total, height, width, ho, wo, pool, True)
-            gxs.append(gx)
-            off += ci
+    with _common.device_guard(pooled):
+        gw, gb = _launch_weight_grads(dy, pooled, weight)
+        gxs = []
+        if input_grad:
+            n, c_total, ho, wo = pooled.shape
+            ragged = height % pool != 0 or width % pool != 0
+            off = 0
+            for ci in channels:
+                make = torch.zeros if ragged else torch.empty
+                gx = make(n, ci, height, width, dtype=pooled.dtype, device=pooled.device)
+                _launch_dp(dy, weight, gp, gx, ci, off, c_total, height, width, ho, wo, pool, True)
+                gxs.append(gx)
+                off += ci
     return gxs, gw, gb
 
 
@@ -580,20 +630,19 @@ def _scale_shift(norm_weight, norm_bias, mean32, var32, eps):
     return scale.contiguous(), shift.contiguous(), invstd.contiguous()
 
 
-def _acc(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
 def _stats32(x, mean, var):
     """Batch statistics (mean/var None) or the given statistics, in the accumulation dtype."""
     n, c, h, w = x.shape
     if mean is None:
-        m32 = torch.empty(c, dtype=_acc(x), device=x.device)
-        v32 = torch.empty(c, dtype=_acc(x), device=x.device)
-        wrap_triton(_transition_stats_kernel)[(c,)](
-            x, m32, v32, n, c, h * w, w, *x.stride(), n * h * w, BLOCK=_BLOCK_1D
+        shift = x[0, :, 0, 0].to(_acc(x)).contiguous()
+        s, u_per = _split(c, n * triton.cdiv(h * w, _BLOCK_1D), x)
+        part = torch.empty(c, s, 2, dtype=_acc(x), device=x.device)
+        wrap_triton(_transition_stats_kernel)[(c, s)](
+            x, shift, part, n, h * w, w, *x.stride(), u_per, BLOCK=_BLOCK_1D
         )
-        return m32, v32
+        sums = part.sum(1)
+        mu = sums[:, 0] / (n * h * w)
+        return shift + mu, (sums[:, 1] / (n * h * w) - mu * mu).clamp_min(0)
     return mean.to(_acc(x)).contiguous(), var.to(_acc(x)).contiguous()
 
 
@@ -611,32 +660,16 @@ def transition_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton ``transition``: returns ``(y, mean, var)`` like ``fer_kernels::transition``."""
     n, c, h, w = x.shape
-    ho, wo = h // pool, w // pool
-    m32, v32 = _stats32(x, mean, var)
-    scale, shift, _ = _scale_shift(norm_weight, norm_bias, m32, v32, eps)
-    pooled = x.new_empty(n, c, ho, wo)
-    grid = (n * c, triton.cdiv(ho * wo, _BLOCK_1D))
-    wrap_triton(_fusion_pool_kernel)[grid](
-        x,
-        pooled,
-        scale,
-        shift,
-        c,
-        c,
-        0,
-        ho,
-        wo,
-        *x.stride(),
-        P=pool,
-        HAS_BN=True,
-        ACC_F64=x.dtype == torch.float64,
-        BLOCK=_BLOCK_1D,
-    )
-    return (
-        _launch_gemm(pooled, conv_weight, conv_bias),
-        m32.to(x.dtype, copy=True),
-        v32.to(x.dtype, copy=True),
-    )
+    with _common.device_guard(x):
+        m32, v32 = _stats32(x, mean, var)
+        scale, shift, _ = _scale_shift(norm_weight, norm_bias, m32, v32, eps)
+        pooled = x.new_empty(n, c, h // pool, w // pool)
+        _launch_pool(x, pooled, scale, shift, c, 0, pool, True)
+        return (
+            _launch_gemm(pooled, conv_weight, conv_bias),
+            m32.to(x.dtype, copy=True),
+            v32.to(x.dtype, copy=True),
+        )
 
 
 @triton_op("fer_kernels::_transition_triton_backward", mutates_args=())
@@ -655,38 +688,42 @@ def _transition_triton_backward(
     n, c, h, w = x.shape
     ho, wo = h // pool, w // pool
     dy = grad_out.contiguous()
-    m32, v32 = mean.to(_acc(x)).contiguous(), var.to(_acc(x)).contiguous()
-    scale, shift, invstd = _scale_shift(norm_weight, norm_bias, m32, v32, eps)
-    dp = torch.empty(n, c, ho, wo, dtype=_acc(x), device=x.device)
-    _launch_dp(dy, conv_weight, None, dp, c, 0, c, h, w, ho, wo, pool, False)
-    pooled = x.new_empty(n, c, ho, wo)
-    red = torch.empty(c, 2, dtype=_acc(x), device=x.device)
-    wrap_triton(_transition_bwd_reduce_kernel)[(c,)](
-        x, dp, scale, shift, m32, invstd, pooled, red, n, c, ho, wo, *x.stride(), P=pool, BLOCK=_BLOCK_1D
-    )
-    gx = torch.empty(n, c, h, w, dtype=x.dtype, device=x.device)
-    grid = (n * c, triton.cdiv(h * w, _BLOCK_1D))
-    wrap_triton(_transition_bwd_dx_kernel)[grid](
-        x,
-        dp,
-        scale,
-        shift,
-        m32,
-        invstd,
-        red,
-        gx,
-        c,
-        h,
-        w,
-        ho,
-        wo,
-        *x.stride(),
-        n * h * w,
-        P=pool,
-        BATCH=batch_stats,
-        BLOCK=_BLOCK_1D,
-    )
-    gw, gb = _launch_weight_grads(dy, pooled, conv_weight)
+    with _common.device_guard(x):
+        m32, v32 = mean.to(_acc(x)).contiguous(), var.to(_acc(x)).contiguous()
+        scale, shift, invstd = _scale_shift(norm_weight, norm_bias, m32, v32, eps)
+        dp = torch.empty(n, c, ho, wo, dtype=_acc(x), device=x.device)
+        _launch_dp(dy, conv_weight, None, dp, c, 0, c, h, w, ho, wo, pool, False)
+        pooled = x.new_empty(n, c, ho, wo)
+        s, u_per = _split(c, n * triton.cdiv(ho * wo, _BLOCK_1D), x)
+        part = torch.empty(c, s, 2, dtype=_acc(x), device=x.device)
+        wrap_triton(_transition_bwd_reduce_kernel)[(c, s)](
+            x, dp, scale, shift, m32, invstd, pooled, part, n, c, ho, wo, *x.stride(), u_per, P=pool,
+            BLOCK=_BLOCK_1D
+        )
+        red = part.sum(1)  # (C, 2): sum dz, sum dz*xhat
+        gx = torch.empty(n, c, h, w, dtype=x.dtype, device=x.device)
+        grid = (n * c * triton.cdiv(h * w, _BLOCK_1D),)
+        wrap_triton(_transition_bwd_dx_kernel)[grid](
+            x,
+            dp,
+            scale,
+            shift,
+            m32,
+            invstd,
+            red,
+            gx,
+            c,
+            h,
+            w,
+            ho,
+            wo,
+            *x.stride(),
+            n * h * w,
+            P=pool,
+            BATCH=batch_stats,
+            BLOCK=_BLOCK_1D,
+        )
+        gw, gb = _launch_weight_grads(dy, pooled, conv_weight)
     return gx, red[:, 1].to(x.dtype, copy=True), red[:, 0].to(x.dtype, copy=True), gw, gb
 
 
