@@ -1,9 +1,9 @@
-"""Triton launches: every kernel runs under a device guard for its inputs' device, and tiles follow the tensors.
+"""Triton launches: every kernel runs under a device guard for its inputs' device; tiles follow the tensors.
 
 The CPU tests run the public ops with ``backend="triton"`` under the interpreter, with
-``fer_kernels.triton._common.device_guard`` replaced by a recorder and every kernel's ``run`` wrapped, so they see
-each launch and the guard (if any) it happened in, for the forward and the backward op of every family. The
-two-GPU test runs each op on ``cuda:1`` while device 0 is current and compares with the reference.
+``fer_kernels.triton._common.device_guard`` replaced by a recorder and every kernel's ``run`` wrapped, so they
+see each launch and the guard (if any) it happened in, for the forward and the backward op of every family.
+The two-GPU test runs each op on ``cuda:1`` while device 0 is current and compares with the reference.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ _CPU_OK, _CPU_WHY = backend_available("triton", "cpu")
 requires_interpreter = pytest.mark.skipif(
     not (_TRITON.available and _CPU_OK), reason=f"backend triton on CPU tensors: {_CPU_WHY or _TRITON.reason}"
 )
-KERNEL_MODULES = ("fer_kernels.triton.dense_block", "fer_kernels.triton.fusion_conv", "fer_kernels.triton.bilinear")
+KERNEL_MODULES = ("fer_kernels.triton.dense_block", "fer_kernels.triton.fusion_conv",
+                  "fer_kernels.triton.bilinear")
 
 
 # ---- the cases: (inputs that get gradients, forward) on a device, tiny shapes ----
@@ -78,13 +79,14 @@ CASES = {
 
 
 def _kernels():
-    """Every Triton kernel object of the project (launchable: JITFunction or, interpreted, InterpretedFunction)."""
+    """Every Triton kernel of the project (a JITFunction, or an InterpretedFunction under the interpreter)."""
     from triton.runtime.jit import KernelInterface
 
     found = []
     for name in KERNEL_MODULES:
         module = importlib.import_module(name)
-        found += [obj for key, obj in vars(module).items() if key.endswith("_kernel") and isinstance(obj, KernelInterface)]
+        found += [obj for key, obj in vars(module).items()
+                  if key.endswith("_kernel") and isinstance(obj, KernelInterface)]
     return found
 
 
@@ -137,7 +139,7 @@ def test_every_launch_runs_under_the_inputs_device_guard(case, monkeypatch):
     torch.autograd.grad(y, inputs, torch.randn_like(y))
     bwd = log.take()
     for phase, (guards, launches) in (("forward", fwd), ("backward", bwd)):
-        assert guards and launches, f"{case} {phase}: no guard entered or no Triton launch ({guards}, {launches})"
+        assert guards and launches, f"{case} {phase}: no guard ({guards}) or no Triton launch ({launches})"
         assert all(g == device for g in guards), f"{case} {phase}: guards for {guards}, inputs on {device}"
         for name, guarded, devices, _ in launches:
             assert guarded == device, f"{case} {phase}: {name} launched outside a device guard"
@@ -146,8 +148,8 @@ def test_every_launch_runs_under_the_inputs_device_guard(case, monkeypatch):
 
 @requires_interpreter
 def test_tiles_follow_the_tensors_not_the_host(monkeypatch):
-    """Tile sizes come from ``_common.on_gpu(tensor)``: CPU tensors get the interpreter's small tiles even on a
-    CUDA host, and replacing ``on_gpu`` (as the AOT compile check does) selects the GPU tiles."""
+    """Tile sizes come from ``_common.on_gpu(tensor)``: CPU tensors get the interpreter's small tiles even on
+    a CUDA host, and replacing ``on_gpu`` (as the AOT compile check does) selects the GPU tiles."""
     from fer_kernels.triton import _common
 
     log = _LaunchLog(monkeypatch, execute=False)  # tiles only: nothing runs

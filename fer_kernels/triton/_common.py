@@ -1,8 +1,9 @@
 """Host-side helpers shared by the Triton launchers: where kernels launch and which tiles they get.
 
-Both are called through this module (``_common.on_gpu(x)``, ``_common.device_guard(x)``), never imported by
-name, so that a tool can replace them here: the ahead-of-time compile check records the launches of CPU tensors
-with ``on_gpu`` returning True (GPU tiles), and the tests record which device every launch was guarded with.
+Both are called through this module (``_common.on_gpu(x)``, ``_common.device_guard(x)``), never imported
+by name, so that a tool can replace them here: the ahead-of-time compile check records the launches of CPU
+tensors with ``on_gpu`` returning True (GPU tiles), and the tests record the device each launch was guarded
+with.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ def on_gpu(t: torch.Tensor) -> bool:
     """True when kernels launched on ``t`` are compiled for a GPU (``t`` is a CUDA tensor).
 
     CPU tensors run under the Triton interpreter (``TRITON_INTERPRET=1``), where every program is a loop of
-    numpy calls: launchers give them small tiles. Tile sizes follow the tensors, not ``torch.cuda.is_available()``
-    (CPU tensors on a CUDA host are still interpreted).
+    numpy calls: launchers give them small tiles. Tile sizes follow the tensors, not
+    ``torch.cuda.is_available()`` (CPU tensors on a CUDA host are still interpreted).
     """
     return t.is_cuda
 

@@ -6,11 +6,12 @@ Math (DESIGN section 4), per sample n with A = a[n] (Ca, L), B = b[n] (Cb, L):
 accumulate in float32, float64 in float64.
 
 Tiling: one program per (sample, BI x BJ tile of Y); Y is accumulated over L in BL chunks with ``tl.dot``
-(32 x 32 x 32; 16 x 16 x 16 for float64 on a GPU, whose accumulators and dot operands take twice the registers).
-Grids are 1-d, sample-major with the tile index fastest (the batch and the tile counts both grow, and only axis 0
-reaches 2^31 - 1). Offsets scaled by a sample, a channel row (``i * L``, ``i * Cb``) or a class (``k * Ca*Cb``)
-are 64-bit; offsets along one row (a pixel of L, a column j) stay 32-bit.
-The pool stores s and atomically adds its tile's ``||s||^2``; a second kernel scales by ``1/max(||s||, 1e-12)``.
+(tile sizes in ``_consts``: 32 x 32 x 32, smaller on a GPU where a kernel would otherwise spill registers).
+Grids are 1-d, sample-major with the tile index fastest (the batch and the tile counts both grow, and only
+axis 0 reaches 2^31 - 1). Offsets scaled by a sample, a channel row (``i * L``, ``i * Cb``) or a class
+(``k * Ca*Cb``) are 64-bit; offsets along one row (a pixel of L, a column j) stay 32-bit.
+The pool stores s and atomically adds its tile's ``||s||^2``; a second kernel scales by
+``1/max(||s||, 1e-12)``.
 The classifier never writes s: each program atomically adds its tile's ``||s||^2`` and its K partial dot
 products ``W_k . s``. Backward recomputes Y tiles (classifier) or reads z (pool), forms the tile of
 ``dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps)`` in registers and multiplies it straight into dA (programs own
@@ -33,6 +34,7 @@ from torch.library import triton_op, wrap_triton
 from fer_kernels.ops.bilinear import make_classifier_autograd, make_pool_autograd
 from fer_kernels.triton import _common
 
+
 @triton.jit
 def _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr,
             ACC: tl.constexpr, PREC: tl.constexpr):
@@ -44,7 +46,8 @@ def _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI: tl.constexpr, BJ: tl.constex
     for l0 in range(0, L, BL):
         ll = l0 + offs_l
         a = tl.load(a_rows[:, None] + ll[None, :], mask=(offs_i[:, None] < Ca) & (ll[None, :] < L), other=0.0)
-        bt = tl.load(b_rows[None, :] + ll[:, None], mask=(offs_j[None, :] < Cb) & (ll[:, None] < L), other=0.0)
+        bt = tl.load(b_rows[None, :] + ll[:, None], mask=(offs_j[None, :] < Cb) & (ll[:, None] < L),
+                     other=0.0)
         acc = tl.dot(a, bt, acc, input_precision=PREC, out_dtype=ACC)
     return acc
 
@@ -81,10 +84,14 @@ def _signed_sqrt(y, eps):
 
 
 @triton.jit
-def _bilinear_pool_fwd_kernel(A, B, S, NRM2, Ca, Cb, L, scale, eps, SIGNED: tl.constexpr, BI: tl.constexpr,
-                              BJ: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def _bilinear_pool_fwd_kernel(A, B, S, NRM2, Ca, Cb, L, EPS, MEAN: tl.constexpr, SIGNED: tl.constexpr,
+                              BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr,
+                              PREC: tl.constexpr):
     n, offs_i, offs_j = _tile_ij(Ca, Cb, BI, BJ)
-    y = _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI, BJ, BL, ACC, PREC) * scale
+    eps = tl.load(EPS)
+    y = _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI, BJ, BL, ACC, PREC)
+    if MEAN:
+        y = y / L  # a division in ACC, as the reference (a float scale argument would be float32)
     if SIGNED:
         s, g = _signed_sqrt(y, eps)
     else:
@@ -109,7 +116,8 @@ def _bilinear_pool_scale_kernel(S, NRM2, D, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, proj, invd, sfac, scale, SIGNED: tl.constexpr, ACC: tl.constexpr):
+def _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, L, proj, invd, sfac, MEAN: tl.constexpr,
+             SIGNED: tl.constexpr, ACC: tl.constexpr):
     """dY tile of the pool from the saved output: ds = (dz - z <z,dz>) / d, dY = ds * 0.5/|s| (s = z d)."""
     mask = (offs_i[:, None] < Ca) & (offs_j[None, :] < Cb)
     off = n * Ca * Cb + (offs_i.to(tl.int64) * Cb)[:, None] + offs_j[None, :]  # n is int64
@@ -119,14 +127,17 @@ def _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, proj, invd, sfac, scale, SIGNED: 
     if SIGNED:
         s = tl.abs(z * sfac)
         dy = tl.where(s != 0, dy * 0.5 / tl.where(s != 0, s, 1.0), 0.0)
-    return dy * scale
+    if MEAN:
+        dy = dy / L
+    return dy
 
 
 @triton.jit
-def _bilinear_pool_bwd_kernel(A, B, Z, DZ, PROJ, INVD, SFAC, DX, Ca, Cb, L, scale, FOR_B: tl.constexpr,
-                              SIGNED: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr,
-                              ACC: tl.constexpr, PREC: tl.constexpr):
-    # FOR_B = False: dA[n, i-tile, l-tile] = sum_j dY[i, j] B[j, l]; True: dB[n, j-tile, l-tile] = sum_i dY[i, j] A[i, l].
+def _bilinear_pool_bwd_kernel(A, B, Z, DZ, PROJ, INVD, SFAC, DX, Ca, Cb, L, FOR_B: tl.constexpr,
+                              MEAN: tl.constexpr, SIGNED: tl.constexpr, BI: tl.constexpr, BJ: tl.constexpr,
+                              BL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    # FOR_B = False: dA[n, i-tile, l-tile] = sum_j dY[i, j] B[j, l];
+    # FOR_B = True: dB[n, j-tile, l-tile] = sum_i dY[i, j] A[i, l].
     # 1-d grid over (n, row tile, l tile), l tiles fastest (they share the dY rows of their row tile).
     pid = tl.program_id(0)
     n_l = tl.cdiv(L, BL)
@@ -145,31 +156,32 @@ def _bilinear_pool_bwd_kernel(A, B, Z, DZ, PROJ, INVD, SFAC, DX, Ca, Cb, L, scal
         acc = tl.zeros((BJ, BL), dtype=ACC)
         for i0 in range(0, Ca, BI):
             offs_i = i0 + tl.arange(0, BI)
-            dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, proj, invd, sfac, scale, SIGNED, ACC)
+            dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, L, proj, invd, sfac, MEAN, SIGNED, ACC)
             a = tl.load(A + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :],
                         mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L), other=0.0)
             acc = tl.dot(tl.trans(dy.to(a.dtype)), a, acc, input_precision=PREC, out_dtype=ACC)
-        tl.store(DX + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :], acc.to(DX.dtype.element_ty),
-                 mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L))
+        out = DX + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :]
+        tl.store(out, acc.to(DX.dtype.element_ty), mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L))
     else:
         offs_i = pid_r * BI + tl.arange(0, BI)
         acc = tl.zeros((BI, BL), dtype=ACC)
         for j0 in range(0, Cb, BJ):
             offs_j = j0 + tl.arange(0, BJ)
-            dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, proj, invd, sfac, scale, SIGNED, ACC)
+            dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, L, proj, invd, sfac, MEAN, SIGNED, ACC)
             b = tl.load(B + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :],
                         mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L), other=0.0)
             acc = tl.dot(dy.to(b.dtype), b, acc, input_precision=PREC, out_dtype=ACC)
-        tl.store(DX + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :], acc.to(DX.dtype.element_ty),
-                 mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L))
+        out = DX + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :]
+        tl.store(out, acc.to(DX.dtype.element_ty), mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L))
 
 
 @triton.jit
-def _bilinear_classifier_fwd_kernel(A, B, W, NRM2, DOTS, Ca, Cb, L, K, eps, BI: tl.constexpr, BJ: tl.constexpr,
-                                    BL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def _bilinear_classifier_fwd_kernel(A, B, W, NRM2, DOTS, Ca, Cb, L, K, EPS, BI: tl.constexpr,
+                                    BJ: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr,
+                                    PREC: tl.constexpr):
     n, offs_i, offs_j = _tile_ij(Ca, Cb, BI, BJ)
     y = _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI, BJ, BL, ACC, PREC)
-    s, g = _signed_sqrt(y, eps)
+    s, g = _signed_sqrt(y, tl.load(EPS))
     tl.atomic_add(NRM2 + n, tl.sum(tl.sum(s * s, axis=1), axis=0))
     mask = (offs_i[:, None] < Ca) & (offs_j[None, :] < Cb)
     w_k = W + (offs_i.to(tl.int64) * Cb)[:, None] + offs_j[None, :]  # the tile of W_k, k = 0
@@ -182,7 +194,8 @@ def _bilinear_classifier_fwd_kernel(A, B, W, NRM2, DOTS, Ca, Cb, L, K, eps, BI: 
 
 @triton.jit
 def _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, WITH_DW: tl.constexpr,
-                   BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+                   BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr,
+                   PREC: tl.constexpr):
     """Recomputed dY tile of the classifier (and, WITH_DW, dW_k += dl_k z on the tile)."""
     y = _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI, BJ, BL, ACC, PREC)
     s, g = _signed_sqrt(y, eps)
@@ -201,7 +214,7 @@ def _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, 
 
 
 @triton.jit
-def _bilinear_classifier_bwd_kernel(A, B, W, GL, INVD, GFAC, DX, DW, Ca, Cb, L, K, eps, FOR_B: tl.constexpr,
+def _bilinear_classifier_bwd_kernel(A, B, W, GL, INVD, GFAC, DX, DW, Ca, Cb, L, K, EPS, FOR_B: tl.constexpr,
                                     BI: tl.constexpr, BJ: tl.constexpr, BL: tl.constexpr, ACC: tl.constexpr,
                                     PREC: tl.constexpr):
     # FOR_B = False: program (n, i-tile) owns dA[n, i-tile, :] (accumulated in DX, ACC dtype) and adds dW;
@@ -216,12 +229,13 @@ def _bilinear_classifier_bwd_kernel(A, B, W, GL, INVD, GFAC, DX, DW, Ca, Cb, L, 
     n = (pid // n_r).to(tl.int64)
     invd = tl.load(INVD + n)
     gfac = tl.load(GFAC + n)
+    eps = tl.load(EPS)
     if FOR_B:
         offs_j = pid_r * BJ + tl.arange(0, BJ)
         for i0 in range(0, Ca, BI):
             offs_i = i0 + tl.arange(0, BI)
-            dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, False, BI, BJ,
-                                BL, ACC, PREC)
+            dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, False,
+                                BI, BJ, BL, ACC, PREC)
             for l0 in range(0, L, BL):
                 offs_l = l0 + tl.arange(0, BL)
                 a = tl.load(A + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :],
@@ -235,8 +249,8 @@ def _bilinear_classifier_bwd_kernel(A, B, W, GL, INVD, GFAC, DX, DW, Ca, Cb, L, 
         offs_i = pid_r * BI + tl.arange(0, BI)
         for j0 in range(0, Cb, BJ):
             offs_j = j0 + tl.arange(0, BJ)
-            dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, True, BI, BJ,
-                                BL, ACC, PREC)
+            dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, True,
+                                BI, BJ, BL, ACC, PREC)
             for l0 in range(0, L, BL):
                 offs_l = l0 + tl.arange(0, BL)
                 b = tl.load(B + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :],
@@ -244,7 +258,8 @@ def _bilinear_classifier_bwd_kernel(A, B, W, GL, INVD, GFAC, DX, DW, Ca, Cb, L, 
                 out = DX + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :]
                 omask = (offs_i[:, None] < Ca) & (offs_l[None, :] < L)
                 prev = tl.load(out, mask=omask, other=0.0)
-                tl.store(out, tl.dot(dy.to(b.dtype), b, prev, input_precision=PREC, out_dtype=ACC), mask=omask)
+                tl.store(out, tl.dot(dy.to(b.dtype), b, prev, input_precision=PREC, out_dtype=ACC),
+                         mask=omask)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -252,22 +267,30 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _consts(t: torch.Tensor, classifier_bwd: bool = False) -> dict:
-    """Constexprs for tensors like ``t``: tiles BI x BJ of Y, chunk BL of L, accumulator and dot precision.
+    """Launch constants for tensors like ``t``: tiles BI x BJ of Y, chunk BL of L, accumulator, dot precision
+    and, on a GPU, the pipeline depth.
 
-    The interpreter takes 32 x 32 x 32. On a GPU, float64 takes 16 x 16 x 16 (its accumulators and dot operands
-    take twice the registers), and so does the float32 classifier backward in BI x BJ (with BL = 32): its ieee
-    dots are FMA loops in which every thread holds K-slices of both operands, K = BJ (dA) or BI (dB), next to a
-    live dY tile. The other tiles are 32 x 32 x 32. These keep every kernel free of register spills on
-    sm_80/sm_90.
+    The interpreter takes 32 x 32 x 32. On a GPU, float64 takes 16 x 16 x 16 (its accumulators and dot
+    operands take twice the registers). float32 dots are ieee FMA loops in which every thread holds K-slices
+    of both operands: the float32 kernels take BL = 16 (the K of the Y dot) with a 2-stage pipeline, and the
+    float32 classifier backward, whose dA/dB dots reduce over BJ/BI next to a live dY tile, takes
+    16 x 16 x 32. Float16/bfloat16 (tensor cores) take 32 x 32 x 32. These keep every kernel free of register
+    spills on sm_80/sm_90.
     """
     acc = tl.float64 if t.dtype == torch.float64 else tl.float32
     prec = "ieee" if t.dtype in (torch.float32, torch.float64) else None  # 16-bit inputs: native dot
-    bi = bj = bl = 32
+    out = dict(BI=32, BJ=32, BL=32, ACC=acc, PREC=prec)
     if _common.on_gpu(t) and t.dtype == torch.float64:
-        bi = bj = bl = 16
-    elif _common.on_gpu(t) and t.dtype == torch.float32 and classifier_bwd:
-        bi = bj = 16
-    return dict(BI=bi, BJ=bj, BL=bl, ACC=acc, PREC=prec)
+        out.update(BI=16, BJ=16, BL=16)
+    elif _common.on_gpu(t) and t.dtype == torch.float32:
+        out.update(dict(BI=16, BJ=16) if classifier_bwd else dict(BL=16, num_stages=2))
+    return out
+
+
+def _eps(eps: float, a: torch.Tensor) -> torch.Tensor:
+    """eps as a one-element tensor in the accumulator dtype: a float argument would reach the kernel as
+    float32, and float64 kernels need it exact."""
+    return torch.full((1,), eps, dtype=_acc_dtype(a.dtype), device=a.device)
 
 
 def _flat(a: torch.Tensor, b: torch.Tensor):
@@ -286,7 +309,7 @@ def bilinear_pool_triton(a: torch.Tensor, b: torch.Tensor, eps: float, signed_sq
         nrm2 = torch.zeros(n, device=a.device, dtype=_acc_dtype(a.dtype))
         consts = _consts(a)
         grid = (n * triton.cdiv(ca, consts["BI"]) * triton.cdiv(cb, consts["BJ"]),)
-        wrap_triton(_bilinear_pool_fwd_kernel)[grid](a3, b3, z, nrm2, ca, cb, L, (1.0 / L) if mean else 1.0, eps,
+        wrap_triton(_bilinear_pool_fwd_kernel)[grid](a3, b3, z, nrm2, ca, cb, L, _eps(eps, a), MEAN=mean,
                                                      SIGNED=signed_sqrt, **consts)
         if l2_normalize:
             block = 1024
@@ -312,21 +335,22 @@ def bilinear_pool_backward_triton(grad_z: torch.Tensor, a: torch.Tensor, b: torc
             invd, sfac = 1.0 / d, d
         else:
             proj, invd, sfac = torch.zeros_like(nrm), torch.ones_like(nrm), torch.ones_like(nrm)
-        scale = (1.0 / L) if mean else 1.0
         da = torch.empty_like(a3)
         db = torch.empty_like(b3)
         consts = _consts(a)
         l_tiles = triton.cdiv(L, consts["BL"])
         wrap_triton(_bilinear_pool_bwd_kernel)[(n * triton.cdiv(ca, consts["BI"]) * l_tiles,)](
-            a3, b3, zc, gz, proj, invd, sfac, da, ca, cb, L, scale, FOR_B=False, SIGNED=signed_sqrt, **consts)
+            a3, b3, zc, gz, proj, invd, sfac, da, ca, cb, L, FOR_B=False, MEAN=mean, SIGNED=signed_sqrt,
+            **consts)
         wrap_triton(_bilinear_pool_bwd_kernel)[(n * triton.cdiv(cb, consts["BJ"]) * l_tiles,)](
-            a3, b3, zc, gz, proj, invd, sfac, db, ca, cb, L, scale, FOR_B=True, SIGNED=signed_sqrt, **consts)
+            a3, b3, zc, gz, proj, invd, sfac, db, ca, cb, L, FOR_B=True, MEAN=mean, SIGNED=signed_sqrt,
+            **consts)
         return da.view(a.shape), db.view(b.shape)
 
 
 @triton_op("fer_kernels::bilinear_classifier_triton", mutates_args=())
-def bilinear_classifier_triton(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def bilinear_classifier_triton(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
+                               bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton fused bilinear classifier: returns (logits (N, K), norms (N,)); z is never written."""
     with _common.device_guard(a):
         a3, b3, L = _flat(a, b)
@@ -336,8 +360,8 @@ def bilinear_classifier_triton(a: torch.Tensor, b: torch.Tensor, weight: torch.T
         dots = torch.zeros(n, k, device=a.device, dtype=acc)
         consts = _consts(a)
         grid = (n * triton.cdiv(ca, consts["BI"]) * triton.cdiv(cb, consts["BJ"]),)
-        wrap_triton(_bilinear_classifier_fwd_kernel)[grid](a3, b3, weight.contiguous(), nrm2, dots, ca, cb, L, k,
-                                                           eps, **consts)
+        wrap_triton(_bilinear_classifier_fwd_kernel)[grid](a3, b3, weight.contiguous(), nrm2, dots, ca, cb, L,
+                                                           k, _eps(eps, a), **consts)
         norms = nrm2.sqrt()
         logits = dots / norms.clamp_min(1e-12)[:, None]
         if bias is not None:
@@ -350,7 +374,7 @@ def bilinear_classifier_backward_triton(grad_logits: torch.Tensor, a: torch.Tens
                                         weight: torch.Tensor, bias: torch.Tensor | None, norms: torch.Tensor,
                                         logits: torch.Tensor, eps: float
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (grad_a, grad_b, grad_weight, grad_bias) of :func:`bilinear_classifier_triton`, recomputing Y."""
+    """(grad_a, grad_b, grad_weight, grad_bias) of :func:`bilinear_classifier_triton`, recomputing Y."""
     with _common.device_guard(a):
         a3, b3, L = _flat(a, b)
         n, ca, cb, k = a.shape[0], a.shape[1], b.shape[1], weight.shape[0]
@@ -367,10 +391,11 @@ def bilinear_classifier_backward_triton(grad_logits: torch.Tensor, a: torch.Tens
         dw = torch.zeros(k, ca * cb, device=a.device, dtype=acc)
         w = weight.contiguous()
         consts = _consts(a, classifier_bwd=True)
+        eps_t = _eps(eps, a)
         wrap_triton(_bilinear_classifier_bwd_kernel)[(n * triton.cdiv(ca, consts["BI"]),)](
-            a3, b3, w, gl, invd, gfac, da, dw, ca, cb, L, k, eps, FOR_B=False, **consts)
+            a3, b3, w, gl, invd, gfac, da, dw, ca, cb, L, k, eps_t, FOR_B=False, **consts)
         wrap_triton(_bilinear_classifier_bwd_kernel)[(n * triton.cdiv(cb, consts["BJ"]),)](
-            a3, b3, w, gl, invd, gfac, db, dw, ca, cb, L, k, eps, FOR_B=True, **consts)
+            a3, b3, w, gl, invd, gfac, db, dw, ca, cb, L, k, eps_t, FOR_B=True, **consts)
         return (da.to(a.dtype).view(a.shape), db.to(b.dtype).view(b.shape), dw.to(weight.dtype),
                 gl.sum(0).to(weight.dtype))
 

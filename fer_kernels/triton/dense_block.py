@@ -1,6 +1,7 @@
 """Triton kernels of the dense_block family (DESIGN section 4), forward and backward.
 
-Kernels (all on the block buffer ``buf`` (N, C0+L*k, H*W), the saved bottleneck outputs ``h`` (L, N, 4k, H*W)):
+Kernels (all on the block buffer ``buf`` (N, C0+L*k, H*W), the saved bottleneck outputs ``h``
+(L, N, 4k, H*W)):
 
 - ``_dense_block_fwd_kernel``: implicit-GEMM convolution (1x1 or 3x3 pad 1, optionally flipped), rows =
   pixels, columns = output channels, reduction over (input channel, tap). Prologue: BN-ReLU
@@ -13,19 +14,20 @@ Kernels (all on the block buffer ``buf`` (N, C0+L*k, H*W), the saved bottleneck 
 - ``_dense_block_bwd_kernel``: weight gradient ``dW[o, q] = sum_m g[m, o] * col[m, q]`` with the BN-ReLU
   prologue recomputing ``col`` (a or c) from the buffer / h; split over pixels, atomically reduced.
 - ``_dense_block_stats_kernel``: statistics of the block input channels.
-- ``_dense_block_bn_bwd_kernel``: the per-channel BN input gradient ``A*((dz - B) - C*(x - mean))`` (written, or
-  accumulated into the buffer's gradient).
+- ``_dense_block_bn_bwd_kernel``: the per-channel BN input gradient ``A*((dz - B) - C*(x - mean))``
+  (written, or accumulated into the buffer's gradient).
 
 Every ``tl.dot`` names its ``out_dtype`` (the accumulator's): float32 uses ``input_precision="ieee"``;
 float16/bfloat16 feed the tensor cores in their dtype and accumulate in float32; float64 (for gradcheck)
 stays float64. Saved for backward: the buffer, h and the statistics, as in the C++ backend.
 
-Grids are 1-d (tile counts grow with the batch and the channels; only axis 0 reaches 2^31 - 1), pixel tiles
-fastest. A pixel tile is a run of the flattened (sample, pixel) index ``m`` and may straddle samples: its rows'
-sample index is 64-bit and so is every offset scaled by a sample stride or a channel plane (``c * H*W``);
-offsets within one plane (pixel, 3x3 tap) are 32-bit. Tile sizes (``_conv_config``, ``_wgrad_config``) follow
-the tensors (``_common.on_gpu``): small for the interpreter, and on a GPU sized so that every kernel compiles
-without register spills on sm_80/sm_90. Both ops launch under the device guard of their inputs.
+Grids are 1-d (tile counts grow with the batch and the channels; only axis 0 reaches 2^31 - 1), pixel
+tiles fastest. A pixel tile is a run of the flattened (sample, pixel) index ``m`` and may straddle samples:
+its rows' sample index is 64-bit and so is every offset scaled by a sample stride or a channel plane
+(``c * H*W``); offsets within one plane (pixel, 3x3 tap) are 32-bit. Tile sizes (``_conv_config``,
+``_wgrad_config``) follow the tensors (``_common.on_gpu``): small for the interpreter, and on a GPU sized so
+that every kernel compiles without register spills on sm_80/sm_90. Both ops launch under the device guard of
+their inputs.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def _pixel_rows(m0, M, HW, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_sn, mean, invstd, s1_ptr, s2_ptr,
-                            M, HW, H, W, CIN, COUT,
+def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_sn, mean, invstd, s1_ptr,
+                            s2_ptr, M, HW, H, W, CIN, COUT,
                             KS: tl.constexpr, FLIP: tl.constexpr, PRO: tl.constexpr, EPI: tl.constexpr,
                             STATS: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -93,7 +95,8 @@ def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_
             sx = x[:, None] + ox[None, :]
             valid = mmask[:, None] & kmask[None, :] & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
             sp = sy * W + sx
-        v = tl.load(src + src_rows[:, None] + (ci.to(tl.int64) * HW)[None, :] + sp, mask=valid, other=0.0).to(ACC)
+        v = tl.load(src + src_rows[:, None] + (ci.to(tl.int64) * HW)[None, :] + sp, mask=valid, other=0.0)
+        v = v.to(ACC)
         if PRO:
             s = tl.load(scale + ci, mask=kmask, other=0.0).to(ACC)
             t = tl.load(shift + ci, mask=kmask, other=0.0).to(ACC)
@@ -196,8 +199,9 @@ def _dense_block_stats_kernel(src, src_sn, s1_ptr, s2_ptr, M, HW, C, ACC: tl.con
 
 
 @triton.jit
-def _dense_block_bn_bwd_kernel(dst, dst_sn, d, d_sn, xs, xs_sn, A, Bc, Cc, mean, M, HW, C, ACCUM: tl.constexpr,
-                               ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dense_block_bn_bwd_kernel(dst, dst_sn, d, d_sn, xs, xs_sn, A, Bc, Cc, mean, M, HW, C,
+                               ACCUM: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_C: tl.constexpr):
     # 1-d grid over (channel tile, pixel tile), pixel tiles fastest.
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
@@ -246,8 +250,9 @@ def _conv_config(t):
 def _wgrad_config(t):
     """Tiles of the weight-gradient kernel for tensors like ``t``.
 
-    BLOCK_M is the dot's reduction chunk: the gathered BN-ReLU column tile (BLOCK_M x BLOCK_Q) and, in float32,
-    the FMA dot's per-thread row and column slices must fit in registers next to the 16 x BLOCK_Q dW tile.
+    BLOCK_M is the dot's reduction chunk: the gathered BN-ReLU column tile (BLOCK_M x BLOCK_Q) and, in
+    float32, the FMA dot's per-thread row and column slices must fit in registers next to the 16 x BLOCK_Q dW
+    tile.
     """
     if t.dtype == torch.float64 or not _common.on_gpu(t):
         return dict(BLOCK_M=16, BLOCK_O=16, BLOCK_Q=16)
@@ -275,22 +280,24 @@ def _wgrad(g, src, scale, shift, dw, m, hw, h, wd, cin, cout, ks):
     cfg = _wgrad_config(src)
     bm = cfg["BLOCK_M"]
     m_per = max(bm, triton.cdiv(triton.cdiv(m, 64), bm) * bm)  # at most 64 pixel splits
-    grid = (triton.cdiv(cout, cfg["BLOCK_O"]) * triton.cdiv(cin * ks * ks, cfg["BLOCK_Q"]) * triton.cdiv(m, m_per),)
-    wrap_triton(_dense_block_bwd_kernel)[grid](g, g.stride(0), src, src.stride(0), scale, shift, dw, m, hw, h, wd,
-                                               cin, cout, m_per, KS=ks, DOT=dot, ACC=acc, **cfg)
+    tiles = triton.cdiv(cout, cfg["BLOCK_O"]) * triton.cdiv(cin * ks * ks, cfg["BLOCK_Q"])
+    grid = (tiles * triton.cdiv(m, m_per),)
+    wrap_triton(_dense_block_bwd_kernel)[grid](g, g.stride(0), src, src.stride(0), scale, shift, dw, m, hw, h,
+                                               wd, cin, cout, m_per, KS=ks, DOT=dot, ACC=acc, **cfg)
 
 
 def _stats(src, s1, s2, m, hw, c):
     grid = (triton.cdiv(m, 64) * triton.cdiv(c, 16),)
-    wrap_triton(_dense_block_stats_kernel)[grid](src, src.stride(0), s1, s2, m, hw, c, ACC=_modes(src.dtype)[1],
-                                                 BLOCK_M=64, BLOCK_C=16)
+    wrap_triton(_dense_block_stats_kernel)[grid](src, src.stride(0), s1, s2, m, hw, c,
+                                                 ACC=_modes(src.dtype)[1], BLOCK_M=64, BLOCK_C=16)
 
 
 def _bn_bwd(dst, d, xs, A, Bc, Cc, mean, m, hw, c, accum):
     _, acc, _ = _modes(dst.dtype)
     grid = (triton.cdiv(m, 64) * triton.cdiv(c, 16),)
-    wrap_triton(_dense_block_bn_bwd_kernel)[grid](dst, dst.stride(0), d, d.stride(0), xs, xs.stride(0), A, Bc, Cc,
-                                                  mean, m, hw, c, ACCUM=accum, ACC=acc, BLOCK_M=64, BLOCK_C=16)
+    wrap_triton(_dense_block_bn_bwd_kernel)[grid](dst, dst.stride(0), d, d.stride(0), xs, xs.stride(0), A, Bc,
+                                                  Cc, mean, m, hw, c, ACCUM=accum, ACC=acc, BLOCK_M=64,
+                                                  BLOCK_C=16)
 
 
 def _affine(gamma, beta, mean, var, eps):
@@ -305,8 +312,8 @@ def _dense_block_triton(x: torch.Tensor, norm1_weight: list[torch.Tensor], norm1
                         conv1_weight: list[torch.Tensor], norm2_weight: list[torch.Tensor],
                         norm2_bias: list[torch.Tensor], norm2_mean: list[torch.Tensor],
                         norm2_var: list[torch.Tensor], conv2_weight: list[torch.Tensor], training: bool,
-                        eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                             torch.Tensor]:
+                        eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                             torch.Tensor, torch.Tensor]:
     """Triton dense block; same schema and outputs as ``fer_kernels::dense_block`` (statistics in float32,
     float64 for float64 inputs)."""
     with _common.device_guard(x):
@@ -325,25 +332,27 @@ def _dense_block_triton(x: torch.Tensor, norm1_weight: list[torch.Tensor], norm1
         xmean = xvar = None
         if training:
             _stats(buf, xs1, xs2, m, hw, c0)
-        for l in range(L):
-            c = c0 + l * k
+        for i in range(L):
+            c = c0 + i * k
             if training:
                 xmean = xs1 / m
                 xvar = (xs2 / m - xmean * xmean).clamp_min(0)
-                s1, t1, _ = _affine(norm1_weight[l], norm1_bias[l], xmean[:c], xvar[:c], eps)
+                s1, t1, _ = _affine(norm1_weight[i], norm1_bias[i], xmean[:c], xvar[:c], eps)
             else:
-                s1, t1, _ = _affine(norm1_weight[l], norm1_bias[l], norm1_mean[l].to(sdt), norm1_var[l].to(sdt), eps)
-            hl = hbuf[l]
-            _conv(buf, s1, t1, conv1_weight[l].contiguous(), hl, m, hw, hh, ww, c, b, 1, False, True, 0, training,
-                  s1=hs1[l], s2=hs2[l])
+                s1, t1, _ = _affine(norm1_weight[i], norm1_bias[i], norm1_mean[i].to(sdt),
+                                    norm1_var[i].to(sdt), eps)
+            hl = hbuf[i]
+            _conv(buf, s1, t1, conv1_weight[i].contiguous(), hl, m, hw, hh, ww, c, b, 1, False, True, 0,
+                  training, s1=hs1[i], s2=hs2[i])
             if training:
-                hm = hs1[l] / m
-                hv = (hs2[l] / m - hm * hm).clamp_min(0)
-                s2, t2, _ = _affine(norm2_weight[l], norm2_bias[l], hm, hv, eps)
+                hm = hs1[i] / m
+                hv = (hs2[i] / m - hm * hm).clamp_min(0)
+                s2, t2, _ = _affine(norm2_weight[i], norm2_bias[i], hm, hv, eps)
             else:
-                s2, t2, _ = _affine(norm2_weight[l], norm2_bias[l], norm2_mean[l].to(sdt), norm2_var[l].to(sdt), eps)
-            _conv(hl, s2, t2, conv2_weight[l].contiguous(), buf[:, c:], m, hw, hh, ww, b, k, 3, False, True, 0,
-                  training, s1=xs1[c:], s2=xs2[c:])
+                s2, t2, _ = _affine(norm2_weight[i], norm2_bias[i], norm2_mean[i].to(sdt),
+                                    norm2_var[i].to(sdt), eps)
+            _conv(hl, s2, t2, conv2_weight[i].contiguous(), buf[:, c:], m, hw, hh, ww, b, k, 3, False, True,
+                  0, training, s1=xs1[c:], s2=xs2[c:])
         if not training:
             e = x.new_empty(0, dtype=sdt)
             return buf, hbuf, e, e.clone(), e.clone(), e.clone()
@@ -356,8 +365,9 @@ def _dense_block_triton(x: torch.Tensor, norm1_weight: list[torch.Tensor], norm1
 @triton_op("fer_kernels::_dense_block_triton_backward", mutates_args=())
 def _dense_block_triton_backward(
         grad_out: torch.Tensor, out: torch.Tensor, h: torch.Tensor, xmean: torch.Tensor, xvar: torch.Tensor,
-        hmean: torch.Tensor, hvar: torch.Tensor, norm1_weight: list[torch.Tensor], norm1_bias: list[torch.Tensor],
-        norm1_mean: list[torch.Tensor], norm1_var: list[torch.Tensor], conv1_weight: list[torch.Tensor],
+        hmean: torch.Tensor, hvar: torch.Tensor, norm1_weight: list[torch.Tensor],
+        norm1_bias: list[torch.Tensor], norm1_mean: list[torch.Tensor], norm1_var: list[torch.Tensor],
+        conv1_weight: list[torch.Tensor],
         norm2_weight: list[torch.Tensor], norm2_bias: list[torch.Tensor], norm2_mean: list[torch.Tensor],
         norm2_var: list[torch.Tensor], conv2_weight: list[torch.Tensor], training: bool, eps: float,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
@@ -374,39 +384,39 @@ def _dense_block_triton_backward(
         dh = out.new_empty(n, b, hh, ww)
         dz1 = out.new_empty(n, ctot - k, hh, ww)
         gg1, gb1, gw1, gg2, gb2, gw2 = ([None] * L for _ in range(6))
-        for l in range(L - 1, -1, -1):
-            c = c0 + l * k
+        for i in range(L - 1, -1, -1):
+            c = c0 + i * k
             if training:
-                m1, v1, m2, v2 = xmean[:c], xvar[:c], hmean[l], hvar[l]
+                m1, v1, m2, v2 = xmean[:c], xvar[:c], hmean[i], hvar[i]
             else:
-                m1, v1 = norm1_mean[l].to(sdt), norm1_var[l].to(sdt)
-                m2, v2 = norm2_mean[l].to(sdt), norm2_var[l].to(sdt)
-            s1, t1, is1 = _affine(norm1_weight[l], norm1_bias[l], m1, v1, eps)
-            s2, t2, is2 = _affine(norm2_weight[l], norm2_bias[l], m2, v2, eps)
-            hl = h[l]
+                m1, v1 = norm1_mean[i].to(sdt), norm1_var[i].to(sdt)
+                m2, v2 = norm2_mean[i].to(sdt), norm2_var[i].to(sdt)
+            s1, t1, is1 = _affine(norm1_weight[i], norm1_bias[i], m1, v1, eps)
+            s2, t2, is2 = _affine(norm2_weight[i], norm2_bias[i], m2, v2, eps)
+            hl = h[i]
             gy = gbuf[:, c:]
-            w2 = conv2_weight[l]
+            w2 = conv2_weight[i]
             dw2 = torch.zeros(w2.shape, dtype=sdt, device=out.device)
             _wgrad(gy, hl, s2, t2, dw2, m, hw, hh, ww, b, k, 3)
             sum2 = torch.zeros(b, dtype=sdt, device=out.device)
             sumx2 = torch.zeros(b, dtype=sdt, device=out.device)
             w2r = w2.permute(1, 0, 2, 3).contiguous()
-            _conv(gy, s2, t2, w2r, dz2, m, hw, hh, ww, k, b, 3, True, False, 1, True, aux=hl, mean=m2, invstd=is2,
-                  s1=sum2, s2=sumx2)
-            A2, B2, C2 = _bn_coefs(norm2_weight[l], is2, m2, sum2, sumx2, m, training)
+            _conv(gy, s2, t2, w2r, dz2, m, hw, hh, ww, k, b, 3, True, False, 1, True, aux=hl, mean=m2,
+                  invstd=is2, s1=sum2, s2=sumx2)
+            A2, B2, C2 = _bn_coefs(norm2_weight[i], is2, m2, sum2, sumx2, m, training)
             _bn_bwd(dh, dz2, hl, A2, B2, C2, m2, m, hw, b, False)
-            w1 = conv1_weight[l]
+            w1 = conv1_weight[i]
             dw1 = torch.zeros(w1.shape, dtype=sdt, device=out.device)
             _wgrad(dh, out, s1, t1, dw1, m, hw, hh, ww, c, b, 1)
             sum1 = torch.zeros(c, dtype=sdt, device=out.device)
             sumx1 = torch.zeros(c, dtype=sdt, device=out.device)
             w1t = w1.reshape(b, c).t().contiguous()
-            _conv(dh, s1, t1, w1t, dz1, m, hw, hh, ww, b, c, 1, False, False, 1, True, aux=out, mean=m1, invstd=is1,
-                  s1=sum1, s2=sumx1)
-            A1, B1, C1 = _bn_coefs(norm1_weight[l], is1, m1, sum1, sumx1, m, training)
+            _conv(dh, s1, t1, w1t, dz1, m, hw, hh, ww, b, c, 1, False, False, 1, True, aux=out, mean=m1,
+                  invstd=is1, s1=sum1, s2=sumx1)
+            A1, B1, C1 = _bn_coefs(norm1_weight[i], is1, m1, sum1, sumx1, m, training)
             _bn_bwd(gbuf, dz1, out, A1, B1, C1, m1, m, hw, c, True)
-            gg1[l], gb1[l], gw1[l] = sumx1.to(out.dtype), sum1.to(out.dtype), dw1.to(out.dtype)
-            gg2[l], gb2[l], gw2[l] = sumx2.to(out.dtype), sum2.to(out.dtype), dw2.to(out.dtype)
+            gg1[i], gb1[i], gw1[i] = sumx1.to(out.dtype), sum1.to(out.dtype), dw1.to(out.dtype)
+            gg2[i], gb2[i], gw2[i] = sumx2.to(out.dtype), sum2.to(out.dtype), dw2.to(out.dtype)
         return gbuf[:, :c0].contiguous(), gg1, gb1, gw1, gg2, gb2, gw2
 
 
@@ -419,7 +429,7 @@ def _bn_coefs(gamma, invstd, mean, s_dz, s_dzx, m, training):
     return a, s_dz / m, invstd * s_dzx / m
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dense_block_triton_op():
     """The Triton op, with autograd and fake registrations done once (CONVENTIONS 4)."""
     from fer_kernels.ops.dense_block import _make_backward, _setup_context

@@ -18,16 +18,17 @@ accumulator's; float32 dots use ``input_precision="ieee"``):
 - ``_fusion_conv_dw_kernel``: tile (BLOCK_O x BLOCK_C) of ``dW`` per slice of the batch (split-K), loop over
   its samples and pixels; ``db``.
 - ``_transition_stats_kernel``, ``_transition_bwd_reduce_kernel``: per-channel reductions split over the
-  batch: program (c, s) reduces a contiguous run of (sample, pixel block) units of channel c into partial sums
-  ``part[c, s]`` that the host adds up (deterministic, no atomics; C x S programs instead of C). Statistics are
-  accumulated around the channel's first value ``x[0, c, 0, 0]`` (the same shift in every partial); the
-  backward reduction forms ``sum dz``, ``sum dz*xhat`` and writes the recomputed P.
+  batch: program (c, s) reduces a contiguous run of (sample, pixel block) units of channel c into partial
+  sums ``part[c, s]`` that the host adds up (deterministic, no atomics; C x S programs instead of C).
+  Statistics are accumulated around the channel's first value ``x[0, c, 0, 0]`` (the same shift in every
+  partial); the backward reduction forms ``sum dz``, ``sum dz*xhat`` and writes the recomputed P.
 - ``_transition_bwd_dx_kernel``: the elementwise BN backward per (n, c) plane x pixel block.
 
 Grids: every grid axis beyond x is bounded by the launcher (split counts); tile counts that grow with the
 batch, channels or pixels are folded into axis 0 (limit 2^31 - 1; y and z stop at 65535), the fastest-varying
 tile index first. Offsets: anything scaled by a sample, plane, channel or image row is 64-bit
-(``.to(tl.int64)``); offsets along one image row or inside one contiguous plane (pixel, p x p tap) stay 32-bit.
+(``.to(tl.int64)``); offsets along one image row or inside one contiguous plane (pixel, p x p tap) stay
+32-bit.
 Every op launches under the device guard of its inputs (``_common.device_guard``).
 
 Saved for backward: fusion_conv saves P (1/p^2 of the concatenation) and W; the transition saves x, the
@@ -91,7 +92,8 @@ def _fusion_pool_kernel(
     oy = offs // Wo
     ox = offs % Wo
     base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
-    pix = (oy * P).to(tl.int64) * sxh + (ox * P) * sxw  # window corner; the row stride may be W*C (channels_last)
+    # window corners; the row stride is W*C for channels_last inputs
+    pix = (oy * P).to(tl.int64) * sxh + (ox * P) * sxw
     if HAS_BN:
         s = tl.load(scale_ptr + c)
         t = tl.load(shift_ptr + c)
@@ -140,7 +142,8 @@ def _fusion_conv_fwd_kernel(
     for k0 in range(0, C, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < C
-        w = tl.load(w_ptr + w_rows[:, None] + offs_k[None, :], mask=mask_o[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_ptr + w_rows[:, None] + offs_k[None, :], mask=mask_o[:, None] & mask_k[None, :],
+                    other=0.0)
         p = tl.load(
             p_base + (offs_k.to(tl.int64) * L)[:, None] + offs_l[None, :],
             mask=mask_k[:, None] & mask_l[None, :],
@@ -242,8 +245,9 @@ def _fusion_conv_dw_kernel(
     PRECISION: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    # Split-K over the batch: program (s, c, o) (1-d grid, o fastest) sums samples [s * N_PER, (s + 1) * N_PER)
-    # into partial s of dW (and of db when c == 0); the host sums the partials (deterministic, no atomics).
+    # Split-K over the batch: program (s, c, o) (1-d grid, o fastest) sums samples
+    # [s * N_PER, (s + 1) * N_PER) into partial s of dW (and of db when c == 0); the host sums the partials
+    # (deterministic, no atomics).
     pid = tl.program_id(0)
     n_o = tl.cdiv(C_out, BLOCK_O)
     n_c = tl.cdiv(C, BLOCK_C)
@@ -258,18 +262,19 @@ def _fusion_conv_dw_kernel(
     c_rows = offs_c.to(tl.int64) * L
     acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=ACC)
     dbias = tl.zeros([BLOCK_O], dtype=ACC)
-    n_end = tl.minimum(N, (pid_s + 1) * N_PER)
-    for n in range(pid_s * N_PER, n_end):
-        n64 = tl.cast(n, tl.int64)  # the loop index is a plain int under the interpreter
-        dy_base = dy_ptr + n64 * C_out * L
-        p_base = p_ptr + n64 * C * L
-        for l0 in range(0, L, BLOCK_L):
-            offs_l = l0 + tl.arange(0, BLOCK_L)
-            mask_l = offs_l < L
-            g = tl.load(dy_base + o_rows[:, None] + offs_l[None, :], mask=mask_o[:, None] & mask_l[None, :], other=0.0)
-            pt = tl.load(p_base + c_rows[None, :] + offs_l[:, None], mask=mask_c[None, :] & mask_l[:, None], other=0.0)
-            acc = tl.dot(g, pt, acc, input_precision=PRECISION, out_dtype=ACC)
-            dbias += tl.sum(g.to(ACC), axis=1)
+    # one loop over the (sample, pixel chunk) units of the slice: a single pipelined loop, also for small L
+    n_l = tl.cdiv(L, BLOCK_L)
+    u_end = tl.minimum(N, (pid_s + 1) * N_PER) * n_l
+    for u in range(pid_s * N_PER * n_l, u_end):
+        n64 = tl.cast(u // n_l, tl.int64)
+        offs_l = (u % n_l) * BLOCK_L + tl.arange(0, BLOCK_L)
+        mask_l = offs_l < L
+        g = tl.load(dy_ptr + n64 * C_out * L + o_rows[:, None] + offs_l[None, :],
+                    mask=mask_o[:, None] & mask_l[None, :], other=0.0)
+        pt = tl.load(p_ptr + n64 * C * L + c_rows[None, :] + offs_l[:, None],
+                     mask=mask_c[None, :] & mask_l[:, None], other=0.0)
+        acc = tl.dot(g, pt, acc, input_precision=PRECISION, out_dtype=ACC)
+        dbias += tl.sum(g.to(ACC), axis=1)
     part = pid_s.to(tl.int64) * C_out
     tl.store(
         dw_ptr + ((part + offs_o) * C)[:, None] + offs_c[None, :],
@@ -281,10 +286,13 @@ def _fusion_conv_dw_kernel(
 
 
 @triton.jit
-def _transition_stats_kernel(x_ptr, shift_ptr, part_ptr, N, HW, W, sxn, sxc, sxh, sxw, U_PER, BLOCK: tl.constexpr):
-    # Program (c, s): sums of d = x - shift[c] and of d^2 over units [s * U_PER, (s + 1) * U_PER) of channel c,
-    # a unit being one BLOCK of one sample's pixels; stored in part[c, s, 0:2] (part's dtype: float32, float64
-    # for float64 inputs). The host adds the partials: mean = shift + sum d / M, var = sum d^2 / M - (sum d / M)^2.
+def _transition_stats_kernel(
+    x_ptr, shift_ptr, part_ptr, N, HW, W, sxn, sxc, sxh, sxw, U_PER, BLOCK: tl.constexpr
+):
+    # Program (c, s): sums of d = x - shift[c] and of d^2 over units [s * U_PER, (s + 1) * U_PER) of channel
+    # c, a unit being one BLOCK of one sample's pixels; stored in part[c, s, 0:2] (part's dtype: float32,
+    # float64 for float64 inputs). The host adds the partials: mean = shift + sum d / M,
+    # var = sum d^2 / M - (sum d / M)^2.
     c = tl.program_id(0)
     s_id = tl.program_id(1)
     nblk = tl.cdiv(HW, BLOCK)
@@ -423,11 +431,12 @@ def _transition_bwd_dx_kernel(
 
 
 def _blocks(c_out: int, c: int, t: torch.Tensor) -> tuple[int, int, int]:
-    """(BLOCK_O, BLOCK_L, BLOCK_K) of the forward GEMM: float64 on a GPU takes 32 pixels (its 32 x 64
-    accumulator and dot operands crowd the register file)."""
+    """(BLOCK_O, BLOCK_L, BLOCK_K) of the forward GEMM: float64 on a GPU takes 32 pixels and a 16-channel K
+    chunk (a 32 x 64 float64 accumulator and its dot operands crowd the register file)."""
     bo = 32 if c_out > 16 else 16
-    bk = 32 if c > 16 else 16
-    return bo, 32 if t.dtype == torch.float64 and _common.on_gpu(t) else 64, bk
+    if t.dtype == torch.float64 and _common.on_gpu(t):
+        return bo, 32, 16
+    return bo, 64, 32 if c > 16 else 16
 
 
 def _split(c: int, units: int, t: torch.Tensor) -> tuple[int, int]:
@@ -491,7 +500,9 @@ def _launch_gemm(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
 def _launch_weight_grads(dy: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor):
     n, c, ho, wo = pooled.shape
     c_out = weight.shape[0]
-    bo, bl, bc = 32 if c_out > 16 else 16, 32, 32 if c > 16 else 16
+    # float32 dots are ieee FMA loops, each thread holding BLOCK_L-long slices of its rows and columns: a
+    # 16-pixel chunk keeps them in registers
+    bo, bl, bc = 32 if c_out > 16 else 16, 16 if pooled.dtype == torch.float32 else 32, 32 if c > 16 else 16
     tiles = triton.cdiv(c_out, bo) * triton.cdiv(c, bc)
     split = max(1, min(n, 256 // tiles))  # enough programs to fill a GPU when C_out x C is small
     n_per = triton.cdiv(max(n, 1), split)
