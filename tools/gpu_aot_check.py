@@ -300,13 +300,16 @@ def specialize(launch, backend):
 
 
 def ptxas_usage(ptx: str, arch: int, options) -> dict:
-    """Registers, spill bytes and stack of the PTX, from Triton's own ptxas (-v)."""
+    """Registers, spill bytes and stack of the PTX, from Triton's own ptxas (-v) with the flags Triton uses."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
     with tempfile.TemporaryDirectory() as d:
         Path(d, "k.ptx").write_text(ptx)
+        # the flags Triton's make_cubin passes (its --regAllocOptLevel=2 changes the spills reported)
+        extra = options.ptx_options.split() if getattr(options, "ptx_options", None) else []
         cmd = [get_ptxas(arch).path, "-v", *([] if options.enable_fp_fusion else ["--fmad=false"]),
-               f"--gpu-name={sm_arch_from_capability(arch)}", str(Path(d, "k.ptx")), "-o", str(Path(d, "k.o"))]
+               "--regAllocOptLevel=2", *extra, f"--gpu-name={sm_arch_from_capability(arch)}",
+               str(Path(d, "k.ptx")), "-o", str(Path(d, "k.o"))]
         log = subprocess.run(cmd, capture_output=True, text=True).stderr
     out = {}
     if m := re.search(r"Used (\d+) registers", log):
