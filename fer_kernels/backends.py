@@ -81,8 +81,12 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Looked up once: importlib's finder cannot be traced by torch.compile, and resolve() runs inside compiled code.
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def _triton_status() -> BackendStatus:
-    if importlib.util.find_spec("triton") is None:
+    if not _TRITON_INSTALLED:
         return BackendStatus(False, "the triton package is not installed")
     if torch.cuda.is_available():
         return BackendStatus(True, "triton on CUDA devices")

@@ -150,3 +150,15 @@ def test_simulated_cuda_host_selection(monkeypatch):
     (param,) = backend_params("triton", device="cpu")
     assert not param.marks, param.marks
     assert backends.why_not("cuda", "cpu") is not None  # the CUDA C++ backend never takes CPU tensors
+
+
+def test_resolve_traces_without_graph_break():
+    """torch.compile(fullgraph=True) through the backend choice: nothing in resolve() may break the graph."""
+    impls = {"reference": None, "cpp": None, "triton": None}
+
+    def f(x):
+        name = resolve("op", impls, [x], "auto")
+        return x + (1.0 if name in ("cpp", "reference") else 2.0)
+
+    x = torch.zeros(3)
+    assert torch.equal(torch.compile(f, fullgraph=True, backend="eager")(x), f(x))
