@@ -47,8 +47,8 @@ def _cases():
 
     def transition(inp, backend):
         x, gamma, beta, w = inp
-        return fk.transition(x, gamma, beta, torch.zeros(6), torch.ones(6), w, None, True, 0.1, 1e-5, 2,
-                             backend=backend)
+        return fk.transition(x, gamma, beta, torch.zeros_like(gamma), torch.ones_like(gamma), w, None,
+                             True, 0.1, 1e-5, 2, backend=backend)
 
     def pool(inp, backend):
         a, b = inp
@@ -153,7 +153,7 @@ def test_cuda_autocast_runs_in_autocast_dtype(case, backend, dtype):
     if module is not None:
         module[0].cuda()
         start = copy.deepcopy(module[0])
-    fp32 = [t.cuda() for t in inputs]
+    fp32 = [t.cuda().requires_grad_() for t in inputs]
     with torch.autocast("cuda", dtype=dtype):
         out = call(fp32, backend)
     assert out.dtype == dtype, f"{case}: autocast output dtype {out.dtype}, expected {dtype}"
