@@ -16,6 +16,11 @@ PyMODINIT_FUNC PyInit__C(void) {
 TORCH_LIBRARY(fer_kernels, m) {
   // Reports how this library was built ("cpu" or "cpu+cuda"), so Python can tell which backends exist.
   m.def("_build_info() -> str");
+  // The CPU kernels' instruction set (csrc/cpu/isa.h): the active one, those this CPU can run, and a switch for
+  // tests ("scalar", "avx2", "avx512" or "auto"; returns the one that was active).
+  m.def("_cpu_isa() -> str");
+  m.def("_cpu_isas() -> str[]");
+  m.def("_set_cpu_isa(str isa) -> str");
 
   // ---- dense_block: DenseNet-BC block, BN-ReLU-Conv1x1-BN-ReLU-Conv3x3 + concatenation ----
   // Forward: returns (out (N, C0+L*k, H, W), h (L, N, 4k, H, W) saved for backward, or empty in eval,

@@ -95,8 +95,57 @@ def _triton_status() -> BackendStatus:
     return BackendStatus(False, "no CUDA device, and TRITON_INTERPRET=1 is not set")
 
 
+def cpu_isa() -> str | None:
+    """The instruction set of the C++ CPU kernels that run: ``"scalar"``, ``"avx2"`` or ``"avx512"``; None when
+    the compiled library is not loaded.
+
+    Every kernel is built for each ISA the architecture has (no ``-march=native``: one build runs on every CPU) and
+    the best this CPU supports is chosen at the first call. ``FER_KERNELS_ISA=scalar|avx2|avx512`` forces one;
+    a forced ISA the CPU lacks raises a RuntimeError that names the missing features.
+    """
+    if not _extension.cpp_loaded():
+        return None
+    return torch.ops.fer_kernels._cpu_isa()
+
+
+def cpu_isas() -> list[str]:
+    """The ISAs of the C++ CPU kernels this CPU can run, baseline first (empty without the compiled library)."""
+    return list(torch.ops.fer_kernels._cpu_isas()) if _extension.cpp_loaded() else []
+
+
+@contextlib.contextmanager
+def use_cpu_isa(name: str) -> Iterator[str]:
+    """Runs the C++ CPU kernels with ISA ``name`` (``scalar``, ``avx2``, ``avx512`` or ``auto``) inside the block,
+    then restores the previous one. Process-wide, not per thread: for tests and benchmarks."""
+    if not _extension.cpp_loaded():
+        raise BackendUnavailableError(f"use_cpu_isa({name!r}): {_extension.cpp_error() or 'fer_kernels._C not built'}")
+    previous = torch.ops.fer_kernels._set_cpu_isa(name)
+    try:
+        yield torch.ops.fer_kernels._cpu_isa()
+    finally:
+        torch.ops.fer_kernels._set_cpu_isa(previous)
+
+
+def _cpp_status() -> BackendStatus:
+    if not _extension.cpp_loaded():
+        return BackendStatus(False, _extension.cpp_error() or "not built")
+    try:
+        isa = cpu_isa()
+    except RuntimeError as exc:  # FER_KERNELS_ISA names an ISA this CPU lacks, or no ISA at all
+        return BackendStatus(False, str(exc).splitlines()[0])
+    return BackendStatus(True, f"compiled C++ kernels for CPU tensors, ISA {isa} (this CPU runs: {', '.join(cpu_isas())})")
+
+
 def available_backends() -> dict[str, BackendStatus]:
-    """Each backend with whether it can run in this install and, if not, why."""
+    """Each backend with whether it can run in this install and, if not, why (for the C++ backend, with the
+    instruction set its CPU kernels run)."""
+    statuses = _statuses()
+    statuses["cpp"] = _cpp_status()
+    return statuses
+
+
+def _statuses() -> dict[str, BackendStatus]:
+    # What resolve() asks on every op call: no op calls here (a str-returning op breaks torch.compile graphs).
     cpp = (
         BackendStatus(True, "compiled C++ kernels for CPU tensors")
         if _extension.cpp_loaded()
@@ -131,7 +180,7 @@ def why_not(name: str, device: str) -> str | None:
     On a CUDA host Triton compiles its kernels for the GPU, so CPU tensors run through Triton only where
     ``TRITON_INTERPRET=1`` was set before triton was imported (one process cannot do both).
     """
-    status = available_backends()[name]
+    status = _statuses()[name]
     if name == "reference":
         return None
     if name == "cpp":

@@ -28,6 +28,23 @@ def _seed_and_backend():
     b._global = saved
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cpu_isa(name): run the C++ CPU kernels with this instruction set")
+
+
+@pytest.fixture(autouse=True)
+def _cpu_isa(request):
+    """Applies a test's ``cpu_isa`` mark (harness.backend_params: the cpp backend once per ISA) for the test."""
+    mark = request.node.get_closest_marker("cpu_isa")
+    if mark is None:
+        yield
+        return
+    from fer_kernels.backends import use_cpu_isa
+
+    with use_cpu_isa(mark.args[0]):
+        yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of tiny-tensor tests (faster than fanning out on 2 shared cores)."""

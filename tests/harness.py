@@ -16,7 +16,7 @@ import os
 import pytest
 import torch
 
-from fer_kernels.backends import why_not
+from fer_kernels.backends import cpu_isas, why_not
 
 # dtype -> (rtol, atol). Op files may tighten these for an issue's parity targets, never loosen them.
 TOLERANCES = {
@@ -122,6 +122,10 @@ def backend_params(*names: str, device: str = "cpu"):
 
     With FER_KERNELS_REQUIRE_CPP=1 (set by ``make test``) a missing cpp backend fails instead of skipping,
     so CI cannot pass without the compiled kernels.
+
+    The cpp backend comes once per CPU instruction set this machine runs (``cpu_isas()``): id ``cpp`` for the
+    best (the one ``auto`` uses), ``cpp-scalar`` / ``cpp-avx2`` for the others, each with a ``cpu_isa`` mark that
+    conftest's fixture applies for the test. With ``FER_KERNELS_ISA`` set, only that ISA.
     """
     params = []
     for name in names:
@@ -129,6 +133,13 @@ def backend_params(*names: str, device: str = "cpu"):
         marks = []
         if not ok and not (name == "cpp" and os.environ.get("FER_KERNELS_REQUIRE_CPP") == "1"):
             marks.append(pytest.mark.skip(reason=f"backend {name}: {why}"))
+        if name == "cpp" and ok and device == "cpu":
+            forced = os.environ.get("FER_KERNELS_ISA", "auto")
+            isas = cpu_isas() if forced in ("", "auto") else [forced]  # forced: that one only, as the user asked
+            for isa in isas:
+                isa_id = "cpp" if isa == isas[-1] else f"cpp-{isa}"
+                params.append(pytest.param(name, marks=[*marks, pytest.mark.cpu_isa(isa)], id=isa_id))
+            continue
         params.append(pytest.param(name, marks=marks, id=name))
     return params
 

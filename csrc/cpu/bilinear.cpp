@@ -24,100 +24,12 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX__)
-#include <immintrin.h>
-#endif
-
 #include "checks.h"
+#include "cpu/kernels.h"
+#include "cpu/simd.h"
 
-namespace fer_kernels {
+FER_ISA_BEGIN
 namespace {
-
-// ---- SIMD vectors (GCC/Clang vector extensions: 32 bytes, 8 floats or 4 doubles) ----
-template <typename T>
-struct Simd;
-template <>
-struct Simd<float> {
-  typedef float v __attribute__((vector_size(32)));
-  static constexpr int n = 8;
-};
-template <>
-struct Simd<double> {
-  typedef double v __attribute__((vector_size(32)));
-  static constexpr int n = 4;
-};
-template <typename T>
-using vec = typename Simd<T>::v;
-
-template <typename T>
-inline vec<T> vload(const T* p) {
-  vec<T> r;
-  std::memcpy(&r, p, sizeof(r));
-  return r;
-}
-template <typename T>
-inline void vstore(T* p, vec<T> x) {
-  std::memcpy(p, &x, sizeof(x));
-}
-template <typename T>
-inline vec<T> vbroadcast(T x) {
-  return vec<T>{} + x;
-}
-// Broadcast of *p straight from memory (one vbroadcastss/sd).
-inline vec<float> vbroadcast_load(const float* p) {
-#if defined(__AVX__)
-  return _mm256_broadcast_ss(p);
-#else
-  return vbroadcast(*p);
-#endif
-}
-inline vec<double> vbroadcast_load(const double* p) {
-#if defined(__AVX__)
-  return _mm256_broadcast_sd(p);
-#else
-  return vbroadcast(*p);
-#endif
-}
-inline vec<float> vsqrt(vec<float> x) {
-#if defined(__AVX__)
-  return _mm256_sqrt_ps(x);
-#else
-  for (int q = 0; q < 8; ++q) x[q] = std::sqrt(x[q]);
-  return x;
-#endif
-}
-inline vec<double> vsqrt(vec<double> x) {
-#if defined(__AVX__)
-  return _mm256_sqrt_pd(x);
-#else
-  for (int q = 0; q < 4; ++q) x[q] = std::sqrt(x[q]);
-  return x;
-#endif
-}
-template <typename T>
-inline T hsum(vec<T> x) {
-  T r = 0;
-  for (int q = 0; q < Simd<T>::n; ++q) r += x[q];
-  return r;
-}
-
-// root = sqrt(x) and half_inv = 0.5 / sqrt(x) for x > 0. float: one rsqrt estimate refined by a Newton step
-// (relative error a few 1e-7, no sqrt or divide: both are slow on this CPU); double: exact sqrt and divide.
-inline void root_and_half_inv(vec<float> x, vec<float>& root, vec<float>& half_inv) {
-#if defined(__AVX__)
-  vec<float> r = _mm256_rsqrt_ps(x);
-  r = r * (vbroadcast(1.5f) - vbroadcast(0.5f) * x * r * r);
-  root = x * r;
-  half_inv = vbroadcast(0.5f) * r;
-#else
-  root = vsqrt(x);
-  half_inv = vbroadcast(0.5f) / root;
-#endif
-}
-inline void root_and_half_inv(vec<double> x, vec<double>& root, vec<double>& half_inv) {
-  root = vsqrt(x);
-  half_inv = vbroadcast(0.5) / root;
-}
 
 // sign(y) * sqrt(|y| + eps), with sign(0) = 0.
 template <typename T>
@@ -137,22 +49,12 @@ constexpr int NR() { return 2 * Simd<T>::n; }  // micro-tile columns (2 vectors)
 // parameter, so every caller gets code with the unit stride known. Always inlined: as a call, the accumulators
 // would go through memory.
 template <typename T, int R, bool ColP>
-__attribute__((always_inline)) inline void micro(const T* P, int64_t ps, const T* Q, int64_t qs, int64_t kdim,
-                                                 vec<T> acc[MR][2]) {
-  constexpr int n = Simd<T>::n;
-  vec<T> c[R][2];
-  for (int r = 0; r < R; ++r) c[r][0] = c[r][1] = vec<T>{};
-  for (int64_t k = 0; k < kdim; ++k) {
-    const vec<T> q0 = vload(Q + k * qs), q1 = vload(Q + k * qs + n);
-    for (int r = 0; r < R; ++r) {
-      const vec<T> p = vbroadcast_load(ColP ? P + k * ps + r : P + r * ps + k);
-      c[r][0] += p * q0;
-      c[r][1] += p * q1;
-    }
-  }
+FER_INLINE void micro(const T* P, int64_t ps, const T* Q, int64_t qs, int64_t kdim, vec<T> acc[MR][2]) {
+  Tile<T, R> t;
+  for (int64_t k = 0; k < kdim; ++k) t.step(Q + k * qs, ColP ? P + k * ps : P + k, ColP ? 1 : ps);
   for (int r = 0; r < R; ++r) {
-    acc[r][0] = c[r][0];
-    acc[r][1] = c[r][1];
+    acc[r][0] = t.acc[r][0];
+    acc[r][1] = t.acc[r][1];
   }
 }
 
@@ -238,7 +140,6 @@ at::Tensor transpose_panels(const at::Tensor& b3, int64_t cbp) {
   return bt;
 }
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // The Y = A B^T micro-tiles of one sample's tile (rows [i_begin, i_end) x columns [j_begin, j_end)), handed to an
 // epilogue by get(i0, rows, j0, acc). For a short spatial extent (L <= kBlockL) get() runs the micro-kernel with
@@ -517,7 +418,7 @@ struct WeightSlab {
 template <typename T, bool big_k>
 std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
-                                                           const c10::optional<at::Tensor>& bias, double eps_d) {
+                                                           const std::optional<at::Tensor>& bias, double eps_d) {
   constexpr int n = Simd<T>::n, nr = NR<T>();
   const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), K = weight.size(0);
   const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
@@ -525,24 +426,22 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_panels<T>(b3, cbp);
   const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR);
-  const int nthreads = at::get_num_threads();
   // Per row block: [N][K dots, ||s||^2], reduced in block order afterwards (deterministic for any schedule).
   std::vector<double> part((size_t)tl.n_rb * N * (K + 1), 0.0);
-  std::atomic<int64_t> next_block{0};  // dynamic schedule: a descheduled thread does not stall the others
   const T eps = (T)eps_d;
   const T* A = a3.data_ptr<T>();
   const T* Bt = bt.data_ptr<T>();
   const T* W = w.data_ptr<T>();
-  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+  dynamic_for(tl.n_rb, [&](auto next_block) {  // row blocks, dynamically
     WeightSlab<T> slab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
-    std::vector<vec<T>> dots(K);
+    VecBuffer<T> dots((size_t)K);
     // Past kRegisterClasses classes: s of a chunk of samples, element-major ([tile element][sample]), and the
     // (K x chunk) products of the slab with it.
     std::vector<T> sbuf(big_k ? (size_t)(tl.rb * slab.ld * kChunkGemm) : 0, T(0));
     std::vector<T> lt(big_k ? (size_t)(K * kChunkGemm) : 0);
     vec<T> acc[MR][2], sv[MR][2];
-    for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
+    for (int64_t blk; (blk = next_block()) < tl.n_rb;) {
       double* mine = part.data() + (size_t)blk * N * (K + 1);
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb);
       for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
@@ -681,7 +580,7 @@ inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t
 template <typename T, bool big_k>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps_d) {
+    const std::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps_d) {
   constexpr int n = Simd<T>::n, nr = NR<T>();
   const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), K = weight.size(0);
   const at::Tensor a3 = a.reshape({N, Ca, L}).contiguous(), b3 = b.reshape({N, Cb, L}).contiguous();
@@ -724,8 +623,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const T* GL = gl.data_ptr<T>();
   T* DA = da.data_ptr<T>();
   T* DW = dw.data_ptr<T>();
-  std::atomic<int64_t> next_block{0};  // dynamic schedule over row blocks
-  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
+  dynamic_for(tl.n_rb, [&](auto next_block) {  // row blocks, dynamically
     const int tid = at::get_thread_num();
     T* DB = tid == 0 ? db.data_ptr<T>() : db_extra.data_ptr<T>() + (int64_t)(tid - 1) * N * Cb * L;
     WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
@@ -736,7 +634,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
     std::vector<T> zbuf((size_t)(kChunk * zst), T(0));
     std::vector<T> dzbuf(big_k ? (size_t)(kChunk * zst) : 0);
     vec<T> acc[MR][2];
-    for (int64_t blk; (blk = next_block.fetch_add(1)) < tl.n_rb;) {
+    for (int64_t blk; (blk = next_block()) < tl.n_rb;) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
       for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
         const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
@@ -830,7 +728,7 @@ void check_ab(const at::Tensor& a, const at::Tensor& b) {
 }
 
 void check_classifier(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-                      const c10::optional<at::Tensor>& bias) {
+                      const std::optional<at::Tensor>& bias) {
   check_ab(a, b);
   check_dim(weight, 2, "weight", "(K, Ca*Cb)");
   check_same(weight, a, "weight", "a");
@@ -842,6 +740,8 @@ void check_classifier(const at::Tensor& a, const at::Tensor& b, const at::Tensor
                 ",), got ", bias->sizes());
   }
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> bilinear_pool_cpu(const at::Tensor& a, const at::Tensor& b, double eps,
                                                      bool signed_sqrt, bool l2_normalize, bool mean) {
@@ -869,7 +769,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_pool_backward_cpu(const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
-                                                           const c10::optional<at::Tensor>& bias, double eps) {
+                                                           const std::optional<at::Tensor>& bias, double eps) {
   check_classifier(a, b, weight, bias);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_cpu", [&] {
     return weight.size(0) > kRegisterClasses ? classifier_forward_impl<scalar_t, true>(a, b, weight, bias, eps)
@@ -879,7 +779,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_backward_cpu(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-    const c10::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps) {
+    const std::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps) {
   check_classifier(a, b, weight, bias);
   TORCH_CHECK(grad_logits.dim() == 2 && grad_logits.size(0) == a.size(0) && grad_logits.size(1) == weight.size(0),
               "grad_logits: expected shape (N, K), got ", grad_logits.sizes());
@@ -893,13 +793,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_b
   });
 }
 
-}  // namespace
-}  // namespace fer_kernels
+FER_ISA_END
 
 // Why here: each kernel file registers its own CPU implementations (CONVENTIONS rule 1).
+#if FER_ISA_LEVEL == 0  // registered once; FER_CPU_IMPL calls the active ISA's kernel
 TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
-  m.impl("bilinear_pool", &fer_kernels::bilinear_pool_cpu);
-  m.impl("_bilinear_pool_backward", &fer_kernels::bilinear_pool_backward_cpu);
-  m.impl("bilinear_classifier", &fer_kernels::bilinear_classifier_cpu);
-  m.impl("_bilinear_classifier_backward", &fer_kernels::bilinear_classifier_backward_cpu);
+  m.impl("bilinear_pool", FER_CPU_IMPL(bilinear_pool_cpu));
+  m.impl("_bilinear_pool_backward", FER_CPU_IMPL(bilinear_pool_backward_cpu));
+  m.impl("bilinear_classifier", FER_CPU_IMPL(bilinear_classifier_cpu));
+  m.impl("_bilinear_classifier_backward", FER_CPU_IMPL(bilinear_classifier_backward_cpu));
 }
+#endif

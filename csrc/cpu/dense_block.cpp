@@ -13,14 +13,14 @@
 // per-thread (B, H*W) scratch.
 //
 // Tiling. 1x1: per (image, pixel tile of <= 512 px) the BN-ReLU prologue packs a (C, P) tile in cache,
-// then h_tile = W1 (B, C) @ a_tile: float32 on AVX2+FMA by conv1x1_direct (6 output channels x 16 pixels in
+// then h_tile = W1 (B, C) @ a_tile: float32 by conv1x1_direct (6 output channels x 2 vectors of pixels in
 // registers, h's statistics summed in its epilogue), float64 by one GEMM (MKL sgemm/dgemm); the backward's
 // data gradient W1^T dh runs the same kernel with the ReLU mask and the buffer-gradient update in its
 // epilogue, the weight gradient dh a^T is a GEMM. 3x3: per (image,
 // tile of R rows, R*W ~ 384 px) the prologue normalises the tile's rows of h plus one halo row each side into
 // a zero-bordered (B, R+2, W+2) scratch; in it the tap (dy, dx) of every output pixel is a fixed shift, so the
-// convolution needs no im2col. float32 on AVX2+FMA runs it as a register-blocked direct convolution
-// (conv3x3_direct: 6 output channels x 16 pixels per step); float64 (and builds without AVX2) as 9 tap GEMMs
+// convolution needs no im2col. float32 runs it as a register-blocked direct convolution
+// (conv3x3_direct: 6 output channels x 2 vectors of pixels per step); float64 as 9 tap GEMMs
 // on shifted views. The backward's data gradient is the same kernel with flipped taps, its weight gradient
 // conv3x3_wgrad (4 output channels x 3 taps per step). (image, tile) items are handed out dynamically to the
 // intra-op threads.
@@ -51,12 +51,8 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define FER_DIRECT3X3 1
-#else
-#define FER_DIRECT3X3 0
-#endif
+#include "cpu/kernels.h"
+#include "cpu/simd.h"
 
 extern "C" {
 // MKL / reference BLAS (exported by libtorch_cpu where torch is built with MKL). Weak: if absent we fall
@@ -67,10 +63,8 @@ void dgemm_(const char*, const char*, const int*, const int*, const int*, const 
             const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
 }
 
-namespace fer_kernels {
+FER_ISA_BEGIN
 namespace {
-
-using idx = int64_t;
 
 constexpr idx kTile1x1 = 512;  // pixels per 1x1 tile
 constexpr idx kTile3x3 = 384;  // target pixels per 3x3 row tile
@@ -109,22 +103,18 @@ void gemm_rm(bool ta, bool tb, idx M, idx N, idx K, const T* A, idx lda, const T
   if (beta == T(0)) c.copy_(at::mm(a, b)); else c.mul_(beta).add_(at::mm(a, b));
 }
 
-inline idx round16(idx q) { return (q + 15) / 16 * 16; }
+// The register tile of the direct 1x1 and 3x3 kernels: kRows output channels x kStrip pixels (two vectors).
+constexpr int kRows = 6;
+using Block = Tile<float, kRows>;
+constexpr idx kStrip = Block::cols;
+constexpr int kLanes = Simd<float>::n;
+inline idx round_strip(idx q) { return round_up(q, kStrip); }
 
-// The AVX2/FMA direct kernels (3x3 and 1x1) serve float32; float64 and builds without AVX2 use BLAS GEMMs.
+// The direct kernels (3x3 and 1x1) serve float32; float64 uses BLAS GEMMs.
 template <typename T>
 constexpr bool use_direct() {
-  return FER_DIRECT3X3 && std::is_same_v<T, float>;
+  return std::is_same_v<T, float>;
 }
-
-#if FER_DIRECT3X3
-inline float hsum8(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_movehdup_ps(x));
-  return _mm_cvtss_f32(x);
-}
-#endif
 
 // dst (C, ld) = relu(scale * src[:, p0:p0+P] + shift), columns [P, ld) zero; src channel stride cs.
 template <typename T>
@@ -165,117 +155,66 @@ inline void accumulate_stats(const T* src, idx ld, idx C, idx P, double* acc) {
   }
 }
 
-// Leading dimension of a packed 1x1 tile: a multiple of 16 floats (whole 16-pixel strips) and an odd number of
-// 64-byte lines, so that a strip's rows spread over the L1 sets (a power-of-two stride maps them all to two).
+// Leading dimension of a packed 1x1 tile: whole pixel strips, and an odd number of 64-byte lines, so that a
+// strip's rows spread over the L1 sets (a power-of-two stride maps them all to two).
 inline idx tile1x1_ld(idx HW) {
-  const idx ld = round16(std::min(kTile1x1, HW));
+  const idx ld = round_up(round_strip(std::min(kTile1x1, HW)), 16);
   return (ld / 16) % 2 ? ld : ld + 16;
 }
 
 // ---- the 1x1 convolution on a packed tile ----
-// out[o][q] = sum_c w[o][c] * in[c][q] for q in [0, P); in (Cin, ld) has zero columns in [P, round16(P)).
-// float32 with AVX2+FMA: conv1x1_direct, 6 output channels x 16 pixels in 12 ymm accumulators (one broadcast
-// weight feeding two FMAs, as conv3x3_direct), weights packed [group of 6][c][6] by pack1x1; each finished
-// 6 x 16 block goes to an epilogue epi(o0, nj, q, acc) (nj <= 6 valid channels from o0; columns past P are 0).
-// The pixel strip (Cin x 16) stays in L1 while every group of output channels reads it.
+// out[o][q] = sum_c w[o][c] * in[c][q] for q in [0, P); in (Cin, ld) has zero columns in [P, round_strip(P)).
+// float32: conv1x1_direct, kRows output channels x kStrip pixels in registers (a Block, one broadcast weight
+// feeding two FMAs, as conv3x3_direct), weights packed [group of kRows][c][kRows] by pack1x1; each finished block
+// goes to an epilogue epi(o0, nj, q, blk) (nj <= kRows valid channels from o0; columns past P are 0).
+// The pixel strip (Cin x kStrip) stays in L1 while every group of output channels reads it.
 // pack1x1: w (rows, cols) row-major; Cout = rows, Cin = cols, or with transpose Cout = cols, Cin = rows.
 template <typename T>
 std::vector<T> pack1x1(const T* w, idx rows, idx cols, bool transpose) {
-  const idx Cout = transpose ? cols : rows, Cin = transpose ? rows : cols, G = (Cout + 5) / 6;
-  std::vector<T> out((size_t)(G * Cin * 6), T(0));
+  const idx Cout = transpose ? cols : rows, Cin = transpose ? rows : cols, G = (Cout + kRows - 1) / kRows;
+  std::vector<T> out((size_t)(G * Cin * kRows), T(0));
   for (idx o = 0; o < Cout; ++o)
     for (idx c = 0; c < Cin; ++c)
-      out[((o / 6) * Cin + c) * 6 + o % 6] = transpose ? w[c * cols + o] : w[o * cols + c];
+      out[((o / kRows) * Cin + c) * kRows + o % kRows] = transpose ? w[c * cols + o] : w[o * cols + c];
   return out;
 }
 
-#if FER_DIRECT3X3
-// The register block of the direct 1x1 and 3x3 kernels: 6 output channels x 16 pixels in 12 ymm accumulators.
-struct Block6x16 {
-  __m256 a0, b0, a1, b1, a2, b2, a3, b3, a4, b4, a5, b5;
-  Block6x16() {
-    a0 = b0 = a1 = b1 = a2 = b2 = a3 = b3 = a4 = b4 = a5 = b5 = _mm256_setzero_ps();
-  }
-  // Adds w[j] * s[0..16) to channel j (j < 6): two loads, each broadcast weight feeding two FMAs.
-  __attribute__((always_inline)) inline void step(const float* s, const float* w) {
-    __m256 v0 = _mm256_loadu_ps(s), v1 = _mm256_loadu_ps(s + 8);
-    __asm__("" : "+x"(v0), "+x"(v1));  // keep the two loads in registers (else GCC folds them into all 12 FMAs)
-    __m256 x = _mm256_broadcast_ss(w);
-    a0 = _mm256_fmadd_ps(x, v0, a0); b0 = _mm256_fmadd_ps(x, v1, b0);
-    x = _mm256_broadcast_ss(w + 1);
-    a1 = _mm256_fmadd_ps(x, v0, a1); b1 = _mm256_fmadd_ps(x, v1, b1);
-    x = _mm256_broadcast_ss(w + 2);
-    a2 = _mm256_fmadd_ps(x, v0, a2); b2 = _mm256_fmadd_ps(x, v1, b2);
-    x = _mm256_broadcast_ss(w + 3);
-    a3 = _mm256_fmadd_ps(x, v0, a3); b3 = _mm256_fmadd_ps(x, v1, b3);
-    x = _mm256_broadcast_ss(w + 4);
-    a4 = _mm256_fmadd_ps(x, v0, a4); b4 = _mm256_fmadd_ps(x, v1, b4);
-    x = _mm256_broadcast_ss(w + 5);
-    a5 = _mm256_fmadd_ps(x, v0, a5); b5 = _mm256_fmadd_ps(x, v1, b5);
-  }
-  // acc[2j], acc[2j+1]: channel j's pixels 0-7 and 8-15.
-  void to_array(__m256* acc) const {
-    acc[0] = a0; acc[1] = b0; acc[2] = a1; acc[3] = b1; acc[4] = a2; acc[5] = b2;
-    acc[6] = a3; acc[7] = b3; acc[8] = a4; acc[9] = b4; acc[10] = a5; acc[11] = b5;
-  }
-};
-
 template <typename Epi>
 inline void conv1x1_direct(const float* in, idx ld, idx Cin, idx Cout, const float* wp, idx P, const Epi& epi) {
-  const idx G = (Cout + 5) / 6;
-  for (idx q = 0; q < P; q += 16) {
+  const idx G = (Cout + kRows - 1) / kRows;
+  for (idx q = 0; q < P; q += kStrip) {
     for (idx g = 0; g < G; ++g) {
-      const float* wc = wp + g * Cin * 6;
+      const float* wc = wp + g * Cin * kRows;
       const float* sc = in + q;
-      Block6x16 blk;
+      Block blk;
 #pragma GCC unroll 4
-      for (idx c = 0; c < Cin; ++c, sc += ld, wc += 6) blk.step(sc, wc);
-      __m256 acc[12];
-      blk.to_array(acc);
-      epi(g * 6, std::min<idx>(6, Cout - g * 6), q, acc);
+      for (idx c = 0; c < Cin; ++c, sc += ld, wc += kRows) blk.step(sc, wc);
+      epi(g * kRows, std::min<idx>(kRows, Cout - g * kRows), q, blk);
     }
   }
 }
-
-// Stores rows j < nj of a 6 x 16 block at o (row stride ld), only the first n <= 16 columns.
-inline void store_block(const __m256* acc, idx nj, idx n, float* o, idx ld) {
-  for (idx j = 0; j < nj; ++j, o += ld) {
-    if (n == 16) {
-      _mm256_storeu_ps(o, acc[2 * j]);
-      _mm256_storeu_ps(o + 8, acc[2 * j + 1]);
-    } else {
-      alignas(32) float tmp[16];
-      _mm256_store_ps(tmp, acc[2 * j]);
-      _mm256_store_ps(tmp + 8, acc[2 * j + 1]);
-      std::memcpy(o, tmp, sizeof(float) * n);
-    }
-  }
-}
-#endif
 
 // h (B, ldo) = W1 @ a for one packed tile a (C, lda) of P pixels (w1 (B, C), w1p = pack1x1(w1)); with acc, adds
 // each h channel's sum and sum of squares to acc[2b], acc[2b+1] (float within the tile, double across tiles).
 template <typename T>
 void conv1x1_forward_tile(const T* a, idx lda, idx C, idx P, idx B, const T* w1, const T* w1p, T* out, idx ldo,
                           double* acc) {
-#if FER_DIRECT3X3
   if constexpr (use_direct<T>()) {
-    std::vector<float> st(acc ? (size_t)(16 * B) : 0, 0.f);  // the tile's sums, 8 lanes each, in float
-    conv1x1_direct(a, lda, C, B, w1p, P, [&](idx o0, idx nj, idx q, const __m256* r) {
-      store_block(r, nj, std::min<idx>(16, P - q), out + o0 * ldo + q, ldo);
+    // The tile's sums in float, a vector per channel for sum and one for the sum of squares.
+    VecBuffer<float> st(acc ? (size_t)(2 * B) : 0);
+    conv1x1_direct(a, lda, C, B, w1p, P, [&](idx o0, idx nj, idx q, const Block& r) {
+      r.store((int)nj, std::min<idx>(kStrip, P - q), out + o0 * ldo + q, ldo);
       if (acc)
         for (idx j = 0; j < nj; ++j) {  // columns past P are 0 and add nothing
-          float* sj = st.data() + 16 * (o0 + j);
-          _mm256_storeu_ps(sj, _mm256_add_ps(_mm256_loadu_ps(sj), _mm256_add_ps(r[2 * j], r[2 * j + 1])));
-          _mm256_storeu_ps(sj + 8, _mm256_fmadd_ps(r[2 * j], r[2 * j],
-                                                   _mm256_fmadd_ps(r[2 * j + 1], r[2 * j + 1], _mm256_loadu_ps(sj + 8))));
+          const vec<float> x0 = r.acc[j][0], x1 = r.acc[j][1];
+          st[2 * (o0 + j)] += x0 + x1;
+          st[2 * (o0 + j) + 1] += x0 * x0 + x1 * x1;
         }
     });
     if (acc)
-      for (idx i = 0; i < 2 * B; ++i) acc[i] += (double)hsum8(_mm256_loadu_ps(st.data() + 8 * i));
+      for (idx i = 0; i < 2 * B; ++i) acc[i] += (double)hsum<float>(st[i]);
     return;
   }
-#endif
   (void)w1p;
   gemm_rm<T>(false, false, B, P, C, w1, C, a, lda, T(0), out, ldo);
   if (acc) accumulate_stats(out, ldo, B, P, acc);
@@ -326,16 +265,6 @@ struct PhaseTimer {
     if (on) std::fprintf(stderr, "dense_block backward: prep %.3f conv2 %.3f conv1 %.3f dx %.3f s\n", acc[0], acc[1], acc[2], acc[3]);
   }
 };
-
-// Runs the worker on every intra-op thread; workers take (image, tile) items one at a time from a shared
-// counter, so on a shared machine a descheduled thread does not leave its static share for the end.
-template <typename Worker>
-void dynamic_for(idx total, const Worker& worker) {
-  std::atomic<idx> counter{0};
-  auto next = [&counter]() { return counter.fetch_add(1, std::memory_order_relaxed); };
-  const idx nt = std::max<idx>(1, std::min<idx>(at::get_num_threads(), total));
-  at::parallel_for(0, nt, 1, [&](idx, idx) { worker(next); });
-}
 
 // Per-thread double accumulators, reduced after a parallel phase.
 struct ThreadAcc {
@@ -408,12 +337,12 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
 // forward is this with Cin = B, Cout = k; the data gradient of the backward is the same with Cin = k,
 // Cout = B and the taps flipped.
 //
-// float32 with AVX2+FMA: a direct convolution, no packing: 6 output channels x 16 pixels in 12 ymm
-// accumulators, one broadcast weight feeding two FMAs; weights packed [group of 6][c][tap][6]. It reads up
-// to Qr = Pp rounded up to 16 pixels (junk) and so up to 16 floats past the last channel: callers give in
-// kSlack floats of zeroed slack and out a leading dimension of at least Qr. Elsewhere (float64, no AVX2):
-// 9 tap GEMMs on shifted views, weights (9, Cout, Cin).
-constexpr idx kSlack = 32;
+// float32: a direct convolution, no packing: kRows output channels x kStrip pixels in registers (a Block), one
+// broadcast weight feeding two FMAs; weights packed [group of kRows][c][tap][kRows]. It reads up to Qr = Pp
+// rounded up to whole strips (junk) and so up to a strip past the last channel: callers give in kSlack floats of
+// zeroed slack and out a leading dimension of at least Qr. float64: 9 tap GEMMs on shifted views, weights
+// (9, Cout, Cin).
+constexpr idx kSlack = 2 * kStrip;
 
 // Packs w2 (k, B, 3, 3) for conv3x3_apply: forward (Cout = k, Cin = B) or, with grad, the data gradient
 // (Cout = B, Cin = k, taps flipped).
@@ -426,11 +355,12 @@ std::vector<T> pack3x3(const at::Tensor& w2, bool grad) {
     return grad ? w[(c * B + o) * 9 + (8 - tap)] : w[(o * B + c) * 9 + tap];
   };
   if (use_direct<T>()) {
-    const idx G = (Cout + 5) / 6;
-    std::vector<T> out((size_t)(G * Cin * 54), T(0));
+    const idx G = (Cout + kRows - 1) / kRows;
+    std::vector<T> out((size_t)(G * Cin * 9 * kRows), T(0));
     for (idx o = 0; o < Cout; ++o)
       for (idx c = 0; c < Cin; ++c)
-        for (idx tap = 0; tap < 9; ++tap) out[((o / 6) * Cin + c) * 54 + tap * 6 + o % 6] = src(o, c, tap);
+        for (idx tap = 0; tap < 9; ++tap)
+          out[(((o / kRows) * Cin + c) * 9 + tap) * kRows + o % kRows] = src(o, c, tap);
     return out;
   }
   std::vector<T> out((size_t)(9 * Cout * Cin));
@@ -440,39 +370,33 @@ std::vector<T> pack3x3(const at::Tensor& w2, bool grad) {
   return out;
 }
 
-#if FER_DIRECT3X3
 inline void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, const float* wp, idx Pp, float* out,
                            idx ldo) {
-  const idx G = (Cout + 5) / 6, Qr = round16(Pp);
+  const idx G = (Cout + kRows - 1) / kRows, Qr = round_strip(Pp);
   idx offs[9];
   for (int tap = 0; tap < 9; ++tap) offs[tap] = (tap / 3) * Wp + tap % 3;
   for (idx g = 0; g < G; ++g) {
-    const float* wg = wp + g * Cin * 54;
-    const idx nj = std::min<idx>(6, Cout - g * 6);
-    for (idx q = 0; q < Qr; q += 16) {
-      Block6x16 blk;
+    const float* wg = wp + g * Cin * 9 * kRows;
+    const int nj = (int)std::min<idx>(kRows, Cout - g * kRows);
+    for (idx q = 0; q < Qr; q += kStrip) {
+      Block blk;
       for (idx c = 0; c < Cin; ++c) {
         const float* sc = in + c * ps + q;
-        const float* wc = wg + c * 54;
+        const float* wc = wg + c * 9 * kRows;
 #pragma GCC unroll 9
-        for (int tap = 0; tap < 9; ++tap) blk.step(sc + offs[tap], wc + tap * 6);
+        for (int tap = 0; tap < 9; ++tap) blk.step(sc + offs[tap], wc + tap * kRows);
       }
-      __m256 acc[12];
-      blk.to_array(acc);
-      store_block(acc, nj, 16, out + g * 6 * ldo + q, ldo);  // out's rows hold Qr columns
+      blk.store(nj, kStrip, out + g * kRows * ldo + q, ldo);  // out's rows hold Qr columns
     }
   }
 }
-#endif
 
 template <typename T>
 void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk, idx Pp, T* out, idx ldo) {
-#if FER_DIRECT3X3
   if constexpr (use_direct<T>()) {
     conv3x3_direct(in, ps, Wp, Cin, Cout, wpk, Pp, out, ldo);
     return;
   }
-#endif
   for (idx tap = 0; tap < 9; ++tap)
     gemm_rm<T>(false, false, Cout, Pp, Cin, wpk + tap * Cout * Cin, Cin, in + (tap / 3) * Wp + tap % 3, ps,
                tap == 0 ? T(0) : T(1), out, ldo);
@@ -480,10 +404,9 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 
 // Weight gradient of the 3x3 convolution on a tile: dw[o][c][tap] += sum_q g[o][q] * in[c][q + dy*Wp + dx],
 // q in [0, Qr), g (Cout rows, ld ldg) zero at every q that is not an output pixel of the tile (junk columns
-// and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight. float32 with AVX2+FMA: 4 output channels x 3
-// taps of one kernel row in 12 ymm accumulators (7 loads per 12 FMAs), g's rows padded to a multiple of 4 with
-// zero rows; elsewhere one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
-#if FER_DIRECT3X3
+// and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight. float32: 4 output channels x 3 taps of one kernel
+// row in 12 vector accumulators (7 loads per 12 FMAs), g's rows padded to a multiple of 4 with zero rows; float64:
+// one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
 inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
                                  idx Qr, float* dw) {
   const idx G = (Cout + 3) / 4;
@@ -492,39 +415,38 @@ inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const
       const float* s = in + c * ps + dy * Wp;
       for (idx og = 0; og < G; ++og) {
         const float* g0 = g + og * 4 * ldg;
-        __m256 acc[4][3];
+        vec<float> acc[4][3];
         for (int j = 0; j < 4; ++j)
-          for (int x = 0; x < 3; ++x) acc[j][x] = _mm256_setzero_ps();
-        for (idx q = 0; q < Qr; q += 8) {
-          __m256 p0 = _mm256_loadu_ps(s + q), p1 = _mm256_loadu_ps(s + q + 1), p2 = _mm256_loadu_ps(s + q + 2);
+          for (int x = 0; x < 3; ++x) acc[j][x] = vec<float>{};
+        for (idx q = 0; q < Qr; q += kLanes) {
+          vec<float> p0 = vload(s + q), p1 = vload(s + q + 1), p2 = vload(s + q + 2);
           // Keep the three shifted rows in registers (else the compiler folds them into all 12 FMAs as memory
           // operands: 16 loads per 12 FMAs, load-bound).
-          __asm__("" : "+x"(p0), "+x"(p1), "+x"(p2));
+          pin(p0);
+          pin(p1);
+          pin(p2);
 #pragma GCC unroll 4
           for (int j = 0; j < 4; ++j) {
-            __m256 gv = _mm256_loadu_ps(g0 + j * ldg + q);
-            __asm__("" : "+x"(gv));  // one load for its three FMAs
-            acc[j][0] = _mm256_fmadd_ps(gv, p0, acc[j][0]);
-            acc[j][1] = _mm256_fmadd_ps(gv, p1, acc[j][1]);
-            acc[j][2] = _mm256_fmadd_ps(gv, p2, acc[j][2]);
+            vec<float> gv = vload(g0 + j * ldg + q);
+            pin(gv);  // one load for its three FMAs
+            acc[j][0] += gv * p0;
+            acc[j][1] += gv * p1;
+            acc[j][2] += gv * p2;
           }
         }
         for (idx j = 0; j < 4 && og * 4 + j < Cout; ++j)
-          for (int x = 0; x < 3; ++x) dw[((og * 4 + j) * Cin + c) * 9 + dy * 3 + x] += hsum8(acc[j][x]);
+          for (int x = 0; x < 3; ++x) dw[((og * 4 + j) * Cin + c) * 9 + dy * 3 + x] += hsum<float>(acc[j][x]);
       }
     }
   }
 }
-#endif
 
 template <typename T>
 void conv3x3_wgrad(const T* in, idx ps, idx Wp, idx Cin, const T* g, idx ldg, idx Cout, idx Pp, T* dw, T* tmp) {
-#if FER_DIRECT3X3
   if constexpr (use_direct<T>()) {
-    conv3x3_wgrad_direct(in, ps, Wp, Cin, g, ldg, Cout, round16(Pp), dw);
+    conv3x3_wgrad_direct(in, ps, Wp, Cin, g, ldg, Cout, round_strip(Pp), dw);
     return;
   }
-#endif
   for (idx tap = 0; tap < 9; ++tap) {
     gemm_rm<T>(false, true, Cout, Cin, Pp, g, ldg, in + (tap / 3) * Wp + tap % 3, ps, T(0), tmp, Cin);
     for (idx o = 0; o < Cout; ++o)
@@ -538,7 +460,7 @@ struct Tile3x3 {
   idx ld;  // of out: at least Qr for every tile of <= R rows
   std::vector<T> pad, out;
   Tile3x3(idx Cin, idx Cout, idx R, idx W)
-      : ld(round16(R * (W + 2))), pad((size_t)(Cin * (R + 2) * (W + 2) + kSlack), T(0)), out((size_t)(Cout * ld)) {}
+      : ld(round_strip(R * (W + 2))), pad((size_t)(Cin * (R + 2) * (W + 2) + kSlack), T(0)), out((size_t)(Cout * ld)) {}
 };
 
 // 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2) into yout (channel stride HW).
@@ -755,6 +677,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   return {out, hbuf, xmean, xvar, hmean, hvar};
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dense_block_cpu(
     const at::Tensor& x, at::TensorList norm1_weight, at::TensorList norm1_bias, at::TensorList norm1_mean,
     at::TensorList norm1_var, at::TensorList conv1_weight, at::TensorList norm2_weight, at::TensorList norm2_bias,
@@ -937,9 +861,8 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
       std::vector<T> a((size_t)(C * ld)), dh((size_t)(S.B * ld)), da(use_direct<T>() ? 0 : (size_t)(C * ld));
       T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
       double* acc = acc1.mine();
-#if FER_DIRECT3X3
-      std::vector<float> st1(use_direct<T>() ? (size_t)(16 * C) : 0);  // per-tile float sums, 8 lanes each
-#endif
+      // Per-tile float sums of v and v * xhat, a vector per channel each.
+      VecBuffer<float> st1(use_direct<T>() ? (size_t)(2 * C) : 0);
       for (idx it; (it = next()) < total1;) {
         const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
         for (idx b = 0; b < S.B; ++b) {
@@ -955,44 +878,41 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data(), ld);
         gemm_rm<T>(false, true, S.B, C, P, dh.data(), ld, a.data(), ld, T(1), dw1, C);
         T* gn = gbuf + n * S.Ctot * S.HW + p0;
-#if FER_DIRECT3X3
         if constexpr (use_direct<T>()) {
-          // da = W1^T dh, 6 channels x 16 pixels at a time, finished in registers: v = da * [a > 0],
+          // da = W1^T dh, a Block of channels x pixels at a time, finished in registers: v = da * [a > 0],
           // gbuf += A1 * v, and v's sums (columns past P: da = 0, so v = 0 there).
-          std::fill(st1.begin(), st1.end(), 0.f);
-          conv1x1_direct(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const __m256* r) {
-            const idx nq = std::min<idx>(16, P - q);
+          st1.zero();
+          conv1x1_direct(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const Block& r) {
+            const idx nq = std::min<idx>(kStrip, P - q);
             for (idx j = 0; j < nj; ++j) {
               const idx c = c0 + j;
               const float* aa = a.data() + c * ld + q;  // zero past P, so v = 0 there
               const float* xx = xn + c * S.HW + p0 + q;
               float* g = gn + c * S.HW + q;
-              alignas(32) float xt[16] = {0}, gt[16];  // a strip cut by the tile's end: through a full copy
-              if (nq < 16) {
+              float xt[kStrip] = {0}, gt[kStrip];  // a strip cut by the tile's end: through a full copy
+              if (nq < kStrip) {
                 std::memcpy(xt, xx, sizeof(float) * nq);
                 std::memcpy(gt, g, sizeof(float) * nq);
                 xx = xt;
                 g = gt;
               }
-              const __m256 A = _mm256_set1_ps(A1[c]), mu = _mm256_set1_ps(xmeanT[c]), is = _mm256_set1_ps(xisT[c]);
-              __m256 s = _mm256_loadu_ps(st1.data() + 16 * c), sx = _mm256_loadu_ps(st1.data() + 16 * c + 8);
+              const vec<float> A = vbroadcast(A1[c]), mu = vbroadcast(xmeanT[c]), is = vbroadcast(xisT[c]);
+              vec<float> sv = st1[2 * c], sx = st1[2 * c + 1];
               for (int h = 0; h < 2; ++h) {
-                const __m256 v = _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(aa + 8 * h), _mm256_setzero_ps(),
-                                                             _CMP_GT_OQ), r[2 * j + h]);
-                const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xx + 8 * h), mu), is);
-                s = _mm256_add_ps(s, v);
-                sx = _mm256_fmadd_ps(v, xh, sx);
-                _mm256_storeu_ps(g + 8 * h, _mm256_fmadd_ps(A, v, _mm256_loadu_ps(g + 8 * h)));
+                const vec<float> v = vload(aa + kLanes * h) > vec<float>{} ? r.acc[j][h] : vec<float>{};
+                const vec<float> xh = (vload(xx + kLanes * h) - mu) * is;
+                sv += v;
+                sx += v * xh;
+                vstore(g + kLanes * h, A * v + vload(g + kLanes * h));
               }
-              if (nq < 16) std::memcpy(gn + c * S.HW + q, gt, sizeof(float) * nq);
-              _mm256_storeu_ps(st1.data() + 16 * c, s);
-              _mm256_storeu_ps(st1.data() + 16 * c + 8, sx);
+              if (nq < kStrip) std::memcpy(gn + c * S.HW + q, gt, sizeof(float) * nq);
+              st1[2 * c] = sv;
+              st1[2 * c + 1] = sx;
             }
           });
-          for (idx i = 0; i < 2 * C; ++i) acc[i] += (double)hsum8(_mm256_loadu_ps(st1.data() + 8 * i));
+          for (idx i = 0; i < 2 * C; ++i) acc[i] += (double)hsum<float>(st1[i]);
           continue;
         }
-#endif
         gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), ld, T(0), da.data(), ld);
         for (idx c = 0; c < C; ++c) {
           const T* d = da.data() + c * ld;
@@ -1068,10 +988,11 @@ dense_block_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out, cons
   return backward_impl<double>(grad_out.to(out.scalar_type()), out, hc, xm, xv, hm, hv, layers, training, eps);
 }
 
-}  // namespace
-}  // namespace fer_kernels
+FER_ISA_END
 
+#if FER_ISA_LEVEL == 0  // registered once; FER_CPU_IMPL calls the active ISA's kernel
 TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
-  m.impl("dense_block", &fer_kernels::dense_block_cpu);
-  m.impl("_dense_block_backward", &fer_kernels::dense_block_backward_cpu);
+  m.impl("dense_block", FER_CPU_IMPL(dense_block_cpu));
+  m.impl("_dense_block_backward", FER_CPU_IMPL(dense_block_backward_cpu));
 }
+#endif

@@ -28,8 +28,10 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/kernels.h"
+#include "cpu/simd.h"
 
-namespace fer_kernels {
+FER_ISA_BEGIN
 namespace {
 
 using at::Tensor;
@@ -498,12 +500,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> transition_backward_cpu(
   return {gx, g_gamma, g_beta, gw, gb};
 }
 
-}  // namespace fer_kernels
+FER_ISA_END
 
 // Why: the CPU kernels of the fusion_conv family; autograd and fake kernels are registered in Python.
+#if FER_ISA_LEVEL == 0  // registered once; FER_CPU_IMPL calls the active ISA's kernel
 TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
-  m.impl("fusion_conv", &fer_kernels::fusion_conv_cpu);
-  m.impl("_fusion_conv_backward", &fer_kernels::fusion_conv_backward_cpu);
-  m.impl("transition", &fer_kernels::transition_cpu);
-  m.impl("_transition_backward", &fer_kernels::transition_backward_cpu);
+  m.impl("fusion_conv", FER_CPU_IMPL(fusion_conv_cpu));
+  m.impl("_fusion_conv_backward", FER_CPU_IMPL(fusion_conv_backward_cpu));
+  m.impl("transition", FER_CPU_IMPL(transition_cpu));
+  m.impl("_transition_backward", FER_CPU_IMPL(transition_backward_cpu));
 }
+#endif

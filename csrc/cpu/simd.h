@@ -1,0 +1,203 @@
+// One vector layer for every CPU kernel: GCC/Clang vector extensions whose width is the ISA's (isa.h: 16 bytes
+// scalar, 32 AVX2, 64 AVX-512), the few operations the kernels need on them, the register tile of their
+// matrix products, and the dynamic parallel loop. Included by an op file after its system and torch headers, in
+// a per-ISA build; everything here lives in namespace fer_kernels::<isa>.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#if FER_X86
+#include <immintrin.h>
+#endif
+
+#include "cpu/isa.h"
+
+#if !defined(FER_ISA) || !defined(FER_ISA_LEVEL)
+#error "csrc/cpu op files are compiled through their per-ISA wrappers (setup.py: build/fer_isa/<op>.<isa>.cpp)"
+#endif
+
+#define FER_INLINE __attribute__((always_inline)) inline
+
+FER_ISA_BEGIN
+
+using idx = int64_t;
+
+constexpr int kVecBytes = FER_VEC_BYTES;
+
+// Aligned to one element only: the baseline code around the kernels (std::vector, the stack of at::parallel_for)
+// knows the alignment of the baseline target (16 bytes), and a vector it places must never meet an aligned move.
+template <typename T>
+struct Simd {
+  typedef T v __attribute__((vector_size(FER_VEC_BYTES), aligned(sizeof(T))));
+  static constexpr int n = FER_VEC_BYTES / (int)sizeof(T);  // lanes
+};
+template <typename T>
+using vec = typename Simd<T>::v;
+
+inline idx round_up(idx x, idx m) { return (x + m - 1) / m * m; }
+
+// count vectors on the heap, zeroed (a std::vector<vec<T>> would drop vec's alignment attribute).
+template <typename T>
+struct VecBuffer {
+  std::vector<T> mem;
+  explicit VecBuffer(size_t count) : mem(count * Simd<T>::n, T(0)) {}
+  vec<T>* data() { return reinterpret_cast<vec<T>*>(mem.data()); }
+  vec<T>& operator[](size_t i) { return data()[i]; }
+  void zero() { std::fill(mem.begin(), mem.end(), T(0)); }
+};
+
+template <typename T>
+FER_INLINE vec<T> vload(const T* p) {
+  vec<T> r;
+  std::memcpy(&r, p, sizeof(r));
+  return r;
+}
+template <typename T>
+FER_INLINE void vstore(T* p, vec<T> x) {
+  std::memcpy(p, &x, sizeof(x));
+}
+// The first m <= n lanes only.
+template <typename T>
+FER_INLINE void vstore_part(T* p, vec<T> x, idx m) {
+  std::memcpy(p, &x, sizeof(T) * (size_t)m);
+}
+template <typename T>
+FER_INLINE vec<T> vbroadcast(T x) {
+  return vec<T>{} + x;
+}
+// *p in every lane, straight from memory (one vbroadcastss/sd).
+template <typename T>
+FER_INLINE vec<T> vbroadcast_load(const T* p) {
+#if FER_ISA_LEVEL == 2
+  if constexpr (std::is_same_v<T, float>) return _mm512_set1_ps(*p);
+  else return _mm512_set1_pd(*p);
+#elif FER_ISA_LEVEL == 1
+  if constexpr (std::is_same_v<T, float>) return _mm256_broadcast_ss(p);
+  else return _mm256_broadcast_sd(p);
+#else
+  return vbroadcast(*p);
+#endif
+}
+// Elementwise square root (float and double overloads: vec<T> does not deduce T).
+FER_INLINE vec<float> vsqrt(vec<float> x) {
+#if FER_ISA_LEVEL == 2
+  return _mm512_maskz_sqrt_ps((__mmask16)-1, x);  // maskz: the unmasked form trips -Wmaybe-uninitialized (GCC 12)
+#elif FER_ISA_LEVEL == 1
+  return _mm256_sqrt_ps(x);
+#else
+  for (int q = 0; q < Simd<float>::n; ++q) x[q] = std::sqrt(x[q]);
+  return x;
+#endif
+}
+FER_INLINE vec<double> vsqrt(vec<double> x) {
+#if FER_ISA_LEVEL == 2
+  return _mm512_maskz_sqrt_pd((__mmask8)-1, x);
+#elif FER_ISA_LEVEL == 1
+  return _mm256_sqrt_pd(x);
+#else
+  for (int q = 0; q < Simd<double>::n; ++q) x[q] = std::sqrt(x[q]);
+  return x;
+#endif
+}
+// The sum of the lanes: hsum<T>(x).
+template <typename T>
+FER_INLINE T hsum(vec<T> x) {
+  T r = 0;
+  for (int q = 0; q < Simd<T>::n; ++q) r += x[q];
+  return r;
+}
+
+// root = sqrt(x) and half_inv = 0.5 / sqrt(x) for x > 0. float on AVX2 / AVX-512: a reciprocal square root
+// estimate refined by a Newton step (relative error a few 1e-7; no sqrt or divide, both slow); else exact.
+FER_INLINE void root_and_half_inv(vec<float> x, vec<float>& root, vec<float>& half_inv) {
+#if FER_ISA_LEVEL >= 1
+#if FER_ISA_LEVEL == 2
+  vec<float> r = _mm512_maskz_rsqrt14_ps((__mmask16)-1, x);
+#else
+  vec<float> r = _mm256_rsqrt_ps(x);
+#endif
+  r = r * (vbroadcast(1.5f) - vbroadcast(0.5f) * x * r * r);
+  root = x * r;
+  half_inv = vbroadcast(0.5f) * r;
+#else
+  root = vsqrt(x);
+  half_inv = vbroadcast(0.5f) / root;
+#endif
+}
+FER_INLINE void root_and_half_inv(vec<double> x, vec<double>& root, vec<double>& half_inv) {
+  root = vsqrt(x);
+  half_inv = vbroadcast(0.5) / root;
+}
+
+// Keeps v in a register: an empty asm that "modifies" it, so the compiler cannot fold its load into every use as
+// a memory operand (a load per FMA instead of one per vector).
+template <typename V>
+FER_INLINE void pin(V& v) {
+#if FER_X86 && FER_ISA_LEVEL == 2
+  __asm__("" : "+v"(v));
+#elif FER_X86
+  __asm__("" : "+x"(v));
+#elif defined(__aarch64__)
+  __asm__("" : "+w"(v));
+#endif
+}
+
+// ---- the register tile of every matrix product ----
+// acc[r][v] += p[r * ps] * q[v*n .. v*n + n) for r < R, v < NV: R broadcast scalars times NV vectors, R*NV
+// accumulators. One step per reduction index; the NV vectors are loaded once and pinned in registers.
+template <typename T, int R, int NV = 2>
+struct Tile {
+  static constexpr int n = Simd<T>::n;
+  static constexpr int cols = NV * n;
+  vec<T> acc[R][NV];
+  FER_INLINE Tile() {
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < NV; ++v) acc[r][v] = vec<T>{};
+  }
+  FER_INLINE void step(const T* q, const T* p, idx ps = 1) {
+    vec<T> x[NV];
+    for (int v = 0; v < NV; ++v) {
+      x[v] = vload(q + v * n);
+      pin(x[v]);
+    }
+    for (int r = 0; r < R; ++r) {
+      const vec<T> b = vbroadcast_load(p + r * ps);
+      for (int v = 0; v < NV; ++v) acc[r][v] += b * x[v];
+    }
+  }
+  // Row r (r < rows) to out + r * ld, its first m <= cols columns; accumulate adds to what is there.
+  template <bool accumulate = false>
+  FER_INLINE void store(int rows, idx m, T* out, idx ld) const {
+    for (int r = 0; r < rows; ++r, out += ld) {
+      if (m == cols) {
+        for (int v = 0; v < NV; ++v) vstore(out + v * n, accumulate ? vload(out + v * n) + acc[r][v] : acc[r][v]);
+      } else {
+        T tmp[cols];
+        for (int v = 0; v < NV; ++v) vstore(tmp + v * n, acc[r][v]);
+        for (idx j = 0; j < m; ++j) out[j] = accumulate ? out[j] + tmp[j] : tmp[j];
+      }
+    }
+  }
+};
+
+// ---- threads ----
+// Runs worker(next) on every intra-op thread; workers take work items one at a time from a shared counter
+// (next() returns the next item, >= total when done), so on a shared machine a descheduled thread does not leave
+// its static share for the end.
+template <typename Worker>
+void dynamic_for(idx total, const Worker& worker) {
+  std::atomic<idx> counter{0};
+  auto next = [&counter]() { return counter.fetch_add(1, std::memory_order_relaxed); };
+  const idx nt = std::max<idx>(1, std::min<idx>(at::get_num_threads(), total));
+  at::parallel_for(0, nt, 1, [&](idx, idx) { worker(next); });
+}
+
+FER_ISA_END
