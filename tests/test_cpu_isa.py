@@ -1,0 +1,142 @@
+"""The C++ CPU kernels' instruction sets: run-time choice, FER_KERNELS_ISA, and a library that never puts an AVX
+instruction where a CPU without AVX could meet it.
+
+The parity suites themselves run once per ISA this CPU has (harness.backend_params: ``cpp-scalar``,
+``cpp-avx2``, ``cpp``), so every ISA build is checked against the reference there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fer_kernels
+from fer_kernels import _extension
+from fer_kernels.backends import cpu_isa, cpu_isas, use_cpu_isa
+
+pytestmark = pytest.mark.skipif(
+    not _extension.cpp_loaded() and os.environ.get("FER_KERNELS_REQUIRE_CPP") != "1",
+    reason="fer_kernels._C is not built",
+)
+
+ISAS = ("scalar", "avx2", "avx512")
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=120)
+
+
+def test_isas_of_this_cpu():
+    have = cpu_isas()
+    assert have[0] == "scalar" and set(have) <= set(ISAS)
+    assert have == [i for i in ISAS if i in have]  # baseline first, best last
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if re.search(r"\bavx2\b", flags) and re.search(r"\bfma\b", flags):
+        assert "avx2" in have
+    if all(re.search(rf"\b{f}\b", flags) for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
+        assert "avx512" in have
+    # Unforced, the best one runs.
+    if os.environ.get("FER_KERNELS_ISA", "auto") in ("", "auto"):
+        assert cpu_isa() == have[-1]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_forced_isa_is_reported(isa):
+    """FER_KERNELS_ISA=<isa> runs that ISA and cpu_isa() says so; an ISA the CPU lacks is a clear error."""
+    code = ("import torch, fer_kernels\n"
+            "x = torch.randn(2, 3, 4, 4); w = torch.randn(5, 3, 1, 1)\n"
+            "y, _ = torch.ops.fer_kernels.fusion_conv([x], w, None, 2)\n"
+            "print(fer_kernels.cpu_isa())\n"
+            "print(fer_kernels.available_backends()['cpp'].reason)\n")
+    r = _run(code, FER_KERNELS_ISA=isa)
+    if isa in cpu_isas():
+        assert r.returncode == 0, r.stderr
+        lines = r.stdout.splitlines()
+        assert lines[0] == isa
+        assert f"ISA {isa}" in lines[1]
+    else:
+        assert r.returncode != 0
+        assert f"FER_KERNELS_ISA={isa}: this CPU lacks" in r.stderr
+
+
+def test_bad_isa_name_is_a_clear_error():
+    r = _run("import fer_kernels; print(fer_kernels.cpu_isa())", FER_KERNELS_ISA="sse9")
+    assert r.returncode != 0
+    assert "FER_KERNELS_ISA: expected one of scalar, avx2, avx512 or auto, got 'sse9'" in r.stderr
+    with pytest.raises(RuntimeError, match="isa: expected one of scalar, avx2, avx512 or auto, got 'neon9'"):
+        torch.ops.fer_kernels._set_cpu_isa("neon9")
+
+
+def test_use_cpu_isa_switches_and_restores():
+    before = cpu_isa()
+    for isa in cpu_isas():
+        with use_cpu_isa(isa) as active:
+            assert active == isa == cpu_isa()
+    assert cpu_isa() == before
+
+
+def test_cli_shows_the_isa():
+    r = subprocess.run([sys.executable, "-m", "fer_kernels", "--repeats", "1"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"ISA {cpu_isa()}" in r.stdout
+
+
+def test_same_results_on_every_isa():
+    """The ISA builds compute the same op: float64 agrees to rounding across them (the tiling is the same)."""
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 7, 5, 5, dtype=torch.float64), torch.randn(3, 13, 5, 5, dtype=torch.float64)
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    block = fer_kernels.nn.DenseBlock(2, 5, 3, 2).double()
+    outs = {}
+    for isa in cpu_isas():
+        with use_cpu_isa(isa), fer_kernels.use_backend("cpp"):
+            outs[isa] = (fer_kernels.bilinear_pool(a, b), block(x))
+    ref = outs["scalar"]
+    for isa, (z, y) in outs.items():
+        torch.testing.assert_close(z, ref[0], rtol=1e-12, atol=1e-12, msg=f"bilinear_pool on {isa}")
+        torch.testing.assert_close(y, ref[1], rtol=1e-12, atol=1e-12, msg=f"dense_block on {isa}")
+
+
+# Mangled names of the functions of fer_kernels::avx2 / fer_kernels::avx512 (methods, lambdas, clones included).
+_ISA_FUNCTION = re.compile(r"^_Z+N[KVr]*[RO]?11fer_kernels(4avx2|6avx512)")
+_HEADER = re.compile(r"^[0-9a-f]+ <(.*)>:$")
+_VEX = re.compile(r"^\s*[0-9a-f]+:\s+v[a-z0-9]+\s")  # a VEX/EVEX mnemonic: AVX or later
+_AVX512_REG = re.compile(r"%zmm|%[xy]mm(1[6-9]|2\d|3[01])\b|%k[0-7]\b")
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64", reason="x86-64 Linux")
+def test_no_avx_outside_the_isa_namespaces():
+    """Only fer_kernels::avx2 / ::avx512 functions hold AVX code, and only ::avx512 AVX-512 code.
+
+    The ISA builds wrap the kernels in target pragmas; the torch and standard-library code they instantiate must
+    stay baseline, or the linker could keep an AVX copy of a shared inline function and a CPU without AVX would
+    die with an illegal instruction.
+    """
+    so = _extension._C.__file__
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", so], capture_output=True, text=True, check=True)
+    counts = {"avx2": 0, "avx512": 0, "baseline": 0}
+    bad: dict[str, int] = {}
+    fn, isa = None, "baseline"
+    for line in dis.stdout.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            fn = m.group(1)
+            mm = _ISA_FUNCTION.match(fn)
+            isa = "baseline" if not mm else ("avx2" if mm.group(1) == "4avx2" else "avx512")
+            counts[isa] += 1
+            continue
+        if fn is None or isa == "avx512":
+            continue
+        if (isa == "baseline" and _VEX.match(line)) or _AVX512_REG.search(line):
+            bad[fn] = bad.get(fn, 0) + 1
+    assert counts["avx2"] > 50 and counts["avx512"] > 50 and counts["baseline"] > 50, counts
+    assert not bad, f"{len(bad)} function(s) with instructions past their ISA, e.g. {sorted(bad)[:3]}"
