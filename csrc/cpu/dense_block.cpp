@@ -104,7 +104,7 @@ void gemm_rm(bool ta, bool tb, idx M, idx N, idx K, const T* A, idx lda, const T
 }
 
 // The register tile of the direct 1x1 and 3x3 kernels: kRows output channels x kStrip pixels (two vectors).
-constexpr int kRows = 6;
+constexpr int kRows = FER_ISA_LEVEL == 2 ? 12 : 6;  // AVX-512 has 32 vector registers
 using Block = Tile<float, kRows>;
 constexpr idx kStrip = Block::cols;
 constexpr int kLanes = Simd<float>::n;
@@ -404,19 +404,23 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 
 // Weight gradient of the 3x3 convolution on a tile: dw[o][c][tap] += sum_q g[o][q] * in[c][q + dy*Wp + dx],
 // q in [0, Qr), g (Cout rows, ld ldg) zero at every q that is not an output pixel of the tile (junk columns
-// and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight. float32: 4 output channels x 3 taps of one kernel
-// row in 12 vector accumulators (7 loads per 12 FMAs), g's rows padded to a multiple of 4 with zero rows; float64:
+// and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight. float32: kWgRows output channels x 3 taps of one
+// kernel row in vector accumulators (4 + 3 loads per 12 FMAs on AVX2), g's rows padded to a multiple of kWgRows
+// with zero rows; float64:
 // one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
+// kWgRows output channels x 3 taps in registers: 12 accumulators (6 or 8 rows with AVX-512's 32 registers
+// measured no faster on the DenseNet-BC block).
+constexpr int kWgRows = 4;
 inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
                                  idx Qr, float* dw) {
-  const idx G = (Cout + 3) / 4;
+  const idx G = (Cout + kWgRows - 1) / kWgRows;
   for (idx c = 0; c < Cin; ++c) {
     for (idx dy = 0; dy < 3; ++dy) {
       const float* s = in + c * ps + dy * Wp;
       for (idx og = 0; og < G; ++og) {
-        const float* g0 = g + og * 4 * ldg;
-        vec<float> acc[4][3];
-        for (int j = 0; j < 4; ++j)
+        const float* g0 = g + og * kWgRows * ldg;
+        vec<float> acc[kWgRows][3];
+        for (int j = 0; j < kWgRows; ++j)
           for (int x = 0; x < 3; ++x) acc[j][x] = vec<float>{};
         for (idx q = 0; q < Qr; q += kLanes) {
           vec<float> p0 = vload(s + q), p1 = vload(s + q + 1), p2 = vload(s + q + 2);
@@ -425,8 +429,8 @@ inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const
           pin(p0);
           pin(p1);
           pin(p2);
-#pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) {
+#pragma GCC unroll 8
+          for (int j = 0; j < kWgRows; ++j) {
             vec<float> gv = vload(g0 + j * ldg + q);
             pin(gv);  // one load for its three FMAs
             acc[j][0] += gv * p0;
@@ -434,8 +438,8 @@ inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const
             acc[j][2] += gv * p2;
           }
         }
-        for (idx j = 0; j < 4 && og * 4 + j < Cout; ++j)
-          for (int x = 0; x < 3; ++x) dw[((og * 4 + j) * Cin + c) * 9 + dy * 3 + x] += hsum<float>(acc[j][x]);
+        for (idx j = 0; j < kWgRows && og * kWgRows + j < Cout; ++j)
+          for (int x = 0; x < 3; ++x) dw[((og * kWgRows + j) * Cin + c) * 9 + dy * 3 + x] += hsum<float>(acc[j][x]);
       }
     }
   }
@@ -778,7 +782,7 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
     dynamic_for(total3, [&](auto next) {
       const idx Wp = S.W + 2;
       Tile3x3<T> gtile(S.k, S.B, R, S.W);  // the data gradient's tile: in = gy padded, out = dc
-      const idx ldd = gtile.ld, k4 = (S.k + 3) / 4 * 4;
+      const idx ldd = gtile.ld, k4 = round_up(S.k, kWgRows);  // gz rows: whole groups of the weight gradient
       T* gpad = gtile.pad.data();
       T* dcp = gtile.out.data();
       std::vector<T> pad((size_t)(S.B * (R + 2) * Wp + kSlack), T(0));  // c, read by the weight gradient
@@ -801,24 +805,35 @@ backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tenso
         }
         conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data());
         conv3x3_apply<T>(gpad, ps, Wp, S.k, S.B, w2g.data(), Pp, dcp, ldd);
+        // dz2 = dc * [c > 0] and its sums (<= R*W terms per tile, in T, in vectors across the tile's rows: a
+        // reduction per row of W pixels cost more than the row).
+        constexpr int nl = Simd<T>::n;
+        const vec<T> zero{};
         for (idx b = 0; b < S.B; ++b) {
-          const T mu = hmeanT[b], is = hisT[b];
-          T s = 0, sx = 0;  // <= R*W terms per tile, in T so that the loop vectorises
+          const vec<T> mu = vbroadcast(hmeanT[b]), is = vbroadcast(hisT[b]);
+          vec<T> sv{}, sxv{};
+          T s = 0, sx = 0;
           for (idx r = 0; r < Rt; ++r) {
             T* d = dz2 + (n * S.B + b) * S.HW + (r0 + r) * S.W;
             const T* dc = dcp + b * ldd + r * Wp;
             const T* cc = pad.data() + b * ps + (r + 1) * Wp + 1;
             const T* hh = hn + b * S.HW + (r0 + r) * S.W;
-#pragma omp simd reduction(+ : s, sx)
-            for (idx x = 0; x < S.W; ++x) {
+            idx x = 0;
+            for (; x + nl <= S.W; x += nl) {
+              const vec<T> v = vload(cc + x) > zero ? vload(dc + x) : zero;
+              vstore(d + x, v);
+              sv += v;
+              sxv += v * ((vload(hh + x) - mu) * is);
+            }
+            for (; x < S.W; ++x) {
               const T v = cc[x] > T(0) ? dc[x] : T(0);
               d[x] = v;
               s += v;
-              sx += v * ((hh[x] - mu) * is);
+              sx += v * ((hh[x] - hmeanT[b]) * hisT[b]);
             }
           }
-          acc[2 * b] += s;
-          acc[2 * b + 1] += sx;
+          acc[2 * b] += s + hsum<T>(sv);
+          acc[2 * b + 1] += sx + hsum<T>(sxv);
         }
       }
     });

@@ -33,10 +33,11 @@ using idx = int64_t;
 constexpr int kVecBytes = FER_VEC_BYTES;
 
 // Aligned to one element only: the baseline code around the kernels (std::vector, the stack of at::parallel_for)
-// knows the alignment of the baseline target (16 bytes), and a vector it places must never meet an aligned move.
+// knows the alignment of the baseline target (16 bytes), and a vector it places must never meet an aligned move;
+// may_alias: a vec<T> may be read and written through T* memory.
 template <typename T>
 struct Simd {
-  typedef T v __attribute__((vector_size(FER_VEC_BYTES), aligned(sizeof(T))));
+  typedef T v __attribute__((vector_size(FER_VEC_BYTES), aligned(sizeof(T)), may_alias));
   static constexpr int n = FER_VEC_BYTES / (int)sizeof(T);  // lanes
 };
 template <typename T>
@@ -54,15 +55,14 @@ struct VecBuffer {
   void zero() { std::fill(mem.begin(), mem.end(), T(0)); }
 };
 
+// Unaligned loads and stores (vec is element-aligned and may alias T; a memcpy here went through the stack).
 template <typename T>
 FER_INLINE vec<T> vload(const T* p) {
-  vec<T> r;
-  std::memcpy(&r, p, sizeof(r));
-  return r;
+  return *reinterpret_cast<const vec<T>*>(p);
 }
 template <typename T>
 FER_INLINE void vstore(T* p, vec<T> x) {
-  std::memcpy(p, &x, sizeof(x));
+  *reinterpret_cast<vec<T>*>(p) = x;
 }
 // The first m <= n lanes only.
 template <typename T>
