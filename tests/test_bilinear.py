@@ -179,10 +179,10 @@ def test_cpp_pool_forward_schedules(dtype, n):
 @pytest.mark.parametrize("classes", [5, 11])
 @pytest.mark.parametrize("hw", [(3, 3), (12, 11)], ids=["3x3", "12x11"])
 def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
-    """The C++ classifier's paths: up to 8 classes the class products run in registers and dW sums over chunks
-    of 8 samples, 4 classes at a time (5 classes: groups of 4 and 1); past 8 classes they are GEMMs over chunks
-    of 16 samples (11 classes). 35 samples make chunks of 8 (x4) and 3, or 16, 16 and 3; 2 threads (per-thread
-    dB sums); a 12x11 map (132 locations) takes the k-blocked Y tile, a 3x3 map the register one."""
+    """The C++ classifier's paths: up to 8 classes and 8x8 locations, register tiles (the class products in
+    registers, dW summed over chunks of 8 samples, 4 classes at a time: 5 classes make groups of 4 and 1); past 8
+    classes (11) or 64 locations (a 12x11 map), batched GEMMs with a fused signed-sqrt / norm pass. 35 samples make
+    chunks of 8 (x4) and 3; 2 threads (per-thread dB sums)."""
     torch.manual_seed(7)
     a, b = make_ab(35, 13, 10, *hw, "relu", dtype)
     weight = torch.randn(classes, 130, dtype=dtype) / 130 ** 0.5
@@ -303,6 +303,17 @@ def test_gradcheck_float64(backend):
                   fast_mode=fast)
     for flags in FLAGS:
         run_gradcheck(lambda a, b: fk.bilinear_pool(a, b, 1e-3, *flags, backend=backend), [a, b], fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+@pytest.mark.parametrize("hw, classes", [((9, 9), 3), ((2, 3), 9)], ids=["81-locations", "9-classes"])
+def test_gradcheck_float64_classifier_gemm_path(backend, hw, classes):
+    """The C++ classifier's GEMM path (past 64 locations or 8 classes), full-Jacobian gradcheck."""
+    a = torch.randn(2, 3, *hw, dtype=torch.float64).requires_grad_()
+    b = torch.randn(2, 2, *hw, dtype=torch.float64).requires_grad_()
+    w = torch.randn(classes, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(classes, dtype=torch.float64, requires_grad=True)
+    run_gradcheck(lambda a, b, w, c: fk.bilinear_classifier(a, b, w, c, backend=backend), [a, b, w, bias])
 
 
 def _op_samples(dtype=torch.float32):
@@ -486,37 +497,16 @@ def test_cpp_ops_check_their_inputs():
                           1e-5, True, True, False)
 
 
-def test_auto_runs_the_reference_classifier_on_large_maps():
-    from fer_kernels.ops.bilinear import (CPP_CLASSIFIER_MAX_LOCATIONS, CPP_CLASSIFIER_MAX_LOCATIONS_GRAD,
-                                          classifier_backend)
-
-    small = torch.zeros(1, 2, 14, 14)  # 196 locations: still the C++ kernel without a backward
-    large = torch.zeros(1, 2, 15, 14)
-    assert 14 * 14 == CPP_CLASSIFIER_MAX_LOCATIONS and 12 * 12 == CPP_CLASSIFIER_MAX_LOCATIONS_GRAD
-    assert classifier_backend(small, "cpp", "auto") == "cpp"
-    assert classifier_backend(large, "cpp", "auto") == "reference"
-    assert classifier_backend(large, "cpp", "cpp") == "cpp"  # an explicit request is kept
-    assert classifier_backend(large, "triton", "auto") == "triton"  # only the C++ kernel is redirected
-    # with a backward to follow the limit is 144 locations
-    assert classifier_backend(torch.zeros(1, 2, 12, 12), "cpp", "auto", needs_grad=True) == "cpp"
-    assert classifier_backend(torch.zeros(1, 2, 13, 12), "cpp", "auto", needs_grad=True) == "reference"
-    assert classifier_backend(torch.zeros(1, 2, 13, 12), "cpp", "cpp", needs_grad=True) == "cpp"
-
-
-@pytest.mark.parametrize("backend", backend_params("cpp"))
-def test_auto_classifier_choice_follows_autograd(backend, monkeypatch):
-    """bilinear_classifier tells classifier_backend whether a backward will follow."""
+def test_auto_runs_the_cpp_classifier_on_large_maps(monkeypatch):
+    """No fallback to the reference past a map size: the C++ classifier has a GEMM path for large maps."""
     from fer_kernels.ops import bilinear as ob
 
-    ran = []
-    for name in ("cpp", "reference"):
-        impl = ob.CLASSIFIER_IMPLS[name]
-        monkeypatch.setitem(ob.CLASSIFIER_IMPLS, name, lambda *args, _n=name, _f=impl: ran.append(_n) or _f(*args))
-    a, b = torch.rand(2, 3, 13, 13), torch.rand(2, 3, 13, 13)  # 169 locations: between the two limits
-    w, bias = torch.randn(2, 9), torch.randn(2)
-    with fk.use_backend("auto"):
-        fk.bilinear_classifier(a, b, w, bias)
-        fk.bilinear_classifier(a, b, w.requires_grad_(), bias)
-        with torch.no_grad():
-            fk.bilinear_classifier(a, b, w, bias)
-    assert ran == ["cpp", "reference", "cpp"]
+    def refuse(*args):
+        raise AssertionError("auto ran the reference classifier")
+
+    monkeypatch.setitem(ob.CLASSIFIER_IMPLS, "reference", refuse)
+    a = torch.randn(2, 3, 28, 28, requires_grad=True).relu()
+    w = torch.randn(5, 9, requires_grad=True)
+    out = fk.bilinear_classifier(a, a, w)
+    out.sum().backward()
+    assert out.shape == (2, 5)

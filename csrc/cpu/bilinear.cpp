@@ -6,12 +6,13 @@
 // reading A and a zero-padded transpose Bt of B in contiguous (L, nr) column panels. Up to kBlockL locations the
 // epilogue (scale, signed sqrt, ||s||^2, and for the classifier the class products) runs on the accumulators in
 // registers; past it, Y of a tile is first computed k-blocked into a buffer (YTile).
-// The classifier works on tiles of RB rows x CBc columns of Y; a thread owns a set of row blocks and loops over all
-// samples inside, so each tile's K-class weight slab is read from memory once per pass. Up to kRegisterClasses
-// classes the slab fits in L2 and the class products run per sample in registers; with more, they are GEMMs over
-// chunks of samples. It never materialises z or Y for the batch: forward saves a, b, the per-sample norms and the
-// logits; backward recomputes the Y tiles and uses <z, dz> = sum_k dlogits_k (logits_k - bias_k), so ds is
-// tile-local.
+// The classifier, up to 8x8 locations and kRegisterClasses classes, works on tiles of RB rows x CBc columns of Y; a
+// thread owns a set of row blocks and loops over all samples inside, so each tile's K-class weight slab is read from
+// memory once per pass, and the class products run per sample in registers. It never materialises z or Y for the
+// batch: forward saves a, b, the per-sample norms and the logits; backward recomputes the Y tiles and uses
+// <z, dz> = sum_k dlogits_k (logits_k - bias_k), so ds is tile-local. On larger maps or with more classes the
+// GEMMs dominate and the classifier runs as batched BLAS GEMMs with fused elementwise passes (classifier_*_gemm;
+// the tile kernels' many-class branches, big_k, are no longer reached from the op).
 // At Y = 0 the gradient through the signed sqrt is 0 (sign(0) = 0, as autograd on the reference).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -409,6 +410,156 @@ struct WeightSlab {
   }
 };
 
+// Per-sample scalars of the classifier's backward: invd = 1/d and gfac = G/d (0 when the norm is clamped), d =
+// max(||s||, 1e-12), G = <z, dz> = sum_k dlogits_k (logits_k - bias_k); so ds = dz/d - z G/d.
+template <typename T>
+void norm_factors(const at::Tensor& gl, const std::optional<at::Tensor>& bias, const at::Tensor& norms,
+                  const at::Tensor& logits, std::vector<T>& invd, std::vector<T>& gfac) {
+  const int64_t N = gl.size(0), K = gl.size(1);
+  invd.resize(N);
+  gfac.resize(N);
+  const at::Tensor nc = norms.contiguous(), lc = logits.contiguous();
+  at::Tensor bias_c;
+  const T* BI = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    bias_c = bias->contiguous();
+    BI = bias_c.data_ptr<T>();
+  }
+  const T* NM = nc.data_ptr<T>();
+  const T* LG = lc.data_ptr<T>();
+  const T* GL = gl.data_ptr<T>();
+  for (int64_t s_n = 0; s_n < N; ++s_n) {
+    const double norm = (double)NM[s_n], d = std::max(norm, 1e-12);
+    double g = 0;
+    for (int64_t k = 0; k < K; ++k) g += (double)GL[s_n * K + k] * ((double)LG[s_n * K + k] - (BI ? (double)BI[k] : 0.0));
+    invd[s_n] = (T)(1.0 / d);
+    gfac[s_n] = norm >= 1e-12 ? (T)(g / d) : T(0);
+  }
+}
+
+// ---- the classifier on larger maps or many classes: Y as one batched GEMM ----
+// Past 8x8 locations (or past kRegisterClasses classes) the GEMMs dominate and the tile-by-tile kernels above, which
+// never store Y and so compute it twice with a register-blocked kernel of their own, lose to BLAS. Here Y (N, Ca, Cb) comes from one at::bmm (BLAS) into a
+// temporary; one fused pass per sample turns it into z (signed sqrt, ||s||, scale) in place; logits = z W^T + bias.
+// Nothing of size N x Ca*Cb is saved (the backward recomputes Y with one more bmm: forward activations saved stay at
+// a, b, norms and logits). Backward: Y again, Z = z (N, D); dW = dl^T Z; dZ = dl W; one fused pass dY = (dz/d -
+// z G/d) * [Y != 0] 0.5 / sqrt(|Y| + eps) into Y's buffer; dA = dY B, dB = dY^T A (bmm).
+// Measured fwd+bwd against the plain composition, 2 threads, AVX-512 (2026-12-04), (32, 512, H, H): 7 classes, tiles
+// vs GEMM path: 2.35x vs 2.00x at 6x6, 2.25 vs 2.12 at 8x8, 1.36 vs 1.80 at 9x9, 1.04 vs 1.52 at 12x12; 200 classes:
+// 1.19 vs 1.36 at 4x4, 0.85 vs 1.13 at 8x8, 0.85 vs 1.17 at 10x10.
+constexpr int64_t kGemmLocations = 64;
+inline bool use_gemm_path(int64_t locations, int64_t classes) {
+  return locations > kGemmLocations || classes > kRegisterClasses;
+}
+
+// In place over y (count elements): y = signed_sqrt(y + eps); returns ||y||^2 (chunks of vectors summed in double).
+template <typename T>
+double signed_sqrt_inplace(T* y, int64_t count, T eps) {
+  constexpr int nl = Simd<T>::n;
+  double total = 0;
+  int64_t i = 0;
+  while (i + nl <= count) {
+    vec<T> sq{};
+    const int64_t end = std::min(count, i + 256 * nl) / nl * nl;
+    for (; i < end; i += nl) {
+      const vec<T> sv = signed_sqrt_v(vload(y + i), eps);
+      vstore(y + i, sv);
+      sq += sv * sv;
+    }
+    total += (double)hsum<T>(sq);
+  }
+  for (; i < count; ++i) {
+    const T v = y[i];
+    const T r = std::sqrt(std::abs(v) + eps);
+    y[i] = v > T(0) ? r : (v < T(0) ? -r : T(0));
+    total += (double)y[i] * (double)y[i];
+  }
+  return total;
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> classifier_forward_gemm(const at::Tensor& a, const at::Tensor& b,
+                                                           const at::Tensor& weight,
+                                                           const std::optional<at::Tensor>& bias, double eps_d) {
+  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), D = Ca * Cb;
+  const at::Tensor a3 = a.reshape({N, Ca, L}), b3 = b.reshape({N, Cb, L});
+  at::Tensor y = at::bmm(a3, b3.transpose(1, 2)).contiguous();  // (N, Ca, Cb)
+  at::Tensor norms = at::empty({N}, a.options());
+  T* Y = y.data_ptr<T>();
+  T* NM = norms.data_ptr<T>();
+  const T eps = (T)eps_d;
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t s_n = n0; s_n < n1; ++s_n) {
+      T* ys = Y + s_n * D;
+      const double norm = std::sqrt(signed_sqrt_inplace(ys, D, eps));
+      NM[s_n] = (T)norm;
+      const vec<T> iv = vbroadcast((T)(1.0 / std::max(norm, 1e-12)));
+      int64_t i = 0;
+      for (; i + Simd<T>::n <= D; i += Simd<T>::n) vstore(ys + i, vload(ys + i) * iv);
+      for (; i < D; ++i) ys[i] *= iv[0];
+    }
+  });
+  const at::Tensor z = y.view({N, D});
+  at::Tensor logits = bias.has_value() && bias->defined() ? at::addmm(*bias, z, weight.t()) : at::mm(z, weight.t());
+  return {logits, norms};
+}
+
+template <typename T>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_gemm(
+    const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps_d) {
+  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), D = Ca * Cb;
+  const at::Tensor a3 = a.reshape({N, Ca, L}), b3 = b.reshape({N, Cb, L});
+  const at::Tensor gl = grad_logits.contiguous();
+  std::vector<T> invd, gfac;
+  norm_factors<T>(gl, bias, norms, logits, invd, gfac);
+  at::Tensor y = at::bmm(a3, b3.transpose(1, 2)).contiguous();  // (N, Ca, Cb)
+  at::Tensor z = at::empty({N, D}, a.options());
+  T* Y = y.data_ptr<T>();
+  T* Z = z.data_ptr<T>();
+  const T eps = (T)eps_d;
+  constexpr int nl = Simd<T>::n;
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t s_n = n0; s_n < n1; ++s_n) {
+      const T* ys = Y + s_n * D;
+      T* zs = Z + s_n * D;
+      const vec<T> iv = vbroadcast(invd[s_n]);
+      int64_t i = 0;
+      for (; i + nl <= D; i += nl) vstore(zs + i, signed_sqrt_v(vload(ys + i), eps) * iv);
+      for (; i < D; ++i) {
+        const T v = ys[i], r = std::sqrt(std::abs(v) + eps);
+        zs[i] = (v > T(0) ? r : (v < T(0) ? -r : T(0))) * invd[s_n];
+      }
+    }
+  });
+  at::Tensor dw = at::mm(gl.t(), z);           // (K, D)
+  at::Tensor dz = at::mm(gl, weight.contiguous());  // (N, D)
+  const T* DZ = dz.data_ptr<T>();
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    const vec<T> zero{};
+    for (int64_t s_n = n0; s_n < n1; ++s_n) {
+      T* ys = Y + s_n * D;  // becomes dY
+      const T* zs = Z + s_n * D;
+      const T* dzs = DZ + s_n * D;
+      const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]);
+      int64_t i = 0;
+      for (; i + nl <= D; i += nl) {
+        const vec<T> yv = vload(ys + i);
+        vec<T> root, hinv;
+        root_and_half_inv((yv < zero ? -yv : yv) + eps, root, hinv);
+        vstore(ys + i, yv != zero ? (vload(dzs + i) * iv - vload(zs + i) * gf) * hinv : zero);
+      }
+      for (; i < D; ++i) {
+        const T v = ys[i];
+        ys[i] = v != T(0) ? (dzs[i] * invd[s_n] - zs[i] * gfac[s_n]) * (T(0.5) / std::sqrt(std::abs(v) + eps)) : T(0);
+      }
+    }
+  });
+  at::Tensor da = at::bmm(y, b3);                 // (N, Ca, L)
+  at::Tensor db = at::bmm(y.transpose(1, 2), a3);  // (N, Cb, L)
+  return {da.view(a.sizes()), db.view(b.sizes()), dw, gl.sum(0)};
+}
+
 // Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
 // Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all samples,
 // accumulating ||s||^2 and (up to kRegisterClasses classes) the K dot products in vector registers, folded into
@@ -591,27 +742,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const int nthreads = at::get_num_threads();
   const T eps = (T)eps_d;
 
-  // Per-sample scalars: 1/d and G/d (0 when the norm is clamped), so ds = dz/d - z G/d.
-  std::vector<T> invd(N), gfac(N);
-  {
-    const at::Tensor nc = norms.contiguous(), lc = logits.contiguous();
-    at::Tensor bias_c;
-    const T* BI = nullptr;
-    if (bias.has_value() && bias->defined()) {
-      bias_c = bias->contiguous();
-      BI = bias_c.data_ptr<T>();
-    }
-    const T* NM = nc.data_ptr<T>();
-    const T* LG = lc.data_ptr<T>();
-    const T* GL = gl.data_ptr<T>();
-    for (int64_t s_n = 0; s_n < N; ++s_n) {
-      const double norm = (double)NM[s_n], d = std::max(norm, 1e-12);
-      double g = 0;
-      for (int64_t k = 0; k < K; ++k) g += (double)GL[s_n * K + k] * ((double)LG[s_n * K + k] - (BI ? (double)BI[k] : 0.0));
-      invd[s_n] = (T)(1.0 / d);
-      gfac[s_n] = norm >= 1e-12 ? (T)(g / d) : T(0);
-    }
-  }
+  std::vector<T> invd, gfac;
+  norm_factors<T>(gl, bias, norms, logits, invd, gfac);
   at::Tensor da = at::zeros({N, Ca, L}, a.options());
   at::Tensor db = at::zeros({N, Cb, L}, a.options());
   at::Tensor dw = at::empty({K, Ca * Cb}, a.options());
@@ -772,8 +904,9 @@ std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, 
                                                            const std::optional<at::Tensor>& bias, double eps) {
   check_classifier(a, b, weight, bias);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_cpu", [&] {
-    return weight.size(0) > kRegisterClasses ? classifier_forward_impl<scalar_t, true>(a, b, weight, bias, eps)
-                                             : classifier_forward_impl<scalar_t, false>(a, b, weight, bias, eps);
+    if (use_gemm_path(a.size(2) * a.size(3), weight.size(0)))
+      return classifier_forward_gemm<scalar_t>(a, b, weight, bias, eps);
+    return classifier_forward_impl<scalar_t, false>(a, b, weight, bias, eps);
   });
 }
 
@@ -787,9 +920,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_b
   check_same(norms, a, "norms", "a");
   check_same(logits, a, "logits", "a");
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_backward_cpu", [&] {
-    return weight.size(0) > kRegisterClasses
-               ? classifier_backward_impl<scalar_t, true>(grad_logits, a, b, weight, bias, norms, logits, eps)
-               : classifier_backward_impl<scalar_t, false>(grad_logits, a, b, weight, bias, norms, logits, eps);
+    if (use_gemm_path(a.size(2) * a.size(3), weight.size(0)))
+      return classifier_backward_gemm<scalar_t>(grad_logits, a, b, weight, bias, norms, logits, eps);
+    return classifier_backward_impl<scalar_t, false>(grad_logits, a, b, weight, bias, norms, logits, eps);
   });
 }
 

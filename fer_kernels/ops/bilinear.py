@@ -180,33 +180,14 @@ def bilinear_classifier(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, 
         check_tensor(bias, "bias", 1, f"({weight.shape[0]},)")
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, b, weight, bias))
-    name = classifier_backend(a, resolve("bilinear_classifier", CLASSIFIER_IMPLS, [a, b, weight, bias], backend),
-                              backend, needs_grad)
+    name = resolve("bilinear_classifier", CLASSIFIER_IMPLS, [a, b, weight, bias], backend)
     with autocast_off(dt, a):
         return CLASSIFIER_IMPLS[name](a, b, weight, bias, eps)
 
 
-# The C++ classifier never stores Y, so its backward recomputes it: one GEMM of Ca*Cb*H*W more than the plain
-# composition. That pays while the elementwise passes over the (N, Ca*Cb) vectors dominate, on small maps; past
-# a size the GEMMs dominate. Measured fwd+bwd, reference over cpp, 7 classes, interleaved (2026-11-24, 2 threads):
-# 16x256: 1.50 at 7x7, 1.25 at 10x10, 1.16 at 12x12, 0.84 at 13x13, 0.81 at 14x14; 32x512: 2.19 at 7x7, 1.02 at
-# 12x12, 0.71 at 13x13, 0.72 at 14x14. The forward alone: 1.12-1.47 at 14x14, 1.32 at 16x16 (16x256), 0.88 at
-# 28x28 (B-CNN). So ``auto`` runs the reference past 144 locations when a backward will follow and past 196
-# without one; an explicit ``backend="cpp"`` still gets the C++ kernel (saved memory 0.3-0.65x eager's there).
-CPP_CLASSIFIER_MAX_LOCATIONS = 196
-CPP_CLASSIFIER_MAX_LOCATIONS_GRAD = 144
-
-
-def classifier_backend(a: torch.Tensor, resolved: str, requested: str | None = None,
-                       needs_grad: bool = False) -> str:
-    """The backend ``bilinear_classifier`` runs: ``resolved`` unless ``auto`` chose ``cpp`` for a large map
-    (``needs_grad``: autograd will run the backward, which has the lower limit)."""
-    chosen_by_auto = (requested if requested is not None else get_backend()) == "auto"
-    limit = CPP_CLASSIFIER_MAX_LOCATIONS_GRAD if needs_grad else CPP_CLASSIFIER_MAX_LOCATIONS
-    if chosen_by_auto and resolved == "cpp" and a.shape[2] * a.shape[3] > limit:
-        return "reference"
-    return resolved
+# No size policy here: the C++ classifier picks its own path by map size and class count (csrc/cpu/bilinear.cpp,
+# use_gemm_path: register tiles up to 8x8 locations and 8 classes, batched GEMMs past them), and is at least as fast
+# as the plain composition at every size measured (4x4 to 28x28, 7 and 200 classes).
 
 
 def demo_case():
