@@ -162,6 +162,8 @@ def _header(info: dict) -> list[str]:
         lines.append(f"- GPU: {env['gpu']}" + (f", driver {env['driver']}" if env.get("driver") else ""))
     if env.get("cpu"):
         lines.append(f"- CPU: {env['cpu']}")
+    if env.get("cpu_flags"):
+        lines.append(f"- CPU SIMD flags: {env['cpu_flags']}; C++ kernels' ISA: {env.get('cpu_isa', '?')}")
     versions = [f"{k} {env[k]}" for k in ("torch", "CUDA", "cuDNN", "Triton", "Python") if env.get(k)]
     if versions:
         lines.append("- " + ", ".join(versions))

@@ -68,6 +68,22 @@ def _cpu_model() -> str:
     return cpu
 
 
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+              "avx512_bf16", "amx_tile", "neon", "asimd", "sve")
+
+
+def _cpu_isa_flags() -> str:
+    """The SIMD flags of /proc/cpuinfo that matter to the kernels (those present), space-separated."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in _ISA_FLAGS if f in have)
+    except OSError:
+        pass
+    return "unknown"
+
+
 def machine_name(device: str | None = None) -> str:
     """The GPU's name (torch.cuda.get_device_name) for CUDA runs, else ``<cpu model>-<cores>c``; spaces and
     slashes become dashes (a file name)."""
@@ -113,6 +129,11 @@ def environment(device: str) -> dict:
                             "compute it); bfloat16 = torch.autocast(cuda, bfloat16) with bfloat16 "
                             "activations and float32 parameters")
     env["cpu"] = f"{_cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    env["cpu_flags"] = _cpu_isa_flags()
+    try:
+        env["cpu_isa"] = fer_kernels.cpu_isa() or "none (fer_kernels._C not loaded)"
+    except RuntimeError as exc:  # FER_KERNELS_ISA names an ISA this CPU lacks
+        env["cpu_isa"] = f"error: {str(exc).splitlines()[0]}"
     env["backends"] = ", ".join(f"{k} {'yes' if s.available else 'no'}"
                                 for k, s in fer_kernels.available_backends().items())
     env["host"] = socket.gethostname()

@@ -160,10 +160,10 @@ def test_pool_forward_and_backward_match_plain_composition(backend):
 @pytest.mark.parametrize("n", [3, 5])
 def test_cpp_pool_forward_schedules(dtype, n):
     """With 2 threads the C++ pool forward runs whole samples per task (n = 5 >= 2 per thread, each scaled by
-    1/||s|| as soon as it is written) or row blocks with a separate scaling pass (n = 3); 12x11 takes the
-    k-blocked Y tile."""
+    1/||s|| as soon as it is written) or row blocks with a separate scaling pass (n = 3), on an 8x7 map (56
+    locations: the register tiles; past 64 the forward is a batched GEMM, covered by SHAPES' 14x14)."""
     torch.manual_seed(11)
-    a, b = make_ab(n, 13, 11, 12, 11, "signed", dtype)
+    a, b = make_ab(n, 13, 11, 8, 7, "signed", dtype)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

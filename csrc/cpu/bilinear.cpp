@@ -3,16 +3,16 @@
 // Math (DESIGN section 4), per sample n, A = a[n] (Ca, L), B = b[n] (Cb, L):
 //   Y = A B^T (/ L if mean),  s = sign(Y) sqrt(|Y| + eps),  z = s / max(||s||, 1e-12),  logits = W z + bias.
 // Tiling: Y is produced by a register-blocked micro-kernel (6 rows x 2 SIMD vectors of columns, k-loop over L)
-// reading A and a zero-padded transpose Bt of B in contiguous (L, nr) column panels. Up to kBlockL locations the
-// epilogue (scale, signed sqrt, ||s||^2, and for the classifier the class products) runs on the accumulators in
-// registers; past it, Y of a tile is first computed k-blocked into a buffer (YTile).
+// reading A and a zero-padded transpose Bt of B in contiguous (L, nr) column panels; the epilogue (scale, signed
+// sqrt, ||s||^2, and for the classifier the class products) runs on the accumulators in registers. Past 8x8
+// locations the GEMMs dominate: pool forward and classifier run as batched BLAS GEMMs with fused elementwise passes
+// (the *_gemm functions).
 // The classifier, up to 8x8 locations and kRegisterClasses classes, works on tiles of RB rows x CBc columns of Y; a
 // thread owns a set of row blocks and loops over all samples inside, so each tile's K-class weight slab is read from
 // memory once per pass, and the class products run per sample in registers. It never materialises z or Y for the
 // batch: forward saves a, b, the per-sample norms and the logits; backward recomputes the Y tiles and uses
 // <z, dz> = sum_k dlogits_k (logits_k - bias_k), so ds is tile-local. On larger maps or with more classes the
-// GEMMs dominate and the classifier runs as batched BLAS GEMMs with fused elementwise passes (classifier_*_gemm;
-// the tile kernels' many-class branches, big_k, are no longer reached from the op).
+// GEMMs dominate and the classifier runs as batched BLAS GEMMs with fused elementwise passes (classifier_*_gemm).
 // At Y = 0 the gradient through the signed sqrt is 0 (sign(0) = 0, as autograd on the reference).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -143,85 +143,42 @@ at::Tensor transpose_panels(const at::Tensor& b3, int64_t cbp) {
 
 
 // The Y = A B^T micro-tiles of one sample's tile (rows [i_begin, i_end) x columns [j_begin, j_end)), handed to an
-// epilogue by get(i0, rows, j0, acc). For a short spatial extent (L <= kBlockL) get() runs the micro-kernel with
-// the whole L as its k-loop, so Y never leaves registers. For a long one the operands of that loop (6 rows of A
-// and an (L, nr) panel, 50 KB at 28x28) no longer fit in L1, and the micro-kernel ran at half its speed: then
-// prepare() computes the tile into a buffer, k-blocked (kBlockL locations of the block's A rows and of a panel
-// stay in L1 across the row groups and panels), and get() reads the accumulators back from it.
-constexpr int64_t kBlockL = 128;
+// epilogue by get(i0, rows, j0, acc): the micro-kernel with the whole L as its k-loop, so Y never leaves registers.
+// The tile kernels run up to kGemmLocations (64) locations, where the loop's operands (6 rows of A and an (L, nr)
+// panel) stay in L1; larger maps take the GEMM paths.
 template <typename T>
 struct YTile {
   const T* A;   // a3 (N, Ca, L)
   const T* Bt;  // panels of b (see transpose_panels)
   int64_t Ca, L, cbp;
-  std::vector<T> buf;
-  int64_t s_n = 0, i_begin = 0, j_begin = 0, ldb = 0;
+  int64_t s_n = 0;
   YTile(const T* A_, const T* Bt_, int64_t Ca_, int64_t L_, int64_t cbp_) : A(A_), Bt(Bt_), Ca(Ca_), L(L_), cbp(cbp_) {}
-  bool buffered() const { return L > kBlockL; }
-  void prepare(int64_t n, int64_t ib, int64_t ie, int64_t jb, int64_t je) {
-    s_n = n, i_begin = ib, j_begin = jb;
-    if (!buffered()) return;
-    constexpr int nv = Simd<T>::n, nr = NR<T>();
-    ldb = je - jb;
-    buf.assign((size_t)((ie - ib) * ldb), T(0));
-    vec<T> acc[MR][2];
-    for (int64_t k0 = 0; k0 < L; k0 += kBlockL) {
-      const int64_t kc = std::min(kBlockL, L - k0);
-      for (int64_t j0 = jb; j0 < je; j0 += nr)
-        for (int64_t i0 = ib; i0 < ie; i0 += MR) {
-          const int rows = (int)std::min<int64_t>(MR, ie - i0);
-          const T* P = A + (s_n * Ca + i0) * L + k0;
-          micro_rows<T, false>(rows, P, L, Bt + s_n * L * cbp + j0 * L + k0 * nr, nr, kc, acc);
-          for (int r = 0; r < rows; ++r) {
-            T* y = buf.data() + (i0 - ib + r) * ldb + (j0 - jb);
-            vstore(y, vload(y) + acc[r][0]);
-            vstore(y + nv, vload(y + nv) + acc[r][1]);
-          }
-        }
-    }
-  }
+  void prepare(int64_t n, int64_t, int64_t, int64_t, int64_t) { s_n = n; }
   void get(int64_t i0, int rows, int64_t j0, vec<T> acc[MR][2]) const {
-    if (!buffered()) {
-      micro_rows<T, false>(rows, A + (s_n * Ca + i0) * L, L, Bt + s_n * L * cbp + j0 * L, NR<T>(), L, acc);
-      return;
-    }
-    for (int r = 0; r < rows; ++r) {
-      const T* y = buf.data() + (i0 - i_begin + r) * ldb + (j0 - j_begin);
-      acc[r][0] = vload(y);
-      acc[r][1] = vload(y + Simd<T>::n);
-    }
+    micro_rows<T, false>(rows, A + (s_n * Ca + i0) * L, L, Bt + s_n * L * cbp + j0 * L, NR<T>(), L, acc);
   }
 };
 
 // Up to this many classes the class contractions run on the Y tile in registers (a K-vector dot per vector of
-// s in forward, dz = sum_k dl_k W_k with the dl_k in registers in backward). With more, their loads dominate
-// (one weight load per FMA, per sample): they become GEMMs over a chunk of samples (gemm_acc), which read the
-// tile's weight slab once per chunk.
+// s in forward, dz = sum_k dl_k W_k with the dl_k in registers in backward); with more, their loads dominate and
+// the classifier takes the GEMM path (use_gemm_path).
 constexpr int64_t kRegisterClasses = 8;
-// Samples per chunk: of the dW accumulation up to kRegisterClasses classes (the chunk's z buffer stays in L2 beside
-// the two weight slabs: 8 x 18 rows x 272 floats at EIFN's shape), and of the class GEMMs past it.
-constexpr int64_t kChunkRegister = 8, kChunkGemm = 16;
+// Samples per chunk of the dW accumulation (the chunk's z buffer stays in L2 beside the two weight slabs: 8 x 18 rows
+// x 272 floats at EIFN's shape).
+constexpr int64_t kChunkRegister = 8;
 
-// Tile of the classifier: RB rows x CBc columns of Y. Up to kRegisterClasses classes, the K weight rows of a tile
-// (K * RB * CBc elements) take at most `bytes` of the 512 KiB L2 (a slab is re-read for every sample). With
-// more classes the slab is read once per chunk of samples, so the tile is sized for the reuse of a and b instead:
-// up to 48 x 64, whose slab (2.4 MB at 200 classes) comes from L3.
+// Tile of the classifier: RB rows x CBc columns of Y; the K <= kRegisterClasses weight rows of a tile
+// (K * RB * CBc elements) take at most `bytes` of the 512 KiB L2 (a slab is re-read for every sample).
 struct Tiling {
   int64_t rb, cbc, n_rb, n_cb;
 };
 Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr, int64_t bytes,
                          int64_t min_rows) {
-  int64_t cbc, rb;
-  if (K > kRegisterClasses) {
-    cbc = std::min<int64_t>(round_up(Cb, nr), 4 * nr);
-    rb = std::min<int64_t>(8 * MR, round_up(Ca, MR));
-  } else {
-    const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
-    cbc = round_up(Cb, nr);
-    while (cbc > nr && min_rows * cbc > budget) cbc = round_up(cbc / 2, nr);
-    rb = std::max<int64_t>(MR, budget / cbc / MR * MR);
-    rb = std::min<int64_t>(rb, round_up(Ca, MR));
-  }
+  const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
+  int64_t cbc = round_up(Cb, nr);
+  while (cbc > nr && min_rows * cbc > budget) cbc = round_up(cbc / 2, nr);
+  int64_t rb = std::max<int64_t>(MR, budget / cbc / MR * MR);
+  rb = std::min<int64_t>(rb, round_up(Ca, MR));
   // Enough row blocks for every thread to have work.
   const int64_t want = 2 * at::get_num_threads();
   while (rb > MR && (Ca + rb - 1) / rb < want) rb = std::max<int64_t>(MR, round_up(rb / 2, MR));
@@ -452,29 +409,67 @@ inline bool use_gemm_path(int64_t locations, int64_t classes) {
   return locations > kGemmLocations || classes > kRegisterClasses;
 }
 
-// In place over y (count elements): y = signed_sqrt(y + eps); returns ||y||^2 (chunks of vectors summed in double).
+// In place over y (count elements): y = s = signed_sqrt(scale * y) (with eps; or scale * y alone); returns ||s||^2
+// (chunks of vectors summed in double).
 template <typename T>
-double signed_sqrt_inplace(T* y, int64_t count, T eps) {
+double to_s_inplace(T* y, int64_t count, T scale, bool signed_sqrt, T eps) {
   constexpr int nl = Simd<T>::n;
+  const vec<T> sc = vbroadcast(scale);
   double total = 0;
   int64_t i = 0;
   while (i + nl <= count) {
     vec<T> sq{};
     const int64_t end = std::min(count, i + 256 * nl) / nl * nl;
     for (; i < end; i += nl) {
-      const vec<T> sv = signed_sqrt_v(vload(y + i), eps);
+      vec<T> sv = vload(y + i) * sc;
+      if (signed_sqrt) sv = signed_sqrt_v(sv, eps);
       vstore(y + i, sv);
       sq += sv * sv;
     }
     total += (double)hsum<T>(sq);
   }
   for (; i < count; ++i) {
-    const T v = y[i];
-    const T r = std::sqrt(std::abs(v) + eps);
-    y[i] = v > T(0) ? r : (v < T(0) ? -r : T(0));
-    total += (double)y[i] * (double)y[i];
+    T v = y[i] * scale;
+    if (signed_sqrt) {
+      const T r = std::sqrt(std::abs(v) + eps);
+      v = v > T(0) ? r : (v < T(0) ? -r : T(0));
+    }
+    y[i] = v;
+    total += (double)v * (double)v;
   }
   return total;
+}
+
+// y (N, D) -> s in place, norms[n] = ||s_n||, and with l2_normalize z = s / max(||s_n||, 1e-12); parallel over samples.
+template <typename T>
+void finish_pool_rows(T* Y, int64_t N, int64_t D, T scale, bool signed_sqrt, bool l2_normalize, T eps, T* NM) {
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t s_n = n0; s_n < n1; ++s_n) {
+      T* ys = Y + s_n * D;
+      const double norm = std::sqrt(to_s_inplace(ys, D, scale, signed_sqrt, eps));
+      NM[s_n] = (T)norm;
+      if (!l2_normalize) continue;
+      const T inv = (T)(1.0 / std::max(norm, 1e-12));
+      const vec<T> iv = vbroadcast(inv);
+      int64_t i = 0;
+      for (; i + Simd<T>::n <= D; i += Simd<T>::n) vstore(ys + i, vload(ys + i) * iv);
+      for (; i < D; ++i) ys[i] *= inv;
+    }
+  });
+}
+
+// Pool forward on maps past kGemmLocations: Y by one batched BLAS GEMM, then one fused pass per sample
+// (finish_pool_rows). Forward alone, (32, 512, H, H), against the plain composition (2026-12-04): tiles vs GEMM
+// 2.98x vs 2.91x at 6x6, 1.94 vs 1.89 at 10x10, 0.99 vs 1.19 at 28x28.
+template <typename T>
+std::tuple<at::Tensor, at::Tensor> pool_forward_gemm(const at::Tensor& a, const at::Tensor& b, double eps,
+                                                     bool signed_sqrt, bool l2_normalize, bool mean) {
+  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3);
+  at::Tensor y = at::bmm(a.reshape({N, Ca, L}), b.reshape({N, Cb, L}).transpose(1, 2)).contiguous();
+  at::Tensor norms = at::empty({N}, a.options());
+  finish_pool_rows<T>(y.data_ptr<T>(), N, Ca * Cb, mean ? T(1) / T(L) : T(1), signed_sqrt, l2_normalize, (T)eps,
+                      norms.data_ptr<T>());
+  return {y.view({N, Ca * Cb}), norms};
 }
 
 template <typename T>
@@ -485,20 +480,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_gemm(const at::Tensor& a, 
   const at::Tensor a3 = a.reshape({N, Ca, L}), b3 = b.reshape({N, Cb, L});
   at::Tensor y = at::bmm(a3, b3.transpose(1, 2)).contiguous();  // (N, Ca, Cb)
   at::Tensor norms = at::empty({N}, a.options());
-  T* Y = y.data_ptr<T>();
-  T* NM = norms.data_ptr<T>();
-  const T eps = (T)eps_d;
-  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-    for (int64_t s_n = n0; s_n < n1; ++s_n) {
-      T* ys = Y + s_n * D;
-      const double norm = std::sqrt(signed_sqrt_inplace(ys, D, eps));
-      NM[s_n] = (T)norm;
-      const vec<T> iv = vbroadcast((T)(1.0 / std::max(norm, 1e-12)));
-      int64_t i = 0;
-      for (; i + Simd<T>::n <= D; i += Simd<T>::n) vstore(ys + i, vload(ys + i) * iv);
-      for (; i < D; ++i) ys[i] *= iv[0];
-    }
-  });
+  finish_pool_rows<T>(y.data_ptr<T>(), N, D, T(1), true, true, (T)eps_d, norms.data_ptr<T>());
   const at::Tensor z = y.view({N, D});
   at::Tensor logits = bias.has_value() && bias->defined() ? at::addmm(*bias, z, weight.t()) : at::mm(z, weight.t());
   return {logits, norms};
@@ -562,11 +544,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_g
 
 // Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
 // Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all samples,
-// accumulating ||s||^2 and (up to kRegisterClasses classes) the K dot products in vector registers, folded into
-// per-block double partials; with more classes, s of a chunk of samples goes to a buffer and one GEMM with the slab
-// gives the chunk's K dot products.
-// Saves (in Python): a, b, norms, logits.
-template <typename T, bool big_k>
+// accumulating ||s||^2 and the K <= kRegisterClasses dot products in vector registers, folded into per-block double
+// partials. Saves (in Python): a, b, norms, logits.
+template <typename T>
 std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
                                                            const std::optional<at::Tensor>& bias, double eps_d) {
@@ -587,10 +567,6 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
     WeightSlab<T> slab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
     VecBuffer<T> dots((size_t)K);
-    // Past kRegisterClasses classes: s of a chunk of samples, element-major ([tile element][sample]), and the
-    // (K x chunk) products of the slab with it.
-    std::vector<T> sbuf(big_k ? (size_t)(tl.rb * slab.ld * kChunkGemm) : 0, T(0));
-    std::vector<T> lt(big_k ? (size_t)(K * kChunkGemm) : 0);
     vec<T> acc[MR][2], sv[MR][2];
     for (int64_t blk; (blk = next_block()) < tl.n_rb;) {
       double* mine = part.data() + (size_t)blk * N * (K + 1);
@@ -614,15 +590,6 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
                   sv[r][v] = signed_sqrt_v(acc[r][v], eps);  // padded columns: Y = 0 -> s = 0
                   sq += sv[r][v] * sv[r][v];
                 }
-              if constexpr (big_k) {
-                for (int r = 0; r < rows; ++r)
-                  for (int v = 0; v < 2; ++v) {
-                    const int64_t e = (i0 - i_begin + r) * ld + (j0 - j_begin) + v * n;  // tile element
-                    T* dst = sbuf.data() + e * kChunkGemm + s_n % kChunkGemm;
-                    for (int q = 0; q < n; ++q) dst[q * kChunkGemm] = sv[r][v][q];
-                  }
-                continue;
-              }
               for (int r = rows; r < MR; ++r) sv[r][0] = sv[r][1] = vec<T>{};
               const T* w0 = ws + (i0 - i_begin) * ld + (j0 - j_begin);
               if (rows == MR) {
@@ -645,16 +612,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
           }
           double* p = mine + s_n * (K + 1);
           p[K] += (double)hsum<T>(sq);
-          if constexpr (!big_k) {
-            for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dk[k]);
-          } else if (s_n % kChunkGemm == kChunkGemm - 1 || s_n == N - 1) {  // (K x tile) slab @ (tile x chunk) s
-            const int64_t n0 = s_n / kChunkGemm * kChunkGemm, ns = s_n + 1 - n0;
-            std::fill(lt.begin(), lt.end(), T(0));
-            gemm_acc<T, false>(K, kChunkGemm, (i_end - i_begin) * ld, ws, kst, sbuf.data(), kChunkGemm, lt.data(),
-                               kChunkGemm);
-            for (int64_t c = 0; c < ns; ++c)
-              for (int64_t k = 0; k < K; ++k) mine[(n0 + c) * (K + 1) + k] += (double)lt[k * kChunkGemm + c];
-          }
+          for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dk[k]);
         }
       }
     }
@@ -725,10 +683,9 @@ inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t
 // G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps)
 // over dz in the tile buffer; z into a buffer of a chunk of samples, from which dW_k += sum_n dl_k z_n goes into a
 // padded thread-local slab, up to 4 classes x two vectors at a time in registers (the thread owns the tile, written
-// out once after all samples). Past kRegisterClasses classes, dz of a chunk of samples and dW are GEMMs (gemm_acc).
-// Then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end; the dynamic
+// out once after all samples). Then dA[rows] += dY_tile B[cols], dB[cols] += dY_tile^T A[rows] (dB per thread, summed at the end; the dynamic
 // schedule makes its float summation order, only, vary between runs).
-template <typename T, bool big_k>
+template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_impl(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps_d) {
@@ -761,10 +718,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
     WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
     std::vector<T> dyt((size_t)(tl.rb * slab.ld));  // dz, then dY, of the tile, in the slab's row layout
-    constexpr int64_t kChunk = big_k ? kChunkGemm : kChunkRegister;
+    constexpr int64_t kChunk = kChunkRegister;
     const int64_t zst = tl.rb * slab.ld;  // z (dz) of one sample of the tile, in the slab's row layout
     std::vector<T> zbuf((size_t)(kChunk * zst), T(0));
-    std::vector<T> dzbuf(big_k ? (size_t)(kChunk * zst) : 0);
     vec<T> acc[MR][2];
     for (int64_t blk; (blk = next_block()) < tl.n_rb;) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
@@ -782,19 +738,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
           const T* gl_n = GL + s_n * K;
           const T* dzp = dy;  // dz of this sample's tile
           T* const zs = zbuf.data() + (s_n % kChunk) * zst;  // z of this sample's tile
-          if constexpr (!big_k) {
-            if (K == 0) std::fill(dy, dy + rows_blk * ld, T(0));
-            else with_count<kRegisterClasses>((int)K, [&](auto KB) {
-              combine_classes<T, KB.value>(ws, kst, gl_n, dy, rows_blk * ld);
-            });
-          } else {
-            if (s_n % kChunk == 0) {  // dz of the chunk's samples: (ns x K) dl @ (K x tile) slab
-              const int64_t ns = std::min<int64_t>(kChunk, N - s_n);
-              std::fill(dzbuf.begin(), dzbuf.begin() + ns * zst, T(0));
-              gemm_acc<T, false>(ns, rows_blk * ld, K, gl_n, K, ws, kst, dzbuf.data(), zst);
-            }
-            dzp = dzbuf.data() + (s_n % kChunk) * zst;
-          }
+          if (K == 0) std::fill(dy, dy + rows_blk * ld, T(0));
+          else with_count<kRegisterClasses>((int)K, [&](auto KB) {
+            combine_classes<T, KB.value>(ws, kst, gl_n, dy, rows_blk * ld);
+          });
           yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
@@ -819,16 +766,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
           }
           if (s_n % kChunk == kChunk - 1 || s_n == N - 1) {  // dW of the chunk's samples
             const int64_t n0 = s_n / kChunk * kChunk, ns = s_n + 1 - n0;
-            if constexpr (big_k) {  // (K x ns) dl^T @ (ns x tile) z
-              gemm_acc<T, true>(K, rows_blk * ld, ns, GL + n0 * K, K, zbuf.data(), zst, gs, kst);
-            } else {
-              for (int64_t r = 0; r < rows_blk; ++r)
-                for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += nr)
-                  for (int64_t k0 = 0; k0 < K; k0 += 4)
-                    with_count<4>((int)std::min<int64_t>(4, K - k0), [&](auto KB) {
-                      wgrad_classes<T, KB.value>(zbuf.data() + o, zst, ns, GL + n0 * K + k0, K, gs + k0 * kst + o, kst);
-                    });
-            }
+            for (int64_t r = 0; r < rows_blk; ++r)
+              for (int64_t o = r * ld; o < r * ld + (j_end - j_begin); o += nr)
+                for (int64_t k0 = 0; k0 < K; k0 += 4)
+                  with_count<4>((int)std::min<int64_t>(4, K - k0), [&](auto KB) {
+                    wgrad_classes<T, KB.value>(zbuf.data() + o, zst, ns, GL + n0 * K + k0, K, gs + k0 * kst + o, kst);
+                  });
           }
           // dA[n, rows, :] += dY_tile (rows x cols) @ B[n, cols, :]
           gemm_acc<T, false>(rows_blk, L, cols, dy, ld, Bm + (s_n * Cb + j_begin) * L, L, DA + (s_n * Ca + i_begin) * L,
@@ -879,6 +822,8 @@ std::tuple<at::Tensor, at::Tensor> bilinear_pool_cpu(const at::Tensor& a, const 
                                                      bool signed_sqrt, bool l2_normalize, bool mean) {
   check_ab(a, b);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_pool_cpu", [&] {
+    if (a.size(2) * a.size(3) > kGemmLocations)
+      return pool_forward_gemm<scalar_t>(a, b, eps, signed_sqrt, l2_normalize, mean);
     return pool_forward_impl<scalar_t>(a, b, eps, signed_sqrt, l2_normalize, mean);
   });
 }
@@ -906,7 +851,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, 
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_cpu", [&] {
     if (use_gemm_path(a.size(2) * a.size(3), weight.size(0)))
       return classifier_forward_gemm<scalar_t>(a, b, weight, bias, eps);
-    return classifier_forward_impl<scalar_t, false>(a, b, weight, bias, eps);
+    return classifier_forward_impl<scalar_t>(a, b, weight, bias, eps);
   });
 }
 
@@ -922,7 +867,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_b
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_backward_cpu", [&] {
     if (use_gemm_path(a.size(2) * a.size(3), weight.size(0)))
       return classifier_backward_gemm<scalar_t>(grad_logits, a, b, weight, bias, norms, logits, eps);
-    return classifier_backward_impl<scalar_t, false>(grad_logits, a, b, weight, bias, norms, logits, eps);
+    return classifier_backward_impl<scalar_t>(grad_logits, a, b, weight, bias, norms, logits, eps);
   });
 }
 
