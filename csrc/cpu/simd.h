@@ -26,6 +26,14 @@
 
 #define FER_INLINE __attribute__((always_inline)) inline
 
+// An op file may cap its vector width below the ISA's (FER_OP_MAX_VEC_BYTES, defined before including this file):
+// on CPUs that run 512-bit instructions on 256-bit units (AMD Zen 4), a kernel with short loops can be faster with
+// 32-byte vectors, still with AVX-512's 32 registers and instructions.
+#if defined(FER_OP_MAX_VEC_BYTES) && FER_OP_MAX_VEC_BYTES < FER_VEC_BYTES
+#undef FER_VEC_BYTES
+#define FER_VEC_BYTES FER_OP_MAX_VEC_BYTES
+#endif
+
 FER_ISA_BEGIN
 
 using idx = int64_t;
@@ -76,10 +84,10 @@ FER_INLINE vec<T> vbroadcast(T x) {
 // *p in every lane, straight from memory (one vbroadcastss/sd).
 template <typename T>
 FER_INLINE vec<T> vbroadcast_load(const T* p) {
-#if FER_ISA_LEVEL == 2
+#if FER_VEC_BYTES == 64
   if constexpr (std::is_same_v<T, float>) return _mm512_set1_ps(*p);
   else return _mm512_set1_pd(*p);
-#elif FER_ISA_LEVEL == 1
+#elif FER_VEC_BYTES == 32
   if constexpr (std::is_same_v<T, float>) return _mm256_broadcast_ss(p);
   else return _mm256_broadcast_sd(p);
 #else
@@ -88,9 +96,9 @@ FER_INLINE vec<T> vbroadcast_load(const T* p) {
 }
 // Elementwise square root (float and double overloads: vec<T> does not deduce T).
 FER_INLINE vec<float> vsqrt(vec<float> x) {
-#if FER_ISA_LEVEL == 2
+#if FER_VEC_BYTES == 64
   return _mm512_maskz_sqrt_ps((__mmask16)-1, x);  // maskz: the unmasked form trips -Wmaybe-uninitialized (GCC 12)
-#elif FER_ISA_LEVEL == 1
+#elif FER_VEC_BYTES == 32
   return _mm256_sqrt_ps(x);
 #else
   for (int q = 0; q < Simd<float>::n; ++q) x[q] = std::sqrt(x[q]);
@@ -98,9 +106,9 @@ FER_INLINE vec<float> vsqrt(vec<float> x) {
 #endif
 }
 FER_INLINE vec<double> vsqrt(vec<double> x) {
-#if FER_ISA_LEVEL == 2
+#if FER_VEC_BYTES == 64
   return _mm512_maskz_sqrt_pd((__mmask8)-1, x);
-#elif FER_ISA_LEVEL == 1
+#elif FER_VEC_BYTES == 32
   return _mm256_sqrt_pd(x);
 #else
   for (int q = 0; q < Simd<double>::n; ++q) x[q] = std::sqrt(x[q]);
@@ -119,7 +127,7 @@ FER_INLINE T hsum(vec<T> x) {
 // estimate refined by a Newton step (relative error a few 1e-7; no sqrt or divide, both slow); else exact.
 FER_INLINE void root_and_half_inv(vec<float> x, vec<float>& root, vec<float>& half_inv) {
 #if FER_ISA_LEVEL >= 1
-#if FER_ISA_LEVEL == 2
+#if FER_VEC_BYTES == 64
   vec<float> r = _mm512_maskz_rsqrt14_ps((__mmask16)-1, x);
 #else
   vec<float> r = _mm256_rsqrt_ps(x);
