@@ -181,8 +181,8 @@ def test_cpp_pool_forward_schedules(dtype, n):
 def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
     """The C++ classifier's paths: up to 8 classes and 8x8 locations, register tiles (the class products in
     registers, dW summed over chunks of 8 samples, 4 classes at a time: 5 classes make groups of 4 and 1); past 8
-    classes (11) or 64 locations (a 12x11 map), batched GEMMs with a fused signed-sqrt / norm pass. 35 samples make
-    chunks of 8 (x4) and 3; 2 threads (per-thread dB sums)."""
+    classes (11) or 64 locations (a 12x11 map), the C++ pool (a batched GEMM and a fused pass) and a linear layer.
+    35 samples make chunks of 8 (x4) and 3; 2 threads (per-thread dB sums)."""
     torch.manual_seed(7)
     a, b = make_ab(35, 13, 10, *hw, "relu", dtype)
     weight = torch.randn(classes, 130, dtype=dtype) / 130 ** 0.5
@@ -308,12 +308,14 @@ def test_gradcheck_float64(backend):
 @pytest.mark.parametrize("backend", backend_params("cpp"))
 @pytest.mark.parametrize("hw, classes", [((9, 9), 3), ((2, 3), 9)], ids=["81-locations", "9-classes"])
 def test_gradcheck_float64_classifier_gemm_path(backend, hw, classes):
-    """The C++ classifier's GEMM path (past 64 locations or 8 classes), full-Jacobian gradcheck."""
+    """Past 64 locations or 8 classes, full-Jacobian gradcheck of both C++ routes: the functional form (the C++ pool
+    and a linear layer) and the op itself (its batched-GEMM path)."""
     a = torch.randn(2, 3, *hw, dtype=torch.float64).requires_grad_()
     b = torch.randn(2, 2, *hw, dtype=torch.float64).requires_grad_()
     w = torch.randn(classes, 6, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(classes, dtype=torch.float64, requires_grad=True)
     run_gradcheck(lambda a, b, w, c: fk.bilinear_classifier(a, b, w, c, backend=backend), [a, b, w, bias])
+    run_gradcheck(lambda a, b, w, c: torch.ops.fer_kernels.bilinear_classifier(a, b, w, c, 1e-5)[0], [a, b, w, bias])
 
 
 def _op_samples(dtype=torch.float32):

@@ -398,7 +398,9 @@ void norm_factors(const at::Tensor& gl, const std::optional<at::Tensor>& bias, c
   }
 }
 
-// ---- the classifier on larger maps or many classes: Y as one batched GEMM ----
+// ---- the classifier op on larger maps or many classes: Y as one batched GEMM ----
+// (fer_kernels.bilinear_classifier itself runs the pool op and a linear layer there, ops/bilinear.py: the pool's
+// saved z spares the backward its second Y; this path serves direct calls of the op, which saves no z.)
 // Past 8x8 locations (or past kRegisterClasses classes) the GEMMs dominate and the tile-by-tile kernels above, which
 // never store Y and so compute it twice with a register-blocked kernel of their own, lose to BLAS. Here Y (N, Ca, Cb) comes from one at::bmm (BLAS) into a
 // temporary; one fused pass per sample turns it into z (signed sqrt, ||s||, scale) in place; logits = z W^T + bias.
