@@ -4,7 +4,8 @@ csrc/fer_kernels.cpp and csrc/cpu/dispatch.cpp are always compiled, and every ot
 CPU instruction set (scalar, and avx2 and avx512 on x86-64; csrc/cpu/isa.h), through wrappers generated in
 build/fer_isa/; nothing is compiled with -march, so the library runs on any CPU of its architecture.
 csrc/cuda/*.cu (pure CUDA kernels, no torch headers) and csrc/cuda/*_binding.cpp (their torch bindings) are
-compiled only when torch has CUDA and nvcc is found. FER_KERNELS_CUDA=auto|0|1 (1 = fail if CUDA cannot be built); DEBUG=1 builds with -O0 -g.
+compiled only when torch has CUDA and nvcc is found. FER_KERNELS_CUDA=auto|0|1 (1 = fail if CUDA cannot be
+built); DEBUG=1 builds with -O0 -g.
 """
 
 import glob

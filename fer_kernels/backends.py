@@ -126,21 +126,18 @@ def use_cpu_isa(name: str) -> Iterator[str]:
         torch.ops.fer_kernels._set_cpu_isa(previous)
 
 
-def _cpp_status() -> BackendStatus:
-    if not _extension.cpp_loaded():
-        return BackendStatus(False, _extension.cpp_error() or "not built")
-    try:
-        isa = cpu_isa()
-    except RuntimeError as exc:  # FER_KERNELS_ISA names an ISA this CPU lacks, or no ISA at all
-        return BackendStatus(False, str(exc).splitlines()[0])
-    return BackendStatus(True, f"compiled C++ kernels for CPU tensors, ISA {isa} (this CPU runs: {', '.join(cpu_isas())})")
-
-
 def available_backends() -> dict[str, BackendStatus]:
     """Each backend with whether it can run in this install and, if not, why (for the C++ backend, with the
     instruction set its CPU kernels run)."""
     statuses = _statuses()
-    statuses["cpp"] = _cpp_status()
+    if statuses["cpp"].available:
+        try:
+            isa = cpu_isa()
+        except RuntimeError as exc:  # FER_KERNELS_ISA names an ISA this CPU lacks, or no ISA at all
+            statuses["cpp"] = BackendStatus(False, str(exc).splitlines()[0])
+        else:
+            statuses["cpp"] = BackendStatus(True, f"{statuses['cpp'].reason}, ISA {isa} (this CPU runs: "
+                                                  f"{', '.join(cpu_isas())})")
     return statuses
 
 

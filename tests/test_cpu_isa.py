@@ -82,6 +82,17 @@ def test_use_cpu_isa_switches_and_restores():
     assert cpu_isa() == before
 
 
+def test_use_cpu_isa_restores_the_forced_isa():
+    """With FER_KERNELS_ISA set and no kernel run yet, leaving use_cpu_isa goes back to the forced ISA, not to the
+    CPU's best (the test fixture switches ISAs this way around every parity case)."""
+    code = ("import fer_kernels\nfrom fer_kernels.backends import use_cpu_isa\n"
+            "with use_cpu_isa('avx2' if 'avx2' in fer_kernels.backends.cpu_isas() else 'scalar'):\n    pass\n"
+            "print(fer_kernels.cpu_isa())\n")
+    r = _run(code, FER_KERNELS_ISA="scalar")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "scalar"
+
+
 def test_cli_shows_the_isa():
     r = subprocess.run([sys.executable, "-m", "fer_kernels", "--repeats", "1"], capture_output=True, text=True,
                        timeout=300)

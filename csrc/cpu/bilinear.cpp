@@ -482,12 +482,7 @@ template <typename T>
 std::tuple<at::Tensor, at::Tensor> classifier_forward_gemm(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
                                                            const std::optional<at::Tensor>& bias, double eps_d) {
-  const int64_t N = a.size(0), Ca = a.size(1), Cb = b.size(1), L = a.size(2) * a.size(3), D = Ca * Cb;
-  const at::Tensor a3 = a.reshape({N, Ca, L}), b3 = b.reshape({N, Cb, L});
-  at::Tensor y = at::bmm(a3, b3.transpose(1, 2)).contiguous();  // (N, Ca, Cb)
-  at::Tensor norms = at::empty({N}, a.options());
-  finish_pool_rows<T>(y.data_ptr<T>(), N, D, T(1), true, true, (T)eps_d, norms.data_ptr<T>());
-  const at::Tensor z = y.view({N, D});
+  const auto [z, norms] = pool_forward_gemm<T>(a, b, eps_d, true, true, false);
   at::Tensor logits = bias.has_value() && bias->defined() ? at::addmm(*bias, z, weight.t()) : at::mm(z, weight.t());
   return {logits, norms};
 }

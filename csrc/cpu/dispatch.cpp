@@ -80,12 +80,13 @@ std::string cpu_isa() { return kIsaNames[(int)active_isa()]; }
 
 std::vector<std::string> cpu_isas() { return supported_names(); }
 
-// Tests run the kernels under every ISA the CPU has; returns the ISA that was active.
+// Tests run the kernels under every ISA the CPU has; returns the ISA that was active (FER_KERNELS_ISA's when none
+// was chosen yet, so that setting it back restores what the environment asked for).
 std::string set_cpu_isa(const std::string& name) {
   const Isa isa = parse_isa(name, "isa");
-  std::lock_guard<std::mutex> lock(g_isa_mutex);
-  const int old = g_isa.exchange((int)isa);
-  return old < 0 ? std::string("auto") : std::string(kIsaNames[old]);
+  const Isa old = active_isa();
+  g_isa.store((int)isa);
+  return kIsaNames[(int)old];
 }
 
 }  // namespace

@@ -38,8 +38,6 @@ FER_ISA_BEGIN
 
 using idx = int64_t;
 
-constexpr int kVecBytes = FER_VEC_BYTES;
-
 // Aligned to one element only: the baseline code around the kernels (std::vector, the stack of at::parallel_for)
 // knows the alignment of the baseline target (16 bytes), and a vector it places must never meet an aligned move;
 // may_alias: a vec<T> may be read and written through T* memory.
@@ -72,11 +70,6 @@ template <typename T>
 FER_INLINE void vstore(T* p, vec<T> x) {
   *reinterpret_cast<vec<T>*>(p) = x;
 }
-// The first m <= n lanes only.
-template <typename T>
-FER_INLINE void vstore_part(T* p, vec<T> x, idx m) {
-  std::memcpy(p, &x, sizeof(T) * (size_t)m);
-}
 template <typename T>
 FER_INLINE vec<T> vbroadcast(T x) {
   return vec<T>{} + x;
@@ -94,24 +87,17 @@ FER_INLINE vec<T> vbroadcast_load(const T* p) {
   return vbroadcast(*p);
 #endif
 }
-// Elementwise square root (float and double overloads: vec<T> does not deduce T).
-FER_INLINE vec<float> vsqrt(vec<float> x) {
-#if FER_VEC_BYTES == 64
-  return _mm512_maskz_sqrt_ps((__mmask16)-1, x);  // maskz: the unmasked form trips -Wmaybe-uninitialized (GCC 12)
+// Elementwise square root: vsqrt<T>(x).
+template <typename T>
+FER_INLINE vec<T> vsqrt(vec<T> x) {
+#if FER_VEC_BYTES == 64  // maskz: the unmasked forms trip -Wmaybe-uninitialized (GCC 12)
+  if constexpr (std::is_same_v<T, float>) return _mm512_maskz_sqrt_ps((__mmask16)-1, x);
+  else return _mm512_maskz_sqrt_pd((__mmask8)-1, x);
 #elif FER_VEC_BYTES == 32
-  return _mm256_sqrt_ps(x);
+  if constexpr (std::is_same_v<T, float>) return _mm256_sqrt_ps(x);
+  else return _mm256_sqrt_pd(x);
 #else
-  for (int q = 0; q < Simd<float>::n; ++q) x[q] = std::sqrt(x[q]);
-  return x;
-#endif
-}
-FER_INLINE vec<double> vsqrt(vec<double> x) {
-#if FER_VEC_BYTES == 64
-  return _mm512_maskz_sqrt_pd((__mmask8)-1, x);
-#elif FER_VEC_BYTES == 32
-  return _mm256_sqrt_pd(x);
-#else
-  for (int q = 0; q < Simd<double>::n; ++q) x[q] = std::sqrt(x[q]);
+  for (int q = 0; q < Simd<T>::n; ++q) x[q] = std::sqrt(x[q]);
   return x;
 #endif
 }
@@ -136,12 +122,12 @@ FER_INLINE void root_and_half_inv(vec<float> x, vec<float>& root, vec<float>& ha
   root = x * r;
   half_inv = vbroadcast(0.5f) * r;
 #else
-  root = vsqrt(x);
+  root = vsqrt<float>(x);
   half_inv = vbroadcast(0.5f) / root;
 #endif
 }
 FER_INLINE void root_and_half_inv(vec<double> x, vec<double>& root, vec<double>& half_inv) {
-  root = vsqrt(x);
+  root = vsqrt<double>(x);
   half_inv = vbroadcast(0.5) / root;
 }
 
@@ -181,16 +167,15 @@ struct Tile {
       for (int v = 0; v < NV; ++v) acc[r][v] += b * x[v];
     }
   }
-  // Row r (r < rows) to out + r * ld, its first m <= cols columns; accumulate adds to what is there.
-  template <bool accumulate = false>
+  // Row r (r < rows) to out + r * ld, its first m <= cols columns.
   FER_INLINE void store(int rows, idx m, T* out, idx ld) const {
     for (int r = 0; r < rows; ++r, out += ld) {
       if (m == cols) {
-        for (int v = 0; v < NV; ++v) vstore(out + v * n, accumulate ? vload(out + v * n) + acc[r][v] : acc[r][v]);
+        for (int v = 0; v < NV; ++v) vstore(out + v * n, acc[r][v]);
       } else {
         T tmp[cols];
         for (int v = 0; v < NV; ++v) vstore(tmp + v * n, acc[r][v]);
-        for (idx j = 0; j < m; ++j) out[j] = accumulate ? out[j] + tmp[j] : tmp[j];
+        std::memcpy(out, tmp, sizeof(T) * (size_t)m);
       }
     }
   }

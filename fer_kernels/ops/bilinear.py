@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fer_kernels import _extension
-from fer_kernels.backends import get_backend, resolve
+from fer_kernels.backends import resolve
 from fer_kernels.ops._common import autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor
 from fer_kernels.reference.bilinear import bilinear_classifier_reference, bilinear_pool_reference
 
