@@ -49,7 +49,7 @@ MARKER = "fer-kernels-cache.json"  # written last: its presence means the cache 
 CACHE_LAYOUT = 1
 
 # setup.py (non-DEBUG build): extra_compile_args and define_macros of the CUDAExtension.
-SETUP_CXX_FLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-DFER_KERNELS_WITH_CUDA=1"]
+SETUP_CXX_FLAGS = ["-O3", "-ffp-contract=fast", "-fopenmp", "-DFER_KERNELS_WITH_CUDA=1"]
 SETUP_NVCC_FLAGS = ["-O3", "--use_fast_math", "-lineinfo"]
 SETUP_DEFINES = ["-DFER_KERNELS_WITH_CUDA=1"]
 # torch.utils.cpp_extension (2.13): what BuildExtension adds to every CUDAExtension compile.

@@ -25,11 +25,10 @@
 #include <type_traits>
 #include <vector>
 
-#include "checks.h"
+#include "bilinear_checks.h"
 #include "cpu/kernels.h"
-// 32-byte vectors in the AVX-512 build too: the tile kernels' loops are short (L <= 64 locations), and on an AMD
-// EPYC (Zen 4, 512-bit instructions on 256-bit units) the classifier's fwd+bwd at (32, 512, 4, 4) -> 7 took 21.9 ms
-// with 64-byte vectors against 17.3 ms with 32 (2026-12-04). The GEMM paths are BLAS either way.
+// 32-byte vectors in the AVX-512 build too: the tile kernels' loops are short (L <= 64 locations), too short to gain
+// from 64-byte vectors on CPUs that run 512-bit instructions on 256-bit units (simd.h). The GEMM paths are BLAS.
 #define FER_OP_MAX_VEC_BYTES 32
 #include "cpu/simd.h"
 
@@ -75,8 +74,8 @@ inline void with_count(int v, const F& f) {
   }
 }
 
-// The micro-kernel for 1 <= rows <= MR. Full height, the common case, is inlined into the caller; left to itself
-// GCC turned the whole dispatch into a call whose accumulators go through memory (10% of the classifier backward).
+// The micro-kernel for 1 <= rows <= MR. Full height, the common case, is forced inline into the caller, so that its
+// accumulators stay in registers rather than going through memory across a call.
 template <typename T, bool ColP>
 __attribute__((always_inline)) inline void micro_rows(int rows, const T* P, int64_t ps, const T* Q, int64_t qs,
                                                       int64_t kdim, vec<T> acc[MR][2]) {
@@ -86,7 +85,7 @@ __attribute__((always_inline)) inline void micro_rows(int rows, const T* P, int6
 
 // C[m * cs + j] += sum_k P(m, k) * Q[k * qs + j] for m < M, j < ncols (any sizes; P(m, k) as in micro). The vector
 // micro-kernel runs on full column blocks; the last, partial block goes through the same micro-kernel on a
-// zero-padded copy of its Q columns (a scalar loop there, with Q strided by qs, cost 15% of the backward at L = 196).
+// zero-padded copy of its Q columns, so that it stays vectorised too.
 template <typename T, bool ColP>
 __attribute__((always_inline)) inline void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t ps,
                                                     const T* Q, int64_t qs, T* C, int64_t cs) {
@@ -258,7 +257,7 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const 
   };
   if (N >= 2 * at::get_num_threads()) {
     // Whole samples per task: z[n] is scaled by 1/||s_n|| right after it is written, while it is in cache
-    // (a separate pass re-read all of z from memory: the pool forward at 4x4 took twice as long).
+    // (a separate pass would re-read all of z from memory).
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       YTile<T> yt(A, Bt, Ca, L, cbp);
       for (int64_t s_n = n0; s_n < n1; ++s_n) {
@@ -287,7 +286,7 @@ std::tuple<at::Tensor, at::Tensor> pool_forward_impl(const at::Tensor& a, const 
 }
 
 // sum_e x[e] y[e] in double: float vectors over blocks of 512 elements (4 accumulators), each block's sum added in
-// double (a scalar double loop, one dependent add per element, took most of the pool backward).
+// double (a scalar double loop would make one dependent add per element).
 template <typename T>
 double dot(const T* x, const T* y, int64_t count) {
   constexpr int64_t n = Simd<T>::n, block = 512;
@@ -402,14 +401,12 @@ void norm_factors(const at::Tensor& gl, const std::optional<at::Tensor>& bias, c
 // (fer_kernels.bilinear_classifier itself runs the pool op and a linear layer there, ops/bilinear.py: the pool's
 // saved z spares the backward its second Y; this path serves direct calls of the op, which saves no z.)
 // Past 8x8 locations (or past kRegisterClasses classes) the GEMMs dominate and the tile-by-tile kernels above, which
-// never store Y and so compute it twice with a register-blocked kernel of their own, lose to BLAS. Here Y (N, Ca, Cb) comes from one at::bmm (BLAS) into a
-// temporary; one fused pass per sample turns it into z (signed sqrt, ||s||, scale) in place; logits = z W^T + bias.
+// never store Y and so compute it twice with a register-blocked kernel of their own, lose to BLAS. Here Y (N, Ca, Cb)
+// comes from one at::bmm (BLAS) into a temporary; one fused pass per sample turns it into z (signed sqrt, ||s||,
+// scale) in place; logits = z W^T + bias.
 // Nothing of size N x Ca*Cb is saved (the backward recomputes Y with one more bmm: forward activations saved stay at
 // a, b, norms and logits). Backward: Y again, Z = z (N, D); dW = dl^T Z; dZ = dl W; one fused pass dY = (dz/d -
 // z G/d) * [Y != 0] 0.5 / sqrt(|Y| + eps) into Y's buffer; dA = dY B, dB = dY^T A (bmm).
-// Measured fwd+bwd against the plain composition, 2 threads, AVX-512 (2026-12-04), (32, 512, H, H): 7 classes, tiles
-// vs GEMM path: 2.35x vs 2.00x at 6x6, 2.25 vs 2.12 at 8x8, 1.36 vs 1.80 at 9x9, 1.04 vs 1.52 at 12x12; 200 classes:
-// 1.19 vs 1.36 at 4x4, 0.85 vs 1.13 at 8x8, 0.85 vs 1.17 at 10x10.
 constexpr int64_t kGemmLocations = 64;
 inline bool use_gemm_path(int64_t locations, int64_t classes) {
   return locations > kGemmLocations || classes > kRegisterClasses;
@@ -465,8 +462,7 @@ void finish_pool_rows(T* Y, int64_t N, int64_t D, T scale, bool signed_sqrt, boo
 }
 
 // Pool forward on maps past kGemmLocations: Y by one batched BLAS GEMM, then one fused pass per sample
-// (finish_pool_rows). Forward alone, (32, 512, H, H), against the plain composition (2026-12-04): tiles vs GEMM
-// 2.98x vs 2.91x at 6x6, 1.94 vs 1.89 at 10x10, 0.99 vs 1.19 at 28x28.
+// (finish_pool_rows).
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> pool_forward_gemm(const at::Tensor& a, const at::Tensor& b, double eps,
                                                      bool signed_sqrt, bool l2_normalize, bool mean) {
@@ -792,36 +788,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   return {da.view(a.sizes()), db.view(b.sizes()), dw, dbias};
 }
 
-// ------------------------------------------------------------------------------------------------------------------
-void check_ab(const at::Tensor& a, const at::Tensor& b) {
-  check_float(a, "a");
-  check_dim(a, 4, "a", "(N, Ca, H, W)");
-  check_dim(b, 4, "b", "(N, Cb, H, W)");
-  check_same(b, a, "b", "a");
-  TORCH_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
-              "b: batch and spatial sizes must match a (N=", a.size(0), ", H=", a.size(2), ", W=", a.size(3),
-              "), got shape ", b.sizes());
-}
-
-void check_classifier(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-                      const std::optional<at::Tensor>& bias) {
-  check_ab(a, b);
-  check_dim(weight, 2, "weight", "(K, Ca*Cb)");
-  check_same(weight, a, "weight", "a");
-  TORCH_CHECK(weight.size(1) == a.size(1) * b.size(1), "weight: expected shape (K, ", a.size(1) * b.size(1),
-              ") = (K, Ca*Cb), got ", weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    check_same(*bias, a, "bias", "a");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected shape (", weight.size(0),
-                ",), got ", bias->sizes());
-  }
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> bilinear_pool_cpu(const at::Tensor& a, const at::Tensor& b, double eps,
                                                      bool signed_sqrt, bool l2_normalize, bool mean) {
-  check_ab(a, b);
+  check_bilinear_ab(a, b, at::kCPU);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_pool_cpu", [&] {
     if (a.size(2) * a.size(3) > kGemmLocations)
       return pool_forward_gemm<scalar_t>(a, b, eps, signed_sqrt, l2_normalize, mean);
@@ -834,12 +805,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_pool_backward_cpu(const at::Tensor& 
                                                               const at::Tensor& norms, double eps, bool signed_sqrt,
                                                               bool l2_normalize, bool mean) {
   (void)eps;  // |s| = sqrt(|Y| + eps) is read back from z
-  check_ab(a, b);
-  TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == a.size(0) && grad_z.size(1) == a.size(1) * b.size(1),
-              "grad_z: expected shape (N, Ca*Cb), got ", grad_z.sizes());
-  check_same(grad_z, a, "grad_z", "a");
-  check_same(z, a, "z", "a");
-  check_same(norms, a, "norms", "a");
+  check_bilinear_pool_backward(grad_z, a, b, z, norms, at::kCPU);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_pool_backward_cpu", [&] {
     return pool_backward_impl<scalar_t>(grad_z, a, b, z, norms, signed_sqrt, l2_normalize, mean);
   });
@@ -848,7 +814,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_pool_backward_cpu(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
                                                            const std::optional<at::Tensor>& bias, double eps) {
-  check_classifier(a, b, weight, bias);
+  check_bilinear_classifier(a, b, weight, bias, at::kCPU);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_cpu", [&] {
     if (use_gemm_path(a.size(2) * a.size(3), weight.size(0)))
       return classifier_forward_gemm<scalar_t>(a, b, weight, bias, eps);
@@ -859,12 +825,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cpu(const at::Tensor& a, 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_backward_cpu(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps) {
-  check_classifier(a, b, weight, bias);
-  TORCH_CHECK(grad_logits.dim() == 2 && grad_logits.size(0) == a.size(0) && grad_logits.size(1) == weight.size(0),
-              "grad_logits: expected shape (N, K), got ", grad_logits.sizes());
-  check_same(grad_logits, a, "grad_logits", "a");
-  check_same(norms, a, "norms", "a");
-  check_same(logits, a, "logits", "a");
+  check_bilinear_classifier_backward(grad_logits, a, b, weight, bias, norms, logits, at::kCPU);
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "bilinear_classifier_backward_cpu", [&] {
     if (use_gemm_path(a.size(2) * a.size(3), weight.size(0)))
       return classifier_backward_gemm<scalar_t>(grad_logits, a, b, weight, bias, norms, logits, eps);
@@ -874,12 +835,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_b
 
 FER_ISA_END
 
-// Why here: each kernel file registers its own CPU implementations (CONVENTIONS rule 1).
-#if FER_ISA_LEVEL == 0  // registered once; FER_CPU_IMPL calls the active ISA's kernel
-TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
-  m.impl("bilinear_pool", FER_CPU_IMPL(bilinear_pool_cpu));
-  m.impl("_bilinear_pool_backward", FER_CPU_IMPL(bilinear_pool_backward_cpu));
-  m.impl("bilinear_classifier", FER_CPU_IMPL(bilinear_classifier_cpu));
-  m.impl("_bilinear_classifier_backward", FER_CPU_IMPL(bilinear_classifier_backward_cpu));
-}
-#endif
+// Why here: each kernel file registers its own CPU kernels (CONVENTIONS rule 1).
+FER_REGISTER_CPU_OP(bilinear_pool)
+FER_REGISTER_CPU_OP(bilinear_classifier)

@@ -51,6 +51,7 @@
 #include <tuple>
 #include <vector>
 
+#include "checks.h"
 #include "cpu/kernels.h"
 #include "cpu/simd.h"
 
@@ -285,8 +286,10 @@ struct Shape {
   idx N, C0, H, W, HW, L, k, B, Ctot;
 };
 
-struct LayerRef {
-  const at::Tensor *g1, *b1, *m1, *v1, *w1, *g2, *b2, *m2, *v2, *w2;
+// One layer's parameters, contiguous (the kernels read them through raw pointers); m1, v1, m2, v2 (the running
+// statistics) undefined when not given.
+struct Layer {
+  at::Tensor g1, b1, m1, v1, w1, g2, b2, m2, v2, w2;
 };
 
 // Per-channel scale/shift of a BatchNorm from mean/var (train: batch, eval: running).
@@ -406,10 +409,9 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 // q in [0, Qr), g (Cout rows, ld ldg) zero at every q that is not an output pixel of the tile (junk columns
 // and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight. float32: kWgRows output channels x 3 taps of one
 // kernel row in vector accumulators (4 + 3 loads per 12 FMAs on AVX2), g's rows padded to a multiple of kWgRows
-// with zero rows; float64:
-// one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
-// kWgRows output channels x 3 taps in registers: 12 accumulators (6 or 8 rows with AVX-512's 32 registers
-// measured no faster on the DenseNet-BC block).
+// with zero rows; float64: one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
+// kWgRows output channels x 3 taps in registers: 12 accumulators, which with the 3 shifted input rows and a gradient
+// vector fill AVX2's 16 vector registers; the AVX-512 build keeps the same tile.
 constexpr int kWgRows = 4;
 inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
                                  idx Qr, float* dw) {
@@ -506,62 +508,66 @@ void finish_stats(const std::vector<double>& acc, idx C, double M, double* mean,
   }
 }
 
-void check_inputs(const at::Tensor& x, const std::vector<LayerRef>& layers, bool training) {
-  TORCH_CHECK(x.dim() == 4, "dense_block: x: expected a 4-d tensor (N, C0, H, W), got shape ", x.sizes());
-  TORCH_CHECK(x.device().is_cpu(), "dense_block_cpu: x must be a CPU tensor");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "dense_block_cpu: x must be float32 or float64, got ", x.scalar_type());
-  TORCH_CHECK(!layers.empty(), "dense_block: expected at least one layer");
-  const idx k = layers[0].w2->size(0), B = layers[0].w1->size(0);
-  idx C = x.size(1);
-  for (size_t l = 0; l < layers.size(); ++l) {
-    const auto& p = layers[l];
-    TORCH_CHECK(p.w1->dim() == 4 && p.w1->size(0) == B && p.w1->size(1) == C && p.w1->size(2) == 1 &&
-                    p.w1->size(3) == 1,
-                "dense_block: layers[", l, "].conv1_weight: expected shape (", B, ", ", C, ", 1, 1), got ",
-                p.w1->sizes());
-    TORCH_CHECK(p.w2->dim() == 4 && p.w2->size(0) == k && p.w2->size(1) == B && p.w2->size(2) == 3 &&
-                    p.w2->size(3) == 3,
-                "dense_block: layers[", l, "].conv2_weight: expected shape (", k, ", ", B, ", 3, 3), got ",
-                p.w2->sizes());
-    for (auto* t : {p.g1, p.b1}) TORCH_CHECK(t->numel() == C, "dense_block: layers[", l, "].norm1: expected ", C, " channels");
-    for (auto* t : {p.g2, p.b2}) TORCH_CHECK(t->numel() == B, "dense_block: layers[", l, "].norm2: expected ", B, " channels");
-    if (!training) {
-      TORCH_CHECK(p.m1 && p.v1 && p.m2 && p.v2, "dense_block: eval mode needs running statistics");
-      TORCH_CHECK(p.m1->numel() == C && p.v1->numel() == C && p.m2->numel() == B && p.v2->numel() == B,
-                  "dense_block: layers[", l, "]: running statistics have the wrong size");
-    }
-    for (auto* t : {p.g1, p.b1, p.w1, p.g2, p.b2, p.w2})
-      TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
-                  "dense_block_cpu: every parameter must be a CPU tensor of x's dtype");
-    C += k;
-  }
-}
-
-std::vector<LayerRef> make_layers(const at::TensorList& g1, const at::TensorList& b1, const at::TensorList& m1,
-                                  const at::TensorList& v1, const at::TensorList& w1, const at::TensorList& g2,
-                                  const at::TensorList& b2, const at::TensorList& m2, const at::TensorList& v2,
-                                  const at::TensorList& w2) {
+// One Layer per entry of the per-layer lists, which all have a tensor per layer (the running statistics: one per
+// layer, or none).
+std::vector<Layer> make_layers(const at::TensorList& g1, const at::TensorList& b1, const at::TensorList& m1,
+                               const at::TensorList& v1, const at::TensorList& w1, const at::TensorList& g2,
+                               const at::TensorList& b2, const at::TensorList& m2, const at::TensorList& v2,
+                               const at::TensorList& w2) {
   const size_t L = w1.size();
+  TORCH_CHECK(L > 0, "dense_block: expected at least one layer");
   TORCH_CHECK(g1.size() == L && b1.size() == L && g2.size() == L && b2.size() == L && w2.size() == L,
               "dense_block: every per-layer list must have one tensor per layer");
-  TORCH_CHECK(m1.size() == 0 || (m1.size() == L && v1.size() == L && m2.size() == L && v2.size() == L),
+  const bool run = m1.size() == L;
+  TORCH_CHECK(m1.size() == 0 || (run && v1.size() == L && m2.size() == L && v2.size() == L),
               "dense_block: running statistics must be given for every layer or for none");
-  std::vector<LayerRef> out(L);
+  std::vector<Layer> out(L);
   for (size_t l = 0; l < L; ++l) {
-    const bool run = m1.size() == L;
-    out[l] = {&g1[l], &b1[l], run ? &m1[l] : nullptr, run ? &v1[l] : nullptr, &w1[l],
-              &g2[l], &b2[l], run ? &m2[l] : nullptr, run ? &v2[l] : nullptr, &w2[l]};
+    auto running = [&](const at::TensorList& t) { return run ? t[l].contiguous() : at::Tensor(); };
+    out[l] = {g1[l].contiguous(), b1[l].contiguous(), running(m1), running(v1), w1[l].contiguous(),
+              g2[l].contiguous(),  b2[l].contiguous(), running(m2), running(v2), w2[l].contiguous()};
   }
   return out;
 }
 
+// The shapes, device and dtypes the kernels index with: x (N, C0, H, W) on the CPU, float32 or float64, H and W
+// >= 1 (the tiles divide by W); per layer l, with C = C0 + l k: conv1 (B, C, 1, 1), conv2 (k, B, 3, 3), norm1 (C)
+// and norm2 (B) of x's dtype; in eval, the running statistics (C) and (B) on the CPU (read as float64).
+void check_inputs(const at::Tensor& x, const std::vector<Layer>& layers, bool training) {
+  check_dim(x, 4, "x", "(N, C0, H, W)");
+  check_kernel_tensor(x, "x", at::kCPU);
+  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0, "x: expected H, W >= 1, got shape ", x.sizes());
+  check_dim(layers[0].w1, 4, "layers[0].conv1_weight", "(B, C0, 1, 1)");
+  check_dim(layers[0].w2, 4, "layers[0].conv2_weight", "(k, B, 3, 3)");
+  const idx k = layers[0].w2.size(0), B = layers[0].w1.size(0);
+  idx C = x.size(1);
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const Layer& p = layers[l];
+    TORCH_CHECK(p.w1.sizes() == at::IntArrayRef({B, C, 1, 1}), "dense_block: layers[", l,
+                "].conv1_weight: expected shape (", B, ", ", C, ", 1, 1), got ", p.w1.sizes());
+    TORCH_CHECK(p.w2.sizes() == at::IntArrayRef({k, B, 3, 3}), "dense_block: layers[", l,
+                "].conv2_weight: expected shape (", k, ", ", B, ", 3, 3), got ", p.w2.sizes());
+    TORCH_CHECK(p.g1.numel() == C && p.b1.numel() == C && p.g2.numel() == B && p.b2.numel() == B,
+                "dense_block: layers[", l, "]: expected norm1 of ", C, " channels and norm2 of ", B);
+    for (const at::Tensor* t : {&p.g1, &p.b1, &p.w1, &p.g2, &p.b2, &p.w2})
+      check_same(*t, x, "dense_block: every parameter", "x");
+    if (!training) {
+      TORCH_CHECK(p.m1.defined(), "dense_block: eval mode needs running statistics");
+      TORCH_CHECK(p.m1.numel() == C && p.v1.numel() == C && p.m2.numel() == B && p.v2.numel() == B,
+                  "dense_block: layers[", l, "]: running statistics have the wrong size");
+      for (const at::Tensor* t : {&p.m1, &p.v1, &p.m2, &p.v2})
+        check_same_device(*t, x, "dense_block: every running statistic", "x");
+    }
+    C += k;
+  }
+}
+
 template <typename T>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_impl(
-    const at::Tensor& x_in, const std::vector<LayerRef>& layers, bool training, double eps) {
+    const at::Tensor& x_in, const std::vector<Layer>& layers, bool training, double eps) {
   Shape S;
   S.N = x_in.size(0); S.C0 = x_in.size(1); S.H = x_in.size(2); S.W = x_in.size(3); S.HW = S.H * S.W;
-  S.L = (idx)layers.size(); S.k = layers[0].w2->size(0); S.B = layers[0].w1->size(0);
+  S.L = (idx)layers.size(); S.k = layers[0].w2.size(0); S.B = layers[0].w1.size(0);
   S.Ctot = S.C0 + S.L * S.k;
   const double M = (double)(S.N * S.HW);
   auto opts = x_in.options().memory_format(at::MemoryFormat::Contiguous);
@@ -572,23 +578,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::parallel_for(0, S.N, 1, [&](idx b, idx e) {
     for (idx n = b; n < e; ++n) std::memcpy(buf + n * S.Ctot * S.HW, xp + n * S.C0 * S.HW, sizeof(T) * S.C0 * S.HW);
   });
-  std::vector<at::Tensor> w1c(S.L), w2c(S.L);
-  for (idx l = 0; l < S.L; ++l) {
-    w1c[l] = layers[l].w1->contiguous();
-    w2c[l] = layers[l].w2->contiguous();
-  }
   std::vector<T> s1, t1, s2, t2;
   if (!training) {
     // Eval: per image, the 1x1 output stays in a per-thread scratch and feeds the 3x3 right away.
     std::vector<std::vector<T>> S1(S.L), T1(S.L), S2(S.L), T2(S.L), W1P(S.L), W2T(S.L);
     for (idx l = 0; l < S.L; ++l) {
       const idx C = S.C0 + l * S.k;
-      auto m1 = to_double(*layers[l].m1), v1 = to_double(*layers[l].v1);
-      auto m2 = to_double(*layers[l].m2), v2 = to_double(*layers[l].v2);
-      bn_affine<T>(*layers[l].g1, *layers[l].b1, m1.data(), v1.data(), C, eps, S1[l], T1[l]);
-      bn_affine<T>(*layers[l].g2, *layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
-      W1P[l] = pack1x1(w1c[l].data_ptr<T>(), S.B, C, false);
-      W2T[l] = pack3x3<T>(w2c[l], false);
+      auto m1 = to_double(layers[l].m1), v1 = to_double(layers[l].v1);
+      auto m2 = to_double(layers[l].m2), v2 = to_double(layers[l].v2);
+      bn_affine<T>(layers[l].g1, layers[l].b1, m1.data(), v1.data(), C, eps, S1[l], T1[l]);
+      bn_affine<T>(layers[l].g2, layers[l].b2, m2.data(), v2.data(), S.B, eps, S2[l], T2[l]);
+      W1P[l] = pack1x1(layers[l].w1.data_ptr<T>(), S.B, C, false);
+      W2T[l] = pack3x3<T>(layers[l].w2, false);
     }
     const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
     if (S.N < at::get_num_threads()) {
@@ -604,7 +605,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           for (idx t; (t = next()) < S.N * n_p;) {
             const idx n = t / n_p, p0 = (t % n_p) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
             pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, S1[l].data(), T1[l].data(), a.data(), lda);
-            conv1x1_forward_tile(a.data(), lda, C, P, S.B, w1c[l].data_ptr<T>(), W1P[l].data(),
+            conv1x1_forward_tile(a.data(), lda, C, P, S.B, layers[l].w1.data_ptr<T>(), W1P[l].data(),
                                  hn.data() + n * S.B * S.HW + p0, S.HW, (double*)nullptr);
           }
         });
@@ -631,7 +632,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           for (idx p0 = 0; p0 < S.HW; p0 += kTile1x1) {
             const idx P = std::min(kTile1x1, S.HW - p0);
             pack_bnrelu(bn, S.HW, C, p0, P, S1[l].data(), T1[l].data(), a.data(), lda);
-            conv1x1_forward_tile(a.data(), lda, C, P, S.B, w1c[l].data_ptr<T>(), W1P[l].data(), hn.data() + p0,
+            conv1x1_forward_tile(a.data(), lda, C, P, S.B, layers[l].w1.data_ptr<T>(), W1P[l].data(), hn.data() + p0,
                                  S.HW, (double*)nullptr);
           }
           for (idx r0 = 0; r0 < S.H; r0 += R) {
@@ -665,16 +666,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   for (idx l = 0; l < S.L; ++l) {
     const idx C = S.C0 + l * S.k;
-    bn_affine<T>(*layers[l].g1, *layers[l].b1, xm, xv, C, eps, s1, t1);
+    bn_affine<T>(layers[l].g1, layers[l].b1, xm, xv, C, eps, s1, t1);
     T* hl = hbuf.data_ptr<T>() + l * S.N * S.B * S.HW;
     ThreadAcc hacc(2 * S.B);
-    conv1x1_phase<T>(S, buf, C, w1c[l].data_ptr<T>(), s1.data(), t1.data(), hl, &hacc);
+    conv1x1_phase<T>(S, buf, C, layers[l].w1.data_ptr<T>(), s1.data(), t1.data(), hl, &hacc);
     double* hm = hmean.data_ptr<double>() + l * S.B;
     double* hv = hvar.data_ptr<double>() + l * S.B;
     finish_stats<T>(hacc.sum(), S.B, M, hm, hv);
-    bn_affine<T>(*layers[l].g2, *layers[l].b2, hm, hv, S.B, eps, s2, t2);
+    bn_affine<T>(layers[l].g2, layers[l].b2, hm, hv, S.B, eps, s2, t2);
     ThreadAcc yacc(2 * S.k);
-    const auto w2t = pack3x3<T>(w2c[l], false);
+    const auto w2t = pack3x3<T>(layers[l].w2, false);
     conv3x3_phase<T>(S, hl, buf, C, w2t.data(), s2.data(), t2.data(), &yacc);
     finish_stats<T>(yacc.sum(), S.k, M, xm + C, xv + C);
   }
@@ -690,11 +691,349 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto layers = make_layers(norm1_weight, norm1_bias, norm1_mean, norm1_var, conv1_weight, norm2_weight,
                             norm2_bias, norm2_mean, norm2_var, conv2_weight);
   check_inputs(x, layers, training);
-  if (training)
-    TORCH_CHECK(x.size(0) * x.size(2) * x.size(3) > 1,
-                "dense_block: expected more than 1 value per channel when training, got input shape ", x.sizes());
   if (x.scalar_type() == at::kFloat) return forward_impl<float>(x, layers, training, eps);
   return forward_impl<double>(x, layers, training, eps);
+}
+
+namespace {
+
+// ---- backward: the layers in reverse, each in the phases below ----
+
+// What every phase of the backward reads: the shape, the block buffer and its gradient, the tiling, and the
+// deferred BN1 input-gradient terms.
+template <typename T>
+struct Backward {
+  Shape S;
+  bool training;
+  double eps, M;  // M = N * H * W values per channel
+  at::TensorOptions opts;
+  const T* buf;         // the block buffer (N, Ctot, HW), the forward's output
+  T* gbuf;              // its gradient, accumulated over the layers
+  T* dz2;               // (N, B, HW): the current layer's gradient at BN2's output
+  const double* xmean;  // the saved batch means of the buffer channels (training)
+  // Per channel read by some layer, the deferred batch terms of the BN1 input gradient: dx += alpha + beta * (x - mean).
+  std::vector<double> alpha, beta;
+  int nt;                 // intra-op threads: the number of per-thread partial sums
+  idx R, ntile3, ntile1;  // rows of a 3x3 tile; 3x3 row tiles and 1x1 pixel tiles per image
+};
+
+// Layer l's two BatchNorms as its backward uses them: scale and shift to recompute a = relu(s1 x + t1) and
+// c = relu(s2 h + t2), and the means and inverse deviations for xhat and hhat (in double, and in T for the hot loops).
+template <typename T>
+struct LayerNorms {
+  std::vector<T> s1, t1, s2, t2;
+  std::vector<double> is1, is2;
+  std::vector<T> hmeanT, hisT, xmeanT, xisT;
+};
+
+// Recompute: layer l's BatchNorm coefficients, from the saved batch statistics (training) or the running ones (eval).
+template <typename T>
+LayerNorms<T> layer_norms(const Backward<T>& bw, const Layer& p, idx l, const at::Tensor& xmean,
+                          const at::Tensor& xvar, const at::Tensor& hmean, const at::Tensor& hvar) {
+  const Shape& S = bw.S;
+  const idx C = S.C0 + l * S.k;
+  std::vector<double> m1, v1, m2, v2;
+  if (bw.training) {
+    m1.assign(xmean.data_ptr<double>(), xmean.data_ptr<double>() + C);
+    v1.assign(xvar.data_ptr<double>(), xvar.data_ptr<double>() + C);
+    m2.assign(hmean.data_ptr<double>() + l * S.B, hmean.data_ptr<double>() + (l + 1) * S.B);
+    v2.assign(hvar.data_ptr<double>() + l * S.B, hvar.data_ptr<double>() + (l + 1) * S.B);
+  } else {
+    m1 = to_double(p.m1); v1 = to_double(p.v1); m2 = to_double(p.m2); v2 = to_double(p.v2);
+  }
+  LayerNorms<T> nm;
+  bn_affine<T>(p.g1, p.b1, m1.data(), v1.data(), C, bw.eps, nm.s1, nm.t1, &nm.is1);
+  bn_affine<T>(p.g2, p.b2, m2.data(), v2.data(), S.B, bw.eps, nm.s2, nm.t2, &nm.is2);
+  nm.hmeanT.resize(S.B); nm.hisT.resize(S.B); nm.xmeanT.resize(C); nm.xisT.resize(C);
+  for (idx b = 0; b < S.B; ++b) { nm.hmeanT[b] = (T)m2[b]; nm.hisT[b] = (T)nm.is2[b]; }
+  for (idx c = 0; c < C; ++c) { nm.xmeanT[c] = (T)m1[c]; nm.xisT[c] = (T)nm.is1[c]; }
+  return nm;
+}
+
+// Recompute: layer l's h (N, B, HW), saved by the forward (training) or recomputed by its 1x1 phase into htmp (eval).
+template <typename T>
+const T* layer_h(const Backward<T>& bw, const LayerNorms<T>& nm, const Layer& p, idx l, const at::Tensor& hsaved,
+                 at::Tensor& htmp) {
+  const Shape& S = bw.S;
+  if (hsaved.numel() != 0) return hsaved.data_ptr<T>() + l * S.N * S.B * S.HW;
+  conv1x1_phase<T>(S, bw.buf, S.C0 + l * S.k, p.w1.data_ptr<T>(), nm.s1.data(), nm.t1.data(), htmp.data_ptr<T>(),
+                   nullptr);
+  return htmp.data_ptr<T>();
+}
+
+// BN1 backward, deferred terms (training only: in eval the BN1 input gradient has no batch terms): once the gradient
+// of channels c0 .. c0+nc is complete, dst[:, :nc] (channel stride dst_cs) = gbuf[:, c0:c0+nc] + alpha + beta * (x - mean).
+template <typename T>
+void apply_deferred(const Backward<T>& bw, idx c0, idx nc, T* dst, idx dst_cs) {
+  const Shape& S = bw.S;
+  const T* gbuf = bw.gbuf;
+  const T* buf = bw.buf;
+  const idx total = S.N * nc;
+  at::parallel_for(0, total, 1, [&](idx b, idx e) {
+    for (idx it = b; it < e; ++it) {
+      const idx n = it / nc, c = c0 + it % nc;
+      const T* g = gbuf + (n * S.Ctot + c) * S.HW;
+      const T* xx = buf + (n * S.Ctot + c) * S.HW;
+      T* o = dst + (n * dst_cs + c - c0) * S.HW;
+      const T al = (T)bw.alpha[c], be = (T)bw.beta[c], mu = (T)bw.xmean[c];
+#pragma omp simd
+      for (idx q = 0; q < S.HW; ++q) o[q] = g[q] + (al + be * (xx[q] - mu));
+    }
+  });
+}
+
+// Weight gradient: the per-thread partial sums acc (nt blocks of count values, each in the weight's layout) added up.
+template <typename T>
+at::Tensor sum_thread_partials(const std::vector<T>& acc, int nt, idx count, at::IntArrayRef sizes,
+                               const at::TensorOptions& opts) {
+  at::Tensor g = at::zeros(sizes, opts);
+  T* gp = g.data_ptr<T>();
+  for (int t = 0; t < nt; ++t)
+    for (idx i = 0; i < count; ++i) gp[i] += acc[t * count + i];
+  return g;
+}
+
+// Conv2 backward on padded row tiles with the BN2-ReLU recomputed (as conv3x3_tile): dW2 (into gw2) += correlation
+// of gy with c (conv3x3_wgrad), dc = conv3x3_apply(gy, flipped W2), dz2 = dc * [c > 0] (into bw.dz2). Returns the
+// per-channel sums of dz2 and dz2 * hhat, interleaved (2B).
+template <typename T>
+std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& nm, const Layer& p, const T* hl, idx C,
+                                   at::Tensor& gw2) {
+  const Shape& S = bw.S;
+  const int nt = bw.nt;
+  const idx R = bw.R, ntile3 = bw.ntile3;
+  const T* gbuf = bw.gbuf;
+  T* dz2 = bw.dz2;
+  const at::Tensor& w2 = p.w2;
+  const std::vector<T> &s2 = nm.s2, &t2 = nm.t2, &hmeanT = nm.hmeanT, &hisT = nm.hisT;
+  const at::TensorOptions& opts = bw.opts;
+  const auto w2g = pack3x3<T>(w2, true);  // the data gradient: Cout = B, Cin = k, taps flipped
+  const idx KB = 9 * S.k * S.B;
+  std::vector<T> dw2_acc((size_t)(nt * KB), T(0));  // per thread, (k, B, 9)
+  ThreadAcc acc2(2 * S.B);
+  const idx total3 = S.N * ntile3;
+  dynamic_for(total3, [&](auto next) {
+    const idx Wp = S.W + 2;
+    Tile3x3<T> gtile(S.k, S.B, R, S.W);  // the data gradient's tile: in = gy padded, out = dc
+    const idx ldd = gtile.ld, k4 = round_up(S.k, kWgRows);  // gz rows: whole groups of the weight gradient
+    T* gpad = gtile.pad.data();
+    T* dcp = gtile.out.data();
+    std::vector<T> pad((size_t)(S.B * (R + 2) * Wp + kSlack), T(0));  // c, read by the weight gradient
+    std::vector<T> gz((size_t)(k4 * ldd), T(0)), tmp((size_t)(S.k * S.B));
+    T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB;
+    double* acc = acc2.mine();
+    for (idx it; (it = next()) < total3;) {
+      const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0);
+      const idx ps = (Rt + 2) * Wp, Pp = Rt * Wp - 2;
+      const T* hn = hl + n * S.B * S.HW;
+      pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
+      pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
+               false, gpad);
+      // dc = the 3x3 convolution of gpad (halo rows included: dc of a row needs the gradient of its
+      // neighbours) with the flipped taps. dW2 reads gz = the tile's own output gradient at the padded
+      // pixels q (zero at the junk columns, which are gpad's border, and past Pp), so each pixel counts once.
+      for (idx o = 0; o < S.k; ++o) {
+        std::memcpy(gz.data() + o * ldd, gpad + o * ps + Wp + 1, sizeof(T) * Pp);
+        std::memset(gz.data() + o * ldd + Pp, 0, sizeof(T) * (ldd - Pp));
+      }
+      conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data());
+      conv3x3_apply<T>(gpad, ps, Wp, S.k, S.B, w2g.data(), Pp, dcp, ldd);
+      // dz2 = dc * [c > 0] and its sums (<= R*W terms per tile, in T, in vectors across the tile's rows, so that
+      // a tile pays one horizontal reduction, not one per row of W pixels).
+      constexpr int nl = Simd<T>::n;
+      const vec<T> zero{};
+      for (idx b = 0; b < S.B; ++b) {
+        const vec<T> mu = vbroadcast(hmeanT[b]), is = vbroadcast(hisT[b]);
+        vec<T> sv{}, sxv{};
+        T s = 0, sx = 0;
+        for (idx r = 0; r < Rt; ++r) {
+          T* d = dz2 + (n * S.B + b) * S.HW + (r0 + r) * S.W;
+          const T* dc = dcp + b * ldd + r * Wp;
+          const T* cc = pad.data() + b * ps + (r + 1) * Wp + 1;
+          const T* hh = hn + b * S.HW + (r0 + r) * S.W;
+          idx x = 0;
+          for (; x + nl <= S.W; x += nl) {
+            const vec<T> v = vload(cc + x) > zero ? vload(dc + x) : zero;
+            vstore(d + x, v);
+            sv += v;
+            sxv += v * ((vload(hh + x) - mu) * is);
+          }
+          for (; x < S.W; ++x) {
+            const T v = cc[x] > T(0) ? dc[x] : T(0);
+            d[x] = v;
+            s += v;
+            sx += v * ((hh[x] - hmeanT[b]) * hisT[b]);
+          }
+        }
+        acc[2 * b] += s + hsum<T>(sv);
+        acc[2 * b + 1] += sx + hsum<T>(sxv);
+      }
+    }
+  });
+  gw2 = sum_thread_partials<T>(dw2_acc, nt, KB, {S.k, S.B, 3, 3}, opts);  // already in the weight's layout
+  return acc2.sum();
+}
+
+// The coefficients of BN2's input gradient dh = A2 * ((dz2 - B2) - C2 * (h - mean)).
+template <typename T>
+struct DhCoefficients {
+  std::vector<T> A2, B2, C2;
+};
+
+// BN2 backward: dgamma2 and dbeta2 (into gg2, gb2) from the sums a2 of dz2 and dz2 * hhat, and dh's coefficients
+// (train: B2 = mean(dz2), C2 = invstd * mean(dz2 * hhat); eval: 0). The subtractions come before the scaling, as in
+// the formula, so a nearly constant dz2 cancels exactly.
+template <typename T>
+DhCoefficients<T> bn2_backward(const Backward<T>& bw, const LayerNorms<T>& nm, const Layer& p,
+                               const std::vector<double>& a2, at::Tensor& gg2, at::Tensor& gb2) {
+  const Shape& S = bw.S;
+  const bool training = bw.training;
+  const double M = bw.M;
+  const std::vector<double>& is2 = nm.is2;
+  const at::TensorOptions& opts = bw.opts;
+  gb2 = at::empty({S.B}, opts);
+  gg2 = at::empty({S.B}, opts);
+  DhCoefficients<T> dh{std::vector<T>(S.B), std::vector<T>(S.B), std::vector<T>(S.B)};
+  std::vector<T> &A2 = dh.A2, &B2 = dh.B2, &C2 = dh.C2;
+  for (idx b = 0; b < S.B; ++b) {
+    gb2.data_ptr<T>()[b] = (T)a2[2 * b];
+    gg2.data_ptr<T>()[b] = (T)a2[2 * b + 1];
+    const double g = (double)p.g2.data_ptr<T>()[b] * is2[b];
+    if (training) {
+      A2[b] = (T)g;
+      B2[b] = (T)(a2[2 * b] / M);
+      C2[b] = (T)(is2[b] * a2[2 * b + 1] / M);
+    } else {
+      A2[b] = (T)g; B2[b] = T(0); C2[b] = T(0);
+    }
+  }
+  return dh;
+}
+
+// Conv1 backward with the BN1-ReLU recomputed: dh from dz2 and BN2's coefficients, dW1 (into gw1) += dh a^T,
+// da = W1^T dh, dz1 = da * [a > 0], gbuf += A1 * dz1. Returns the per-channel sums of dz1 and dz1 * xhat,
+// interleaved (2C).
+template <typename T>
+std::vector<double> conv1_backward(const Backward<T>& bw, const LayerNorms<T>& nm, const DhCoefficients<T>& dhc,
+                                   const Layer& p, const T* hl, idx C, at::Tensor& gw1) {
+  const Shape& S = bw.S;
+  const int nt = bw.nt;
+  const idx ntile1 = bw.ntile1;
+  const T* buf = bw.buf;
+  T* gbuf = bw.gbuf;
+  const T* dz2 = bw.dz2;
+  const at::Tensor& w1 = p.w1;
+  const std::vector<T> &s1 = nm.s1, &t1 = nm.t1, &hmeanT = nm.hmeanT, &xmeanT = nm.xmeanT, &xisT = nm.xisT;
+  const std::vector<double>& is1 = nm.is1;
+  const std::vector<T> &A2 = dhc.A2, &B2 = dhc.B2, &C2 = dhc.C2;
+  const at::TensorOptions& opts = bw.opts;
+  std::vector<T> A1(C);
+  for (idx c = 0; c < C; ++c) A1[c] = (T)((double)p.g1.data_ptr<T>()[c] * is1[c]);
+  std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
+  ThreadAcc acc1(2 * C);
+  const idx total1 = S.N * ntile1;
+  const auto w1tp = pack1x1(w1.data_ptr<T>(), S.B, C, true);  // W1^T: Cout = C, Cin = B
+  dynamic_for(total1, [&](auto next) {
+    const idx ld = tile1x1_ld(S.HW);
+    std::vector<T> a((size_t)(C * ld)), dh((size_t)(S.B * ld)), da(use_direct<T>() ? 0 : (size_t)(C * ld));
+    T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
+    double* acc = acc1.mine();
+    // Per-tile float sums of v and v * xhat, a vector per channel each.
+    VecBuffer<float> st1(use_direct<T>() ? (size_t)(2 * C) : 0);
+    for (idx it; (it = next()) < total1;) {
+      const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+      for (idx b = 0; b < S.B; ++b) {
+        const T* d = dz2 + (n * S.B + b) * S.HW + p0;
+        const T* hh = hl + (n * S.B + b) * S.HW + p0;
+        T* o = dh.data() + b * ld;
+        const T A = A2[b], Bc = B2[b], Cc = C2[b], mu = hmeanT[b];
+#pragma omp simd
+        for (idx q = 0; q < P; ++q) o[q] = A * ((d[q] - Bc) - Cc * (hh[q] - mu));
+        for (idx q = P; q < ld; ++q) o[q] = T(0);
+      }
+      const T* xn = buf + n * S.Ctot * S.HW;
+      pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data(), ld);
+      gemm_rm<T>(false, true, S.B, C, P, dh.data(), ld, a.data(), ld, T(1), dw1, C);
+      T* gn = gbuf + n * S.Ctot * S.HW + p0;
+      if constexpr (use_direct<T>()) {
+        // da = W1^T dh, a Block of channels x pixels at a time, finished in registers: v = da * [a > 0],
+        // gbuf += A1 * v, and v's sums (columns past P: da = 0, so v = 0 there).
+        st1.zero();
+        conv1x1_direct(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const Block& r) {
+          const idx nq = std::min<idx>(kStrip, P - q);
+          for (idx j = 0; j < nj; ++j) {
+            const idx c = c0 + j;
+            const float* aa = a.data() + c * ld + q;  // zero past P, so v = 0 there
+            const float* xx = xn + c * S.HW + p0 + q;
+            float* g = gn + c * S.HW + q;
+            float xt[kStrip] = {0}, gt[kStrip];  // a strip cut by the tile's end: through a full copy
+            if (nq < kStrip) {
+              std::memcpy(xt, xx, sizeof(float) * nq);
+              std::memcpy(gt, g, sizeof(float) * nq);
+              xx = xt;
+              g = gt;
+            }
+            const vec<float> A = vbroadcast(A1[c]), mu = vbroadcast(xmeanT[c]), is = vbroadcast(xisT[c]);
+            vec<float> sv = st1[2 * c], sx = st1[2 * c + 1];
+            for (int h = 0; h < 2; ++h) {
+              const vec<float> v = vload(aa + kLanes * h) > vec<float>{} ? r.acc[j][h] : vec<float>{};
+              const vec<float> xh = (vload(xx + kLanes * h) - mu) * is;
+              sv += v;
+              sx += v * xh;
+              vstore(g + kLanes * h, A * v + vload(g + kLanes * h));
+            }
+            if (nq < kStrip) std::memcpy(gn + c * S.HW + q, gt, sizeof(float) * nq);
+            st1[2 * c] = sv;
+            st1[2 * c + 1] = sx;
+          }
+        });
+        for (idx i = 0; i < 2 * C; ++i) acc[i] += (double)hsum<float>(st1[i]);
+        continue;
+      }
+      gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), ld, T(0), da.data(), ld);
+      for (idx c = 0; c < C; ++c) {
+        const T* d = da.data() + c * ld;
+        const T* aa = a.data() + c * ld;
+        const T* xx = xn + c * S.HW + p0;
+        T* g = gn + c * S.HW;
+        const T mu = xmeanT[c], is = xisT[c], A = A1[c];
+        T s = 0, sx = 0;  // <= kTile1x1 terms, in T so that the loop vectorises
+#pragma omp simd reduction(+ : s, sx)
+        for (idx q = 0; q < P; ++q) {
+          const T v = aa[q] > T(0) ? d[q] : T(0);
+          g[q] += A * v;
+          s += v;
+          sx += v * ((xx[q] - mu) * is);
+        }
+        acc[2 * c] += s;
+        acc[2 * c + 1] += sx;
+      }
+    }
+  });
+  gw1 = sum_thread_partials<T>(dw1_acc, nt, S.B * C, {S.B, C, 1, 1}, opts);
+  return acc1.sum();
+}
+
+// BN1 backward: dgamma1 and dbeta1 (into gg1, gb1) from the sums a1 of dz1 and dz1 * xhat; in training, the batch
+// terms of the input gradient, which multiply per-channel constants, go to the deferred alpha and beta.
+template <typename T>
+void bn1_backward(Backward<T>& bw, const LayerNorms<T>& nm, const Layer& p, idx C, const std::vector<double>& a1,
+                  at::Tensor& gg1, at::Tensor& gb1) {
+  const bool training = bw.training;
+  const double M = bw.M;
+  const std::vector<double>& is1 = nm.is1;
+  const at::TensorOptions& opts = bw.opts;
+  gb1 = at::empty({C}, opts);
+  gg1 = at::empty({C}, opts);
+  for (idx c = 0; c < C; ++c) {
+    gb1.data_ptr<T>()[c] = (T)a1[2 * c];
+    gg1.data_ptr<T>()[c] = (T)a1[2 * c + 1];
+    if (training) {
+      const double g = (double)p.g1.data_ptr<T>()[c] * is1[c];
+      bw.alpha[c] -= g * (a1[2 * c] / M);
+      bw.beta[c] -= g * (is1[c] * a1[2 * c + 1] / M);
+    }
+  }
 }
 
 template <typename T>
@@ -702,279 +1041,79 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::ve
            std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
 backward_impl(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& hsaved, const at::Tensor& xmean,
               const at::Tensor& xvar, const at::Tensor& hmean, const at::Tensor& hvar,
-              const std::vector<LayerRef>& layers, bool training, double eps) {
-  Shape S;
+              const std::vector<Layer>& layers, bool training, double eps) {
+  Backward<T> bw;
+  Shape& S = bw.S;
   S.N = out.size(0); S.Ctot = out.size(1); S.H = out.size(2); S.W = out.size(3); S.HW = S.H * S.W;
-  S.L = (idx)layers.size(); S.k = layers[0].w2->size(0); S.B = layers[0].w1->size(0);
+  S.L = (idx)layers.size(); S.k = layers[0].w2.size(0); S.B = layers[0].w1.size(0);
   S.C0 = S.Ctot - S.L * S.k;
-  const double M = (double)(S.N * S.HW);
-  auto opts = out.options();
+  bw.training = training;
+  bw.eps = eps;
+  bw.M = (double)(S.N * S.HW);
+  bw.opts = out.options();
   at::Tensor gbuf_t = grad_out.contiguous().clone();
-  T* gbuf = gbuf_t.data_ptr<T>();
-  const T* buf = out.data_ptr<T>();
-  const bool recompute_h = hsaved.numel() == 0;
-  at::Tensor htmp = recompute_h ? at::empty({S.N, S.B, S.HW}, opts) : at::Tensor();
-  at::Tensor dz2_t = at::empty({S.N, S.B, S.HW}, opts);
-  T* dz2 = dz2_t.data_ptr<T>();
-  // The deferred BN1 input-gradient terms of every channel read by some layer: dx += alpha + beta * (x - mean).
-  std::vector<double> alpha((size_t)(S.Ctot - S.k), 0.0), beta((size_t)(S.Ctot - S.k), 0.0);
-  // dst[:, :nc] (channel stride dst_cs) = gbuf[:, c0:c0+nc] + alpha + beta * (x - mean). Training only: in eval
-  // the BN1 input gradient has no batch terms, alpha = beta = 0.
-  auto apply_deferred = [&](idx c0, idx nc, T* dst, idx dst_cs) {
-    const idx total = S.N * nc;
-    at::parallel_for(0, total, 1, [&](idx b, idx e) {
-      for (idx it = b; it < e; ++it) {
-        const idx n = it / nc, c = c0 + it % nc;
-        const T* g = gbuf + (n * S.Ctot + c) * S.HW;
-        const T* xx = buf + (n * S.Ctot + c) * S.HW;
-        T* o = dst + (n * dst_cs + c - c0) * S.HW;
-        const T al = (T)alpha[c], be = (T)beta[c], mu = (T)xmean.data_ptr<double>()[c];
-#pragma omp simd
-        for (idx q = 0; q < S.HW; ++q) o[q] = g[q] + (al + be * (xx[q] - mu));
-      }
-    });
-  };
+  bw.gbuf = gbuf_t.data_ptr<T>();
+  bw.buf = out.data_ptr<T>();
+  at::Tensor htmp = hsaved.numel() == 0 ? at::empty({S.N, S.B, S.HW}, bw.opts) : at::Tensor();
+  at::Tensor dz2_t = at::empty({S.N, S.B, S.HW}, bw.opts);
+  bw.dz2 = dz2_t.data_ptr<T>();
+  bw.xmean = training ? xmean.data_ptr<double>() : nullptr;
+  bw.alpha.assign((size_t)(S.Ctot - S.k), 0.0);
+  bw.beta.assign((size_t)(S.Ctot - S.k), 0.0);
+  bw.nt = at::get_num_threads();
+  bw.R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
+  bw.ntile3 = (S.H + bw.R - 1) / bw.R;
+  bw.ntile1 = (S.HW + kTile1x1 - 1) / kTile1x1;
   std::vector<at::Tensor> gg1(S.L), gb1(S.L), gw1(S.L), gg2(S.L), gb2(S.L), gw2(S.L);
-  const int nt = at::get_num_threads();
-  const idx R = std::max<idx>(1, std::min<idx>(S.H, kTile3x3 / S.W));
-  const idx ntile3 = (S.H + R - 1) / R;
-  const idx ntile1 = (S.HW + kTile1x1 - 1) / kTile1x1;
   PhaseTimer timer;
   for (idx l = S.L - 1; l >= 0; --l) {
-    const LayerRef& p = layers[l];
+    const Layer& p = layers[l];
     const idx C = S.C0 + l * S.k;
-    at::Tensor w1 = p.w1->contiguous();
-    at::Tensor w2 = p.w2->contiguous();
-    std::vector<double> m1, v1, m2, v2;
-    if (training) {
-      m1.assign(xmean.data_ptr<double>(), xmean.data_ptr<double>() + C);
-      v1.assign(xvar.data_ptr<double>(), xvar.data_ptr<double>() + C);
-      m2.assign(hmean.data_ptr<double>() + l * S.B, hmean.data_ptr<double>() + (l + 1) * S.B);
-      v2.assign(hvar.data_ptr<double>() + l * S.B, hvar.data_ptr<double>() + (l + 1) * S.B);
-    } else {
-      m1 = to_double(*p.m1); v1 = to_double(*p.v1); m2 = to_double(*p.m2); v2 = to_double(*p.v2);
-    }
-    std::vector<T> s1, t1, s2, t2;
-    std::vector<double> is1, is2;
-    bn_affine<T>(*p.g1, *p.b1, m1.data(), v1.data(), C, eps, s1, t1, &is1);
-    bn_affine<T>(*p.g2, *p.b2, m2.data(), v2.data(), S.B, eps, s2, t2, &is2);
-    const T* hl;
-    if (recompute_h) {
-      conv1x1_phase<T>(S, buf, C, w1.data_ptr<T>(), s1.data(), t1.data(), htmp.data_ptr<T>(), nullptr);
-      hl = htmp.data_ptr<T>();
-    } else {
-      hl = hsaved.data_ptr<T>() + l * S.N * S.B * S.HW;
-    }
-    std::vector<T> hmeanT(S.B), hisT(S.B), xmeanT(C), xisT(C);
-    for (idx b = 0; b < S.B; ++b) { hmeanT[b] = (T)m2[b]; hisT[b] = (T)is2[b]; }
-    for (idx c = 0; c < C; ++c) { xmeanT[c] = (T)m1[c]; xisT[c] = (T)is1[c]; }
-
+    const LayerNorms<T> nm = layer_norms(bw, p, l, xmean, xvar, hmean, hvar);
+    const T* hl = layer_h(bw, nm, p, l, hsaved, htmp);
     // The gradient of this layer's own k channels is complete: every later layer has added to it.
-    if (training && l < S.L - 1) apply_deferred(C, S.k, gbuf + C * S.HW, S.Ctot);
+    if (training && l < S.L - 1) apply_deferred(bw, C, S.k, bw.gbuf + C * S.HW, S.Ctot);
     timer.mark(0);
-    // Phase C: conv2 backward on padded row tiles with the BN2-ReLU recomputed (as conv3x3_tile):
-    // dW2 += correlation of gy with c (conv3x3_wgrad), dc = conv3x3_apply(gy, flipped W2); dz2 = dc * [c > 0].
-    const auto w2g = pack3x3<T>(w2, true);  // the data gradient: Cout = B, Cin = k, taps flipped
-    const idx KB = 9 * S.k * S.B;
-    std::vector<T> dw2_acc((size_t)(nt * KB), T(0));  // per thread, (k, B, 9)
-    ThreadAcc acc2(2 * S.B);
-    const idx total3 = S.N * ntile3;
-    dynamic_for(total3, [&](auto next) {
-      const idx Wp = S.W + 2;
-      Tile3x3<T> gtile(S.k, S.B, R, S.W);  // the data gradient's tile: in = gy padded, out = dc
-      const idx ldd = gtile.ld, k4 = round_up(S.k, kWgRows);  // gz rows: whole groups of the weight gradient
-      T* gpad = gtile.pad.data();
-      T* dcp = gtile.out.data();
-      std::vector<T> pad((size_t)(S.B * (R + 2) * Wp + kSlack), T(0));  // c, read by the weight gradient
-      std::vector<T> gz((size_t)(k4 * ldd), T(0)), tmp((size_t)(S.k * S.B));
-      T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB;
-      double* acc = acc2.mine();
-      for (idx it; (it = next()) < total3;) {
-        const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0);
-        const idx ps = (Rt + 2) * Wp, Pp = Rt * Wp - 2;
-        const T* hn = hl + n * S.B * S.HW;
-        pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
-        pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
-                 false, gpad);
-        // dc = the 3x3 convolution of gpad (halo rows included: dc of a row needs the gradient of its
-        // neighbours) with the flipped taps. dW2 reads gz = the tile's own output gradient at the padded
-        // pixels q (zero at the junk columns, which are gpad's border, and past Pp), so each pixel counts once.
-        for (idx o = 0; o < S.k; ++o) {
-          std::memcpy(gz.data() + o * ldd, gpad + o * ps + Wp + 1, sizeof(T) * Pp);
-          std::memset(gz.data() + o * ldd + Pp, 0, sizeof(T) * (ldd - Pp));
-        }
-        conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data());
-        conv3x3_apply<T>(gpad, ps, Wp, S.k, S.B, w2g.data(), Pp, dcp, ldd);
-        // dz2 = dc * [c > 0] and its sums (<= R*W terms per tile, in T, in vectors across the tile's rows: a
-        // reduction per row of W pixels cost more than the row).
-        constexpr int nl = Simd<T>::n;
-        const vec<T> zero{};
-        for (idx b = 0; b < S.B; ++b) {
-          const vec<T> mu = vbroadcast(hmeanT[b]), is = vbroadcast(hisT[b]);
-          vec<T> sv{}, sxv{};
-          T s = 0, sx = 0;
-          for (idx r = 0; r < Rt; ++r) {
-            T* d = dz2 + (n * S.B + b) * S.HW + (r0 + r) * S.W;
-            const T* dc = dcp + b * ldd + r * Wp;
-            const T* cc = pad.data() + b * ps + (r + 1) * Wp + 1;
-            const T* hh = hn + b * S.HW + (r0 + r) * S.W;
-            idx x = 0;
-            for (; x + nl <= S.W; x += nl) {
-              const vec<T> v = vload(cc + x) > zero ? vload(dc + x) : zero;
-              vstore(d + x, v);
-              sv += v;
-              sxv += v * ((vload(hh + x) - mu) * is);
-            }
-            for (; x < S.W; ++x) {
-              const T v = cc[x] > T(0) ? dc[x] : T(0);
-              d[x] = v;
-              s += v;
-              sx += v * ((hh[x] - hmeanT[b]) * hisT[b]);
-            }
-          }
-          acc[2 * b] += s + hsum<T>(sv);
-          acc[2 * b + 1] += sx + hsum<T>(sxv);
-        }
-      }
-    });
-    {
-      at::Tensor g = at::zeros({S.k, S.B, 3, 3}, opts);
-      T* gp = g.data_ptr<T>();
-      for (int t = 0; t < nt; ++t)  // the per-thread sums are already in the weight's (k, B, 3, 3) layout
-        for (idx i = 0; i < KB; ++i) gp[i] += dw2_acc[t * KB + i];
-      gw2[l] = g;
-    }
-    auto a2 = acc2.sum();
-    gb2[l] = at::empty({S.B}, opts);
-    gg2[l] = at::empty({S.B}, opts);
-    // dh = A2 * ((dz2 - Bc2) - Cc2 * (h - mean)), Bc2 = mean(dz2), Cc2 = invstd * mean(dz2 * hhat): the
-    // subtractions come before the scaling, as in the formula, so a nearly constant dz2 cancels exactly.
-    std::vector<T> A2(S.B), B2(S.B), C2(S.B);
-    for (idx b = 0; b < S.B; ++b) {
-      gb2[l].data_ptr<T>()[b] = (T)a2[2 * b];
-      gg2[l].data_ptr<T>()[b] = (T)a2[2 * b + 1];
-      const double g = (double)p.g2->data_ptr<T>()[b] * is2[b];
-      if (training) {
-        A2[b] = (T)g;
-        B2[b] = (T)(a2[2 * b] / M);
-        C2[b] = (T)(is2[b] * a2[2 * b + 1] / M);
-      } else {
-        A2[b] = (T)g; B2[b] = T(0); C2[b] = T(0);
-      }
-    }
-
+    const std::vector<double> a2 = conv2_backward(bw, nm, p, hl, C, gw2[l]);
+    const DhCoefficients<T> dhc = bn2_backward(bw, nm, p, a2, gg2[l], gb2[l]);
     timer.mark(1);
-    // Phase D: conv1 backward with BN1-ReLU recomputed; dz1 = da * [a > 0]; gbuf += A1 * dz1.
-    std::vector<T> A1(C);
-    for (idx c = 0; c < C; ++c) A1[c] = (T)((double)p.g1->data_ptr<T>()[c] * is1[c]);
-    std::vector<T> dw1_acc((size_t)(nt * S.B * C), T(0));
-    ThreadAcc acc1(2 * C);
-    const idx total1 = S.N * ntile1;
-    const auto w1tp = pack1x1(w1.data_ptr<T>(), S.B, C, true);  // W1^T: Cout = C, Cin = B
-    dynamic_for(total1, [&](auto next) {
-      const idx ld = tile1x1_ld(S.HW);
-      std::vector<T> a((size_t)(C * ld)), dh((size_t)(S.B * ld)), da(use_direct<T>() ? 0 : (size_t)(C * ld));
-      T* dw1 = dw1_acc.data() + (idx)at::get_thread_num() * S.B * C;
-      double* acc = acc1.mine();
-      // Per-tile float sums of v and v * xhat, a vector per channel each.
-      VecBuffer<float> st1(use_direct<T>() ? (size_t)(2 * C) : 0);
-      for (idx it; (it = next()) < total1;) {
-        const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
-        for (idx b = 0; b < S.B; ++b) {
-          const T* d = dz2 + (n * S.B + b) * S.HW + p0;
-          const T* hh = hl + (n * S.B + b) * S.HW + p0;
-          T* o = dh.data() + b * ld;
-          const T A = A2[b], Bc = B2[b], Cc = C2[b], mu = hmeanT[b];
-#pragma omp simd
-          for (idx q = 0; q < P; ++q) o[q] = A * ((d[q] - Bc) - Cc * (hh[q] - mu));
-          for (idx q = P; q < ld; ++q) o[q] = T(0);
-        }
-        const T* xn = buf + n * S.Ctot * S.HW;
-        pack_bnrelu(xn, S.HW, C, p0, P, s1.data(), t1.data(), a.data(), ld);
-        gemm_rm<T>(false, true, S.B, C, P, dh.data(), ld, a.data(), ld, T(1), dw1, C);
-        T* gn = gbuf + n * S.Ctot * S.HW + p0;
-        if constexpr (use_direct<T>()) {
-          // da = W1^T dh, a Block of channels x pixels at a time, finished in registers: v = da * [a > 0],
-          // gbuf += A1 * v, and v's sums (columns past P: da = 0, so v = 0 there).
-          st1.zero();
-          conv1x1_direct(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const Block& r) {
-            const idx nq = std::min<idx>(kStrip, P - q);
-            for (idx j = 0; j < nj; ++j) {
-              const idx c = c0 + j;
-              const float* aa = a.data() + c * ld + q;  // zero past P, so v = 0 there
-              const float* xx = xn + c * S.HW + p0 + q;
-              float* g = gn + c * S.HW + q;
-              float xt[kStrip] = {0}, gt[kStrip];  // a strip cut by the tile's end: through a full copy
-              if (nq < kStrip) {
-                std::memcpy(xt, xx, sizeof(float) * nq);
-                std::memcpy(gt, g, sizeof(float) * nq);
-                xx = xt;
-                g = gt;
-              }
-              const vec<float> A = vbroadcast(A1[c]), mu = vbroadcast(xmeanT[c]), is = vbroadcast(xisT[c]);
-              vec<float> sv = st1[2 * c], sx = st1[2 * c + 1];
-              for (int h = 0; h < 2; ++h) {
-                const vec<float> v = vload(aa + kLanes * h) > vec<float>{} ? r.acc[j][h] : vec<float>{};
-                const vec<float> xh = (vload(xx + kLanes * h) - mu) * is;
-                sv += v;
-                sx += v * xh;
-                vstore(g + kLanes * h, A * v + vload(g + kLanes * h));
-              }
-              if (nq < kStrip) std::memcpy(gn + c * S.HW + q, gt, sizeof(float) * nq);
-              st1[2 * c] = sv;
-              st1[2 * c + 1] = sx;
-            }
-          });
-          for (idx i = 0; i < 2 * C; ++i) acc[i] += (double)hsum<float>(st1[i]);
-          continue;
-        }
-        gemm_rm<T>(true, false, C, P, S.B, w1.data_ptr<T>(), C, dh.data(), ld, T(0), da.data(), ld);
-        for (idx c = 0; c < C; ++c) {
-          const T* d = da.data() + c * ld;
-          const T* aa = a.data() + c * ld;
-          const T* xx = xn + c * S.HW + p0;
-          T* g = gn + c * S.HW;
-          const T mu = xmeanT[c], is = xisT[c], A = A1[c];
-          T s = 0, sx = 0;  // <= kTile1x1 terms, in T so that the loop vectorises
-#pragma omp simd reduction(+ : s, sx)
-          for (idx q = 0; q < P; ++q) {
-            const T v = aa[q] > T(0) ? d[q] : T(0);
-            g[q] += A * v;
-            s += v;
-            sx += v * ((xx[q] - mu) * is);
-          }
-          acc[2 * c] += s;
-          acc[2 * c + 1] += sx;
-        }
-      }
-    });
-    {
-      at::Tensor g = at::zeros({S.B, C, 1, 1}, opts);
-      T* gp = g.data_ptr<T>();
-      for (int t = 0; t < nt; ++t)
-        for (idx i = 0; i < S.B * C; ++i) gp[i] += dw1_acc[t * S.B * C + i];
-      gw1[l] = g;
-    }
-    auto a1 = acc1.sum();
-    gb1[l] = at::empty({C}, opts);
-    gg1[l] = at::empty({C}, opts);
-    for (idx c = 0; c < C; ++c) {
-      gb1[l].data_ptr<T>()[c] = (T)a1[2 * c];
-      gg1[l].data_ptr<T>()[c] = (T)a1[2 * c + 1];
-      if (training) {
-        const double g = (double)p.g1->data_ptr<T>()[c] * is1[c];
-        alpha[c] -= g * (a1[2 * c] / M);
-        beta[c] -= g * (is1[c] * a1[2 * c + 1] / M);
-      }
-    }
+    const std::vector<double> a1 = conv1_backward(bw, nm, dhc, p, hl, C, gw1[l]);
+    bn1_backward(bw, nm, p, C, a1, gg1[l], gb1[l]);
     timer.mark(2);
   }
-  at::Tensor gx = at::empty({S.N, S.C0, S.H, S.W}, opts);
-  if (training) apply_deferred(0, S.C0, gx.data_ptr<T>(), S.C0);
+  at::Tensor gx = at::empty({S.N, S.C0, S.H, S.W}, bw.opts);
+  if (training) apply_deferred(bw, 0, S.C0, gx.data_ptr<T>(), S.C0);
   else gx.copy_(gbuf_t.narrow(1, 0, S.C0));
   timer.mark(3);
   return {gx, gg1, gb1, gw1, gg2, gb2, gw2};
 }
+
+// The backward's saved tensors, as the forward returned them: out (N, Ctot, H, W), contiguous (read in place), and
+// grad_out of its shape; h (L, N, B, H, W) of out's dtype in training, empty or so in eval (empty: recomputed); the
+// statistics float64 (training), (Ctot) for the buffer channels and (L, B) = hstats values for h.
+void check_saved(const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& h, const at::Tensor& xmean,
+                 const at::Tensor& xvar, const at::Tensor& hmean, const at::Tensor& hvar, idx hstats, bool training) {
+  TORCH_CHECK(out.is_contiguous(), "out: expected a contiguous tensor");
+  check_same_device(grad_out, out, "grad_out", "out");
+  TORCH_CHECK(grad_out.sizes() == out.sizes(), "grad_out: expected out's shape ", out.sizes(), ", got ",
+              grad_out.sizes());
+  const idx hsize = hstats * out.size(0) * out.size(2) * out.size(3);
+  if (training || h.numel() != 0) {
+    check_same(h, out, "h", "out");
+    TORCH_CHECK(h.numel() == hsize, "h: expected ", hsize, " values (L, N, B, H, W), got shape ", h.sizes());
+  }
+  if (!training) return;
+  for (const at::Tensor* t : {&xmean, &xvar, &hmean, &hvar}) {
+    check_same_device(*t, out, "dense_block statistics", "out");
+    TORCH_CHECK(t->scalar_type() == at::kDouble, "dense_block statistics: expected float64, got ", t->scalar_type());
+  }
+  TORCH_CHECK(xmean.numel() == out.size(1) && xvar.numel() == out.size(1), "xmean, xvar: expected ", out.size(1),
+              " values, got ", xmean.numel(), " and ", xvar.numel());
+  TORCH_CHECK(hmean.numel() == hstats && hvar.numel() == hstats, "hmean, hvar: expected ", hstats,
+              " values (L, B), got ", hmean.numel(), " and ", hvar.numel());
+}
+
+}  // namespace
 
 std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
            std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>>
@@ -986,16 +1125,10 @@ dense_block_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out, cons
                          at::TensorList norm2_var, at::TensorList conv2_weight, bool training, double eps) {
   auto layers = make_layers(norm1_weight, norm1_bias, norm1_mean, norm1_var, conv1_weight, norm2_weight,
                             norm2_bias, norm2_mean, norm2_var, conv2_weight);
-  TORCH_CHECK(out.dim() == 4 && grad_out.sizes() == out.sizes(), "_dense_block_backward: grad_out must match out");
-  const idx C0 = out.size(1) - (idx)layers.size() * layers[0].w2->size(0);
+  check_dim(out, 4, "out", "(N, C0 + L*k, H, W)");
+  const idx L = (idx)layers.size(), C0 = out.size(1) - L * layers[0].w2.size(0);
   check_inputs(out.narrow(1, 0, C0), layers, training);
-  TORCH_CHECK(out.is_contiguous(), "_dense_block_backward: out must be contiguous");
-  if (training) {
-    TORCH_CHECK(h.numel() == (idx)layers.size() * out.size(0) * layers[0].w1->size(0) * out.size(2) * out.size(3),
-                "_dense_block_backward: h has the wrong size");
-    TORCH_CHECK(xmean.numel() == out.size(1) && hmean.numel() == (idx)layers.size() * layers[0].w1->size(0),
-                "_dense_block_backward: statistics have the wrong size");
-  }
+  check_saved(grad_out, out, h, xmean, xvar, hmean, hvar, L * layers[0].w1.size(0), training);
   at::Tensor hc = h.contiguous(), xm = xmean.contiguous(), xv = xvar.contiguous(), hm = hmean.contiguous(),
              hv = hvar.contiguous();
   if (out.scalar_type() == at::kFloat)
@@ -1005,9 +1138,5 @@ dense_block_backward_cpu(const at::Tensor& grad_out, const at::Tensor& out, cons
 
 FER_ISA_END
 
-#if FER_ISA_LEVEL == 0  // registered once; FER_CPU_IMPL calls the active ISA's kernel
-TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
-  m.impl("dense_block", FER_CPU_IMPL(dense_block_cpu));
-  m.impl("_dense_block_backward", FER_CPU_IMPL(dense_block_backward_cpu));
-}
-#endif
+// Why here: each kernel file registers its own CPU kernels (CONVENTIONS rule 1).
+FER_REGISTER_CPU_OP(dense_block)

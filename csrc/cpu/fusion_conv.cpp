@@ -27,7 +27,8 @@
 #include <cstring>
 #include <vector>
 
-#include "checks.h"
+#include "fusion_conv_checks.h"
+#include "fusion_conv_gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/simd.h"
 
@@ -36,62 +37,55 @@ namespace {
 
 using at::Tensor;
 
+// d[ox] = row[ox * p .. ox * p + p) summed, times scale (1 / p^2), for ox < wo: the horizontal half of a pooled row.
+template <typename T>
+inline void pool_row(const T* __restrict row, T* __restrict d, int64_t wo, int p, T scale) {
+  if (p == 1) {
+    for (int64_t ox = 0; ox < wo; ++ox) d[ox] = row[ox];
+  } else if (p == 2) {
+    for (int64_t ox = 0; ox < wo; ++ox) d[ox] = (row[2 * ox] + row[2 * ox + 1]) * scale;
+  } else {
+    for (int64_t ox = 0; ox < wo; ++ox) {
+      T acc = T(0);
+      for (int dx = 0; dx < p; ++dx) acc += row[ox * p + dx];
+      d[ox] = acc * scale;
+    }
+  }
+}
+
+// dst (Ho x Wo) = average of each p x p window of f(src) (src H x W, row stride w); row: wo * p scratch values.
+template <typename T, typename F>
+inline void pool_plane_of(const T* __restrict src, T* __restrict dst, int64_t w, int64_t ho, int64_t wo, int p,
+                          T* __restrict row, const F& f) {
+  const T scale = T(1) / T(p * p);
+  const int64_t wp = wo * p;
+  for (int64_t oy = 0; oy < ho; ++oy) {
+    const T* r = src + oy * p * w;
+    for (int64_t x = 0; x < wp; ++x) row[x] = f(r[x]);
+    for (int dy = 1; dy < p; ++dy) {
+      const T* rr = r + dy * w;
+      for (int64_t x = 0; x < wp; ++x) row[x] += f(rr[x]);
+    }
+    pool_row(row, dst + oy * wo, wo, p, scale);
+  }
+}
+
 // dst (Ho x Wo) = average of each p x p window of src (H x W, row stride w).
 template <typename T>
 void pool_plane(const T* __restrict src, T* __restrict dst, int64_t w, int64_t ho, int64_t wo, int p,
                 T* __restrict row) {
-  const T scale = T(1) / T(p * p);
-  const int64_t wp = wo * p;
   if (p == 1) {
     for (int64_t y = 0; y < ho; ++y) std::memcpy(dst + y * wo, src + y * w, sizeof(T) * wo);
     return;
   }
-  for (int64_t oy = 0; oy < ho; ++oy) {
-    const T* r = src + oy * p * w;
-    for (int64_t x = 0; x < wp; ++x) row[x] = r[x];
-    for (int dy = 1; dy < p; ++dy) {
-      const T* rr = r + dy * w;
-      for (int64_t x = 0; x < wp; ++x) row[x] += rr[x];
-    }
-    T* d = dst + oy * wo;
-    if (p == 2) {
-      for (int64_t ox = 0; ox < wo; ++ox) d[ox] = (row[2 * ox] + row[2 * ox + 1]) * scale;
-    } else {
-      for (int64_t ox = 0; ox < wo; ++ox) {
-        T acc = T(0);
-        for (int dx = 0; dx < p; ++dx) acc += row[ox * p + dx];
-        d[ox] = acc * scale;
-      }
-    }
-  }
+  pool_plane_of(src, dst, w, ho, wo, p, row, [](T v) { return v; });
 }
 
 // Same with the per-channel BN-ReLU prologue: dst = AvgPool_p(max(src * s + t, 0)).
 template <typename T>
 void bn_relu_pool_plane(const T* __restrict src, T* __restrict dst, int64_t w, int64_t ho, int64_t wo, int p,
                         T s, T t, T* __restrict row) {
-  const T scale = T(1) / T(p * p);
-  const int64_t wp = wo * p;
-  for (int64_t oy = 0; oy < ho; ++oy) {
-    const T* r = src + oy * p * w;
-    for (int64_t x = 0; x < wp; ++x) row[x] = std::max(r[x] * s + t, T(0));
-    for (int dy = 1; dy < p; ++dy) {
-      const T* rr = r + dy * w;
-      for (int64_t x = 0; x < wp; ++x) row[x] += std::max(rr[x] * s + t, T(0));
-    }
-    T* d = dst + oy * wo;
-    if (p == 1) {
-      for (int64_t ox = 0; ox < wo; ++ox) d[ox] = row[ox];
-    } else if (p == 2) {
-      for (int64_t ox = 0; ox < wo; ++ox) d[ox] = (row[2 * ox] + row[2 * ox + 1]) * scale;
-    } else {
-      for (int64_t ox = 0; ox < wo; ++ox) {
-        T acc = T(0);
-        for (int dx = 0; dx < p; ++dx) acc += row[ox * p + dx];
-        d[ox] = acc * scale;
-      }
-    }
-  }
+  pool_plane_of(src, dst, w, ho, wo, p, row, [s, t](T v) { return std::max(v * s + t, T(0)); });
 }
 
 // dst (H x W) = src (Ho x Wo) spread over each window / p^2, zero where floor pooling dropped pixels.
@@ -127,80 +121,17 @@ int64_t plane_grain(int64_t plane) { return std::max<int64_t>(1, 32768 / std::ma
 
 }  // namespace
 
-// Input checks and the GEMM halves: device-agnostic, shared with the CUDA binding.
-namespace fusion_conv_detail {
-
-// ---- input checks for direct torch.ops calls (the Python wrappers check first, naming user arguments) ----
-
-void check_pool(int64_t pool, int64_t h, int64_t w) {
-  TORCH_CHECK(pool >= 1, "pool: expected an int >= 1, got ", pool);
-  TORCH_CHECK(h >= pool && w >= pool, "xs: spatial size ", h, "x", w, " is smaller than pool=", pool);
-}
-
-void check_weight(const Tensor& weight, const Tensor& ref, int64_t c_in, const std::optional<Tensor>& bias) {
-  check_dim(weight, 4, "weight", "(C_out, C_in, 1, 1)");
-  check_same(weight, ref, "weight", "xs[0]");
-  TORCH_CHECK(weight.size(1) == c_in && weight.size(2) == 1 && weight.size(3) == 1,
-              "weight: expected shape (C_out, ", c_in, ", 1, 1), got ", weight.sizes());
-  if (bias.has_value()) {
-    check_dim(*bias, 1, "bias", "(C_out,)");
-    check_same(*bias, ref, "bias", "xs[0]");
-    TORCH_CHECK(bias->size(0) == weight.size(0), "bias: expected shape (", weight.size(0), "), got ",
-                bias->sizes());
-  }
-}
-
-// out (N, C_out, Ho, Wo) = W (C_out, C) @ P (N, C, L) + b.
-Tensor pooled_gemm(const Tensor& pooled, const Tensor& weight, const std::optional<Tensor>& bias) {
-  const int64_t n = pooled.size(0), c = pooled.size(1), ho = pooled.size(2), wo = pooled.size(3);
-  const int64_t c_out = weight.size(0);
-  const Tensor w2 = weight.reshape({c_out, c});
-  const Tensor p3 = pooled.view({n, c, ho * wo});
-  Tensor out;
-  if (bias.has_value()) {
-    out = at::baddbmm(bias->view({1, c_out, 1}).expand({n, c_out, ho * wo}), w2.expand({n, c_out, c}), p3);
-  } else {
-    out = at::matmul(w2, p3);
-  }
-  return out.view({n, c_out, ho, wo});
-}
-
-// dW (C_out, C, 1, 1) = sum_n dy_n P_n^T; db = sum dy.
-std::tuple<Tensor, Tensor> weight_grads(const Tensor& dy, const Tensor& pooled, const Tensor& weight) {
-  const int64_t n = pooled.size(0), c = pooled.size(1), l = pooled.size(2) * pooled.size(3);
-  const int64_t c_out = dy.size(1);
-  Tensor gw = at::bmm(dy.view({n, c_out, l}), pooled.view({n, c, l}).transpose(1, 2)).sum(0);
-  return {gw.view(weight.sizes()), dy.sum({0, 2, 3})};
-}
-
-}  // namespace fusion_conv_detail
-
-using fusion_conv_detail::check_pool;
-using fusion_conv_detail::check_weight;
-using fusion_conv_detail::pooled_gemm;
-using fusion_conv_detail::weight_grads;
+using fusion_conv::pooled_gemm;
+using fusion_conv::pooled_grad;
+using fusion_conv::weight_grads;
 
 // ----------------------------------------------------------------------------------------------------------
 // fusion_conv
 
 std::tuple<Tensor, Tensor> fusion_conv_cpu(at::TensorList xs, const Tensor& weight,
                                            const std::optional<Tensor>& bias, int64_t pool) {
-  TORCH_CHECK(!xs.empty(), "xs: expected at least one input tensor (N, C_i, H, W)");
-  check_dim(xs[0], 4, "xs[0]", "(N, C_i, H, W)");
-  check_float(xs[0], "xs[0]");
+  const int64_t c_total = check_fusion_conv(xs, weight, bias, pool, at::kCPU);
   const int64_t n = xs[0].size(0), h = xs[0].size(2), w = xs[0].size(3);
-  int64_t c_total = 0;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const std::string name = "xs[" + std::to_string(i) + "]";
-    check_dim(xs[i], 4, name.c_str(), "(N, C_i, H, W)");
-    check_same(xs[i], xs[0], name.c_str(), "xs[0]");
-    TORCH_CHECK(xs[i].size(0) == n && xs[i].size(2) == h && xs[i].size(3) == w, name,
-                ": batch and spatial sizes must match xs[0] (N=", n, ", H=", h, ", W=", w, "), got shape ",
-                xs[i].sizes());
-    c_total += xs[i].size(1);
-  }
-  check_pool(pool, h, w);
-  check_weight(weight, xs[0], c_total, bias);
   const int p = static_cast<int>(pool);
   const int64_t ho = h / p, wo = w / p;
   Tensor pooled = at::empty({n, c_total, ho, wo}, xs[0].options());
@@ -228,39 +159,15 @@ std::tuple<Tensor, Tensor> fusion_conv_cpu(at::TensorList xs, const Tensor& weig
 std::tuple<std::vector<Tensor>, Tensor, Tensor> fusion_conv_backward_cpu(
     const Tensor& grad_out, const std::optional<Tensor>& grad_pooled, const Tensor& pooled, const Tensor& weight,
     at::IntArrayRef channels, int64_t height, int64_t width, int64_t pool, bool input_grad) {
-  check_dim(grad_out, 4, "grad_out", "(N, C_out, Ho, Wo)");
-  check_dim(pooled, 4, "pooled", "(N, C, Ho, Wo)");
-  check_float(pooled, "pooled");
-  check_same(grad_out, pooled, "grad_out", "pooled");
+  check_fusion_conv_backward(grad_out, grad_pooled, pooled, weight, channels, height, width, pool, at::kCPU);
   const int64_t n = pooled.size(0), c_total = pooled.size(1), ho = pooled.size(2), wo = pooled.size(3);
-  const int64_t c_out = weight.size(0);
-  int64_t c_sum = 0;
-  for (int64_t c : channels) c_sum += c;
-  TORCH_CHECK(c_sum == c_total, "channels: sum ", c_sum, " does not match pooled with ", c_total, " channels");
-  check_pool(pool, height, width);
-  TORCH_CHECK(height / pool == ho && width / pool == wo, "pooled: expected spatial size ", height / pool, "x",
-              width / pool, " for height=", height, ", width=", width, ", pool=", pool, ", got ", pooled.sizes());
-  check_weight(weight, pooled, c_total, std::nullopt);
-  TORCH_CHECK(grad_out.size(0) == n && grad_out.size(1) == c_out && grad_out.size(2) == ho &&
-                  grad_out.size(3) == wo,
-              "grad_out: expected shape (", n, ", ", c_out, ", ", ho, ", ", wo, "), got ", grad_out.sizes());
   const Tensor dy = grad_out.contiguous();
   const Tensor p_c = pooled.contiguous();
   auto [gw, gb] = weight_grads(dy, p_c, weight);
   std::vector<Tensor> gxs;
   if (!input_grad) return {gxs, gw, gb};
 
-  const Tensor wt = weight.reshape({c_out, c_total}).t().contiguous();  // (a transposed view makes bmm copy per batch)
-  Tensor dp;  // (N, C, Ho, Wo) = W^T dy (+ grad of the returned pooled tensor)
-  if (grad_pooled.has_value() && grad_pooled->defined()) {
-    TORCH_CHECK(grad_pooled->sizes() == pooled.sizes(), "grad_pooled: expected shape ", pooled.sizes(), ", got ",
-                grad_pooled->sizes());
-    dp = at::baddbmm(grad_pooled->reshape({n, c_total, ho * wo}), wt.expand({n, c_total, c_out}),
-                     dy.view({n, c_out, ho * wo}));
-  } else {
-    dp = at::matmul(wt, dy.view({n, c_out, ho * wo}));
-  }
-  dp = dp.contiguous();
+  const Tensor dp = pooled_grad(dy, grad_pooled, weight, c_total);  // (N, C, Ho, Wo)
   const int p = static_cast<int>(pool);
   AT_DISPATCH_FLOATING_TYPES(pooled.scalar_type(), "fusion_conv_backward_cpu", [&] {
     int64_t off = 0;
@@ -286,26 +193,6 @@ std::tuple<std::vector<Tensor>, Tensor, Tensor> fusion_conv_backward_cpu(
 // transition: BN (batch or running statistics) - ReLU - conv1x1 - AvgPool_p
 
 namespace {
-
-void check_transition_params(const Tensor& x, const Tensor& norm_weight, const Tensor& norm_bias,
-                             const std::optional<Tensor>& mean, const std::optional<Tensor>& var) {
-  check_dim(x, 4, "x", "(N, C, H, W)");
-  check_float(x, "x");
-  const int64_t c = x.size(1);
-  auto check_vec = [&](const Tensor& t, const char* name) {
-    check_dim(t, 1, name, "(C,)");
-    check_same(t, x, name, "x");
-    TORCH_CHECK(t.size(0) == c, name, ": expected shape (", c, ") for x with ", c, " channels, got ", t.sizes());
-  };
-  check_vec(norm_weight, "norm_weight");
-  check_vec(norm_bias, "norm_bias");
-  TORCH_CHECK(mean.has_value() == var.has_value(), "mean and var: pass both (running statistics) or neither "
-              "(batch statistics)");
-  if (mean.has_value()) {
-    check_vec(*mean, "mean");
-    check_vec(*var, "var");
-  }
-}
 
 // Per-channel biased mean and variance of x (N, C, H, W), accumulated in double around a shift (the
 // channel's first value) so that large means do not cancel.
@@ -339,6 +226,30 @@ void batch_stats(const Tensor& x, Tensor& mean, Tensor& var) {
   });
 }
 
+// A BatchNorm with statistics mean and var, per channel: a = relu(x * scale + shift) and xhat = (x - mean) * invstd,
+// scale = gamma * invstd, shift = beta - mean * scale, invstd = 1 / sqrt(var + eps) (each rounded once to T).
+template <typename T>
+struct BnChannels {
+  std::vector<T> scale, shift, mean, invstd;
+};
+template <typename T>
+BnChannels<T> bn_channels(const Tensor& gamma, const Tensor& beta, const Tensor& mean, const Tensor& var, double eps) {
+  const int64_t c = gamma.numel();
+  const Tensor g = gamma.contiguous(), b = beta.contiguous(), m = mean.contiguous(), v = var.contiguous();
+  const T* gp = g.const_data_ptr<T>();
+  const T* bp = b.const_data_ptr<T>();
+  const T* mp = m.const_data_ptr<T>();
+  const T* vp = v.const_data_ptr<T>();
+  BnChannels<T> out{std::vector<T>(c), std::vector<T>(c), std::vector<T>(mp, mp + c), std::vector<T>(c)};
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double inv = 1.0 / std::sqrt(static_cast<double>(vp[ch]) + eps);
+    out.scale[ch] = static_cast<T>(gp[ch] * inv);
+    out.shift[ch] = static_cast<T>(bp[ch] - mp[ch] * gp[ch] * inv);
+    out.invstd[ch] = static_cast<T>(inv);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor> transition_cpu(const Tensor& x_in, const Tensor& norm_weight,
@@ -346,13 +257,9 @@ std::tuple<Tensor, Tensor, Tensor> transition_cpu(const Tensor& x_in, const Tens
                                                   const std::optional<Tensor>& var_in, const Tensor& conv_weight,
                                                   const std::optional<Tensor>& conv_bias, double eps,
                                                   int64_t pool) {
-  check_transition_params(x_in, norm_weight, norm_bias, mean_in, var_in);
+  check_transition(x_in, norm_weight, norm_bias, mean_in, var_in, conv_weight, conv_bias, pool, at::kCPU);
   const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), w = x_in.size(3);
-  check_pool(pool, h, w);
-  check_weight(conv_weight, x_in, c, conv_bias);
   const bool batch = !mean_in.has_value();
-  TORCH_CHECK(!batch || n * h * w > 1, "x: expected more than 1 value per channel when using batch statistics, "
-              "got shape ", x_in.sizes());
   const Tensor x = x_in.contiguous();
   const int p = static_cast<int>(pool);
   const int64_t ho = h / p, wo = w / p;
@@ -367,24 +274,14 @@ std::tuple<Tensor, Tensor, Tensor> transition_cpu(const Tensor& x_in, const Tens
   Tensor pooled = at::empty({n, c, ho, wo}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "transition_cpu", [&] {
     if (batch) batch_stats<scalar_t>(x, mean, var);
-    std::vector<scalar_t> scale(c), shift(c);
-    const Tensor g = norm_weight.contiguous(), bta = norm_bias.contiguous();
-    const scalar_t* gp = g.const_data_ptr<scalar_t>();
-    const scalar_t* bp = bta.const_data_ptr<scalar_t>();
-    const scalar_t* mp = mean.const_data_ptr<scalar_t>();
-    const scalar_t* vp = var.const_data_ptr<scalar_t>();
-    for (int64_t ch = 0; ch < c; ++ch) {
-      const double inv = 1.0 / std::sqrt(static_cast<double>(vp[ch]) + eps);
-      scale[ch] = static_cast<scalar_t>(gp[ch] * inv);
-      shift[ch] = static_cast<scalar_t>(bp[ch] - mp[ch] * gp[ch] * inv);
-    }
+    const BnChannels<scalar_t> bn = bn_channels<scalar_t>(norm_weight, norm_bias, mean, var, eps);
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = pooled.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n * c, plane_grain(h * w), [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> row(wo * p);
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t ch = idx % c;
-        bn_relu_pool_plane<scalar_t>(src + idx * h * w, dst + idx * ho * wo, w, ho, wo, p, scale[ch], shift[ch],
+        bn_relu_pool_plane<scalar_t>(src + idx * h * w, dst + idx * ho * wo, w, ho, wo, p, bn.scale[ch], bn.shift[ch],
                                      row.data());
       }
     });
@@ -403,12 +300,7 @@ void transition_backward_kernel(const Tensor& x, const Tensor& dp, const Tensor&
   const int64_t n = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   const int64_t ho = h / p, wo = w / p;
   const double count = static_cast<double>(n * h * w);
-  const Tensor g = norm_weight.contiguous(), bta = norm_bias.contiguous();
-  const Tensor mn = mean_in.contiguous(), vr = var_in.contiguous();
-  const T* gp = g.const_data_ptr<T>();
-  const T* bp = bta.const_data_ptr<T>();
-  const T* mp = mn.const_data_ptr<T>();
-  const T* vp = vr.const_data_ptr<T>();
+  const BnChannels<T> bn = bn_channels<T>(norm_weight, norm_bias, mean_in, var_in, eps);
   const T* src = x.const_data_ptr<T>();
   const T* dps = dp.const_data_ptr<T>();
   T* pl = pooled.mutable_data_ptr<T>();
@@ -425,11 +317,7 @@ void transition_backward_kernel(const Tensor& x, const Tensor& dp, const Tensor&
     T* __restrict gfull = gbuf.data();
     T* __restrict act = abuf.data();
     for (int64_t ch = begin; ch < end; ++ch) {
-      const double inv_d = 1.0 / std::sqrt(static_cast<double>(vp[ch]) + eps);
-      const T inv = static_cast<T>(inv_d);
-      const T mu = mp[ch];
-      const T s = static_cast<T>(gp[ch] * inv_d);
-      const T t = static_cast<T>(bp[ch] - mp[ch] * gp[ch] * inv_d);
+      const T inv = bn.invstd[ch], mu = bn.mean[ch], s = bn.scale[ch], t = bn.shift[ch];
       double sdz = 0.0, sdzx = 0.0;
       for (int64_t b = 0; b < n; ++b) {
         const T* __restrict plane = src + (b * c + ch) * hw;
@@ -473,21 +361,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> transition_backward_cpu(
     const Tensor& grad_out, const Tensor& x_in, const Tensor& norm_weight, const Tensor& norm_bias,
     const Tensor& mean_in, const Tensor& var_in, const Tensor& conv_weight, bool batch_stats_used, double eps,
     int64_t pool) {
-  check_transition_params(x_in, norm_weight, norm_bias, mean_in, var_in);
+  check_transition_backward(grad_out, x_in, norm_weight, norm_bias, mean_in, var_in, conv_weight, pool, at::kCPU);
   const int64_t n = x_in.size(0), c = x_in.size(1), h = x_in.size(2), w = x_in.size(3);
-  check_pool(pool, h, w);
-  check_weight(conv_weight, x_in, c, std::nullopt);
   const int p = static_cast<int>(pool);
-  const int64_t ho = h / p, wo = w / p, c_out = conv_weight.size(0);
-  check_dim(grad_out, 4, "grad_out", "(N, C_out, Ho, Wo)");
-  check_same(grad_out, x_in, "grad_out", "x");
-  TORCH_CHECK(grad_out.size(0) == n && grad_out.size(1) == c_out && grad_out.size(2) == ho &&
-                  grad_out.size(3) == wo,
-              "grad_out: expected shape (", n, ", ", c_out, ", ", ho, ", ", wo, "), got ", grad_out.sizes());
+  const int64_t ho = h / p, wo = w / p;
   const Tensor x = x_in.contiguous();
   const Tensor dy = grad_out.contiguous();
-  // dP (N, C, Ho, Wo) = W^T dy: the gradient of the pooled activation.
-  const Tensor dp = at::matmul(conv_weight.reshape({c_out, c}).t().contiguous(), dy.view({n, c_out, ho * wo})).contiguous();
+  const Tensor dp = pooled_grad(dy, std::nullopt, conv_weight, c);  // the gradient of the pooled activation
   Tensor pooled = at::empty({n, c, ho, wo}, x.options());
   Tensor gx = at::empty_like(x);
   Tensor g_gamma = at::empty({c}, x.options());
@@ -502,12 +382,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> transition_backward_cpu(
 
 FER_ISA_END
 
-// Why: the CPU kernels of the fusion_conv family; autograd and fake kernels are registered in Python.
-#if FER_ISA_LEVEL == 0  // registered once; FER_CPU_IMPL calls the active ISA's kernel
-TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {
-  m.impl("fusion_conv", FER_CPU_IMPL(fusion_conv_cpu));
-  m.impl("_fusion_conv_backward", FER_CPU_IMPL(fusion_conv_backward_cpu));
-  m.impl("transition", FER_CPU_IMPL(transition_cpu));
-  m.impl("_transition_backward", FER_CPU_IMPL(transition_backward_cpu));
-}
-#endif
+// Why here: each kernel file registers its own CPU kernels (CONVENTIONS rule 1).
+FER_REGISTER_CPU_OP(fusion_conv)
+FER_REGISTER_CPU_OP(transition)

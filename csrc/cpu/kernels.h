@@ -1,10 +1,11 @@
 // The CPU kernels' entry points, declared once for every ISA build (namespace fer_kernels::<isa>, each under its
 // ISA's code generation, as its definition is), and FER_CPU_IMPL: the function registered with the dispatcher,
-// which calls the active ISA's kernel. The op files define the entry points (csrc/cpu/<op>.cpp) and, in their
-// scalar build only, register FER_CPU_IMPL(<entry point>) for their ops.
+// which calls the active ISA's kernel. The op files define the entry points (csrc/cpu/<op>.cpp) and register them
+// with FER_REGISTER_CPU_OP.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -102,4 +103,16 @@ struct CpuDispatch<R (*)(A...), Scalar, Avx2, Avx512> {
                               &::fer_kernels::avx2::fn, &::fer_kernels::avx512::fn>::call
 #else
 #define FER_CPU_IMPL(fn) &::fer_kernels::scalar::fn
+#endif
+
+// FER_REGISTER_CPU_OP(op): the CPU kernels of op and of its backward op _op_backward (op_cpu and op_backward_cpu,
+// CONVENTIONS rule 7) registered with the dispatcher, once: in the scalar build of the op file.
+#if defined(FER_ISA_LEVEL) && FER_ISA_LEVEL == 0
+#define FER_REGISTER_CPU_OP(op)                                      \
+  TORCH_LIBRARY_IMPL(fer_kernels, CPU, m) {                          \
+    m.impl(#op, FER_CPU_IMPL(op##_cpu));                             \
+    m.impl("_" #op "_backward", FER_CPU_IMPL(op##_backward_cpu));    \
+  }
+#else
+#define FER_REGISTER_CPU_OP(op)
 #endif

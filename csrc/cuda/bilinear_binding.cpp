@@ -6,50 +6,16 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "bilinear_checks.h"
 #include "cuda/bilinear.h"
+#include "cuda/check_launch.h"
 
 namespace fer_kernels {
 namespace {
 
-void check_cuda_float(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda(), name, ": expected a CUDA tensor, got ", t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
-              ": the cuda backend runs float32 or float64 (use the triton backend for float16/bfloat16), got ",
-              t.scalar_type());
-}
-
-void check_ab_cuda(const at::Tensor& a, const at::Tensor& b) {
-  check_cuda_float(a, "a");
-  check_dim(a, 4, "a", "(N, Ca, H, W)");
-  check_dim(b, 4, "b", "(N, Cb, H, W)");
-  check_same(b, a, "b", "a");
-  TORCH_CHECK(a.size(0) == b.size(0) && a.size(2) == b.size(2) && a.size(3) == b.size(3),
-              "b: batch and spatial sizes must match a (N=", a.size(0), ", H=", a.size(2), ", W=", a.size(3),
-              "), got shape ", b.sizes());
-}
-
-void check_classifier_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
-                           const c10::optional<at::Tensor>& bias) {
-  check_ab_cuda(a, b);
-  check_dim(weight, 2, "weight", "(K, Ca*Cb)");
-  check_same(weight, a, "weight", "a");
-  TORCH_CHECK(weight.size(1) == a.size(1) * b.size(1), "weight: expected shape (K, ", a.size(1) * b.size(1),
-              ") = (K, Ca*Cb), got ", weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    check_same(*bias, a, "bias", "a");
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected shape (", weight.size(0),
-                ",), got ", bias->sizes());
-  }
-}
-
-void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, what, ": CUDA error: ", cudaGetErrorString(err));
-}
-
 std::tuple<at::Tensor, at::Tensor> bilinear_pool_cuda(const at::Tensor& a, const at::Tensor& b, double eps,
                                                       bool signed_sqrt, bool l2_normalize, bool mean) {
-  check_ab_cuda(a, b);
+  check_bilinear_ab(a, b, at::kCUDA);
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), l = a.size(2) * a.size(3);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
@@ -71,14 +37,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_pool_backward_cuda(const at::Tensor&
                                                                const at::Tensor& norms, double eps,
                                                                bool signed_sqrt, bool l2_normalize, bool mean) {
   (void)eps;  // |s| = sqrt(|Y| + eps) is read back from z
-  check_ab_cuda(a, b);
-  check_same(grad_z, a, "grad_z", "a");
-  check_same(z, a, "z", "a");
-  check_same(norms, a, "norms", "a");
-  TORCH_CHECK(grad_z.dim() == 2 && grad_z.size(0) == a.size(0) && grad_z.size(1) == a.size(1) * b.size(1),
-              "grad_z: expected shape (N, Ca*Cb), got ", grad_z.sizes());
-  TORCH_CHECK(z.sizes() == grad_z.sizes(), "z: expected shape (N, Ca*Cb), got ", z.sizes());
-  TORCH_CHECK(norms.dim() == 1 && norms.size(0) == a.size(0), "norms: expected shape (N,), got ", norms.sizes());
+  check_bilinear_pool_backward(grad_z, a, b, z, norms, at::kCUDA);
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), l = a.size(2) * a.size(3);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), gz = grad_z.contiguous(), zc = z.contiguous(),
@@ -101,7 +60,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_pool_backward_cuda(const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cuda(const at::Tensor& a, const at::Tensor& b,
                                                             const at::Tensor& weight,
                                                             const c10::optional<at::Tensor>& bias, double eps) {
-  check_classifier_cuda(a, b, weight, bias);
+  check_bilinear_classifier(a, b, weight, bias, at::kCUDA);
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), l = a.size(2) * a.size(3), k = weight.size(0);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), wc = weight.contiguous();
@@ -124,14 +83,7 @@ std::tuple<at::Tensor, at::Tensor> bilinear_classifier_cuda(const at::Tensor& a,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bilinear_classifier_backward_cuda(
     const at::Tensor& grad_logits, const at::Tensor& a, const at::Tensor& b, const at::Tensor& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& norms, const at::Tensor& logits, double eps) {
-  check_classifier_cuda(a, b, weight, bias);
-  check_same(grad_logits, a, "grad_logits", "a");
-  check_same(norms, a, "norms", "a");
-  check_same(logits, a, "logits", "a");
-  TORCH_CHECK(grad_logits.dim() == 2 && grad_logits.size(0) == a.size(0) && grad_logits.size(1) == weight.size(0),
-              "grad_logits: expected shape (N, K), got ", grad_logits.sizes());
-  TORCH_CHECK(logits.sizes() == grad_logits.sizes(), "logits: expected shape (N, K), got ", logits.sizes());
-  TORCH_CHECK(norms.dim() == 1 && norms.size(0) == a.size(0), "norms: expected shape (N,), got ", norms.sizes());
+  check_bilinear_classifier_backward(grad_logits, a, b, weight, bias, norms, logits, at::kCUDA);
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t n = a.size(0), ca = a.size(1), cb = b.size(1), l = a.size(2) * a.size(3), k = weight.size(0);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous(), wc = weight.contiguous(), gl = grad_logits.contiguous(),

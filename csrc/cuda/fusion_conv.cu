@@ -9,24 +9,33 @@ namespace fer_kernels {
 namespace cuda {
 namespace {
 
+// Grid-stride loop over [0, total): every thread's first index and its stride.
+__device__ __forceinline__ int64_t first_index() { return blockIdx.x * (int64_t)blockDim.x + threadIdx.x; }
+__device__ __forceinline__ int64_t grid_stride() { return (int64_t)gridDim.x * blockDim.x; }
+
+// (b, c, y, x) of flat index idx of a contiguous (N, C, H, W) tensor.
+struct Nchw {
+  int64_t b, c, y, x;
+};
+__device__ __forceinline__ Nchw unravel(int64_t idx, int64_t c, int64_t h, int64_t w) {
+  return {idx / (w * h * c), (idx / (w * h)) % c, (idx / w) % h, idx % w};
+}
+
 template <typename T>
 __global__ void fusion_pool_concat_kernel(FusionInputs<T> xs, T* pooled, int64_t n, int64_t c_total, int64_t h,
                                           int64_t w, int p) {
   const int64_t ho = h / p, wo = w / p;
   const int64_t total = n * c_total * ho * wo;
   const T scale = T(1) / T(p * p);
-  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
-       idx += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t ox = idx % wo;
-    const int64_t oy = (idx / wo) % ho;
-    int64_t c = (idx / (wo * ho)) % c_total;
-    const int64_t b = idx / (wo * ho * c_total);
+  for (int64_t idx = first_index(); idx < total; idx += grid_stride()) {
+    const Nchw o = unravel(idx, c_total, ho, wo);
+    int64_t c = o.c;
     int i = 0;
     while (c >= xs.channels[i]) {
       c -= xs.channels[i];
       ++i;
     }
-    const T* src = xs.ptr[i] + ((b * xs.channels[i] + c) * h + oy * p) * w + ox * p;
+    const T* src = xs.ptr[i] + ((o.b * xs.channels[i] + c) * h + o.y * p) * w + o.x * p;
     T acc = T(0);
     for (int dy = 0; dy < p; ++dy)
       for (int dx = 0; dx < p; ++dx) acc += src[dy * w + dx];
@@ -40,15 +49,11 @@ __global__ void fusion_pool_concat_backward_kernel(const T* grad_pooled, T* grad
   const int64_t ho = h / p, wo = w / p;
   const int64_t total = n * c_in * h * w;
   const T scale = T(1) / T(p * p);
-  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
-       idx += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t x = idx % w;
-    const int64_t y = (idx / w) % h;
-    const int64_t c = (idx / (w * h)) % c_in;
-    const int64_t b = idx / (w * h * c_in);
-    const int64_t oy = y / p, ox = x / p;
+  for (int64_t idx = first_index(); idx < total; idx += grid_stride()) {
+    const Nchw i = unravel(idx, c_in, h, w);
+    const int64_t oy = i.y / p, ox = i.x / p;
     T g = T(0);
-    if (oy < ho && ox < wo) g = grad_pooled[((b * c_total + c_off + c) * ho + oy) * wo + ox] * scale;
+    if (oy < ho && ox < wo) g = grad_pooled[((i.b * c_total + c_off + i.c) * ho + oy) * wo + ox] * scale;
     grad_x[idx] = g;
   }
 }
