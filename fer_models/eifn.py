@@ -295,7 +295,7 @@ class EIFN(nn.Module):
 
     def to_reference(self) -> EIFN:
         """A plain-PyTorch copy with the same weights (see :func:`fer_models.export.to_reference`)."""
-        from fer_models.export import to_reference
+        from fer_kernels.nn import to_reference
 
         return to_reference(self)
 

@@ -193,7 +193,7 @@ class DenseNetBC(nn.Module):
 
     def to_reference(self) -> DenseNetBC:
         """A plain-PyTorch copy with the same weights (see :func:`fer_models.export.to_reference`)."""
-        from fer_models.export import to_reference
+        from fer_kernels.nn import to_reference
 
         return to_reference(self)
 
@@ -418,7 +418,7 @@ class IDEnNet(nn.Module):
 
     def to_reference(self) -> IDEnNet:
         """A plain-PyTorch copy with the same weights (see :func:`fer_models.export.to_reference`)."""
-        from fer_models.export import to_reference
+        from fer_kernels.nn import to_reference
 
         return to_reference(self)
 

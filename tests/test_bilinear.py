@@ -415,7 +415,9 @@ def test_triton_low_precision_error_within_twice_reference_error(dtype):
 def test_triton_float16_interpreted_error_within_twice_reference_error():
     # The public ops accept float16 on GPU only, so this calls the Triton ops directly on CPU float16 tensors.
     # (bfloat16 is checked on GPU only: the Triton 3.9 interpreter's tl.dot returns garbage for bfloat16.)
-    from fer_kernels.triton.bilinear import bilinear_classifier_triton, bilinear_pool_triton
+    from fer_kernels.ops.bilinear import triton_ops
+
+    bilinear_pool_triton, bilinear_classifier_triton = triton_ops()
 
     a, b = make_ab(2, 20, 12, 3, 3, "relu", torch.float64)
     w = torch.randn(5, 240, dtype=torch.float64) / 15

@@ -270,12 +270,12 @@ def test_opcheck_triton_op(backend):
     xs, weight, bias, pool = _fusion_case(CASES[1], torch.float32)
     if HAS_CUDA:
         xs, weight, bias = [x.cuda() for x in xs], weight.cuda(), bias.cuda()
-    from fer_kernels.triton.fusion_conv import fusion_conv_triton
+    from fer_kernels.ops.fusion_conv import triton_ops
 
     # The interpreter cannot run on fake tensors, so test_faketensor / aot_dispatch need a GPU.
     utils = ("test_schema", "test_autograd_registration") + (
         ("test_faketensor", "test_aot_dispatch_dynamic") if HAS_CUDA else ())
-    run_opcheck(fusion_conv_triton._opoverload, ([x.detach().requires_grad_() for x in xs], weight, bias, pool),
+    run_opcheck(triton_ops()[0]._opoverload, ([x.detach().requires_grad_() for x in xs], weight, bias, pool),
                 test_utils=utils)
 
 
@@ -444,7 +444,7 @@ def test_transition_module_converts_torchvision_layout(backend):
 def test_transition_rejected_input_changes_nothing():
     m = fk.nn.Transition(4, 2)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    with pytest.raises(ValueError, match=r"x: Transition expects 4 channels, got shape \(2, 5, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"x: expected 4 channels \(conv_weight has shape \(2, 4, 1, 1\)\), got shape \(2, 5, 4, 4\)"):
         m(torch.randn(2, 5, 4, 4))
     with pytest.raises(ValueError, match=r"x: expected more than 1 value per channel"):
         fk.transition(torch.randn(1, 4, 1, 1), m.norm.weight, m.norm.bias, m.norm.running_mean,
@@ -460,7 +460,7 @@ def test_transition_rejected_input_changes_nothing():
     [
         ("norm_weight", (5,), r"norm_weight: expected shape \(4,\) for x with 4 channels, got \(5,\)"),
         ("running_var", (3,), r"running_var: expected shape \(4,\) for x with 4 channels, got \(3,\)"),
-        ("conv_weight", (2, 5, 1, 1), r"weight: expected shape \(C_out, 4, 1, 1\) for inputs with 4 channels"),
+        ("conv_weight", (2, 5, 1, 1), r"x: expected 5 channels \(conv_weight has shape \(2, 5, 1, 1\)\), got shape"),
         ("running_mean", None, r"running_mean: expected a tensor \(4,\) when training=False"),
     ],
 )

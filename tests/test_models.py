@@ -19,17 +19,12 @@ from torch import nn
 
 import fer_kernels
 import fer_kernels.nn as fnn
+from fer_kernels.nn import to_reference
+from fer_kernels.nn.plain import BilinearClassifierPlain, DenseBlockPlain, FusionConvPlain, TransitionPlain
 from fer_models import EIFN, DenseNetBC, IDEnNet, create_model, list_models
 from fer_models.cam import class_activation_map, jet, overlay, save_cam_grid, save_overlay
 from fer_models.eifn import VGG16_WIDTHS, vgg16_features
-from fer_models.export import (
-    BilinearClassifierPlain,
-    DenseBlockPlain,
-    FusionConvPlain,
-    TransitionPlain,
-    export_onnx,
-    to_reference,
-)
+from fer_models.export import export_onnx
 from fer_models.idennet import densenet_bc_channels
 from fer_models.losses import self_constrained_identity_loss
 from fer_models.summary import count_macs, format_table, main, summarize

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import nn
 
-from fer_kernels.nn.convert import register_converter
+from fer_kernels.nn._bn import bn_affine, bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
+from fer_kernels.nn.convert import (is_avg_pool, is_bn, is_conv, only_children, rebuild, register_converter,
+                                   register_reference, same_place)
+from fer_kernels.nn.plain import FusionConvLayout, FusionConvPlain, TransitionLayout, TransitionPlain
 from fer_kernels.ops.fusion_conv import fusion_conv, transition
 
 
-class FusionConv(nn.Module):
+class FusionConv(FusionConvLayout):
     """Concatenate feature maps, 1x1 convolution, ``AvgPool2d(pool)``: see :func:`fer_kernels.fusion_conv`.
 
     ``.conv`` is a plain ``nn.Conv2d(sum(in_channels), out_channels, 1)``, so state dicts load from the
@@ -27,67 +28,87 @@ class FusionConv(nn.Module):
         inputs ``(N, c_i, H, W)`` each -> ``(N, out_channels, H // pool, W // pool)``.
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int, pool: int = 2, bias: bool = True):
-        super().__init__()
-        if isinstance(in_channels, int):
-            in_channels = (in_channels,)
-        self.in_channels = tuple(int(c) for c in in_channels)
-        if not self.in_channels or any(c < 1 for c in self.in_channels):
-            raise ValueError(f"in_channels: expected positive channel counts, got {in_channels!r}")
-        if pool < 1:
-            raise ValueError(f"pool: expected an int >= 1, got {pool!r}")
-        self.pool = int(pool)
-        self.conv = nn.Conv2d(sum(self.in_channels), out_channels, 1, bias=bias)
-
     def forward(self, *xs: torch.Tensor, backend: str | None = None) -> torch.Tensor:
         if len(xs) == 1 and isinstance(xs[0], (list, tuple)):
             xs = tuple(xs[0])
         if len(xs) != len(self.in_channels):
-            raise ValueError(f"FusionConv expects {len(self.in_channels)} inputs, got {len(xs)}")
-        for i, (x, c) in enumerate(zip(xs, self.in_channels)):
-            if x.dim() == 4 and x.shape[1] != c:
-                raise ValueError(f"xs[{i}]: expected {c} channels, got shape {tuple(x.shape)}")
+            raise ValueError(f"xs: FusionConv expects {len(self.in_channels)} inputs, got {len(xs)}")
+        # The op checks the total against the weight; only the module knows how it splits between the inputs.
+        chans = tuple(x.shape[1] if isinstance(x, torch.Tensor) and x.dim() == 4 else None for x in xs)
+        if None not in chans and sum(chans) == sum(self.in_channels) and chans != self.in_channels:
+            raise ValueError(f"xs: FusionConv expects inputs with {self.in_channels} channels, got {chans}")
         return fusion_conv(xs, self.conv.weight, self.conv.bias, self.pool, backend=backend)
 
-    def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, out_channels={self.conv.out_channels}, pool={self.pool}"
 
-
-class Transition(nn.Module):
+class Transition(TransitionLayout):
     """DenseNet transition (torchvision ``_Transition``): BN-ReLU, 1x1 conv (no bias), ``AvgPool2d(pool)``.
 
     Keys ``norm`` and ``conv``. Runs as :func:`fer_kernels.transition`: the BN-ReLU is the prologue of the
-    pooled 1x1 convolution, so neither the activation nor the full-resolution conv output is written.
+    pooled 1x1 convolution, so neither the activation nor the full-resolution conv output is written. The
+    BatchNorm may have any settings (``affine=False``, ``track_running_stats=False``, ``momentum=None``).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, pool: int = 2):
-        super().__init__()
-        self.pool = int(pool)
-        self.norm = nn.BatchNorm2d(in_channels)
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-
     def forward(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
-        from fer_kernels.nn._bn import bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
-
-        if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] != self.norm.num_features:
-            raise ValueError(f"x: Transition expects {self.norm.num_features} channels, got shape {tuple(x.shape)}")
         mean, var = bn_buffers(self.norm)
+        weight, bias = bn_affine(self.norm, self.conv.weight)
         training = bn_uses_batch_stats(self.norm)
-        out = transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
+        out = transition(x, weight, bias, mean, var, self.conv.weight, self.conv.bias,
                          training, bn_momentum(self.norm), self.norm.eps, self.pool, backend=backend)
         bn_count_batch(self.norm)  # after the op accepted its inputs, so a rejected input changes nothing
         return out
 
-    def extra_repr(self) -> str:
-        return f"in_channels={self.norm.num_features}, out_channels={self.conv.out_channels}, pool={self.pool}"
+
+# ---- convert / to_reference ----
+
+
+def _transition_parts(m: nn.Module):
+    """``(norm, conv, pool)`` of a transition :class:`Transition` computes exactly: a :class:`TransitionPlain`
+    or a torchvision-style ``_Transition`` (children norm, relu, conv, pool=AvgPool2d(p, p), in this order);
+    else None."""
+    if isinstance(m, TransitionPlain):
+        if not only_children(m, {"norm", "conv"}):
+            return None
+        pool = m.pool
+    elif type(m).__name__ == "_Transition":
+        # an nn.Sequential: its children run in this order
+        names = [n for n, _ in m.named_children()]
+        if names != ["norm", "relu", "conv", "pool"] or type(m.relu) is not nn.ReLU:
+            return None
+        pool = is_avg_pool(m.pool)
+    else:
+        return None
+    norm, conv = m.norm, m.conv
+    if (pool is None or pool < 1 or not is_bn(norm) or not is_conv(conv, 1, 0)
+            or norm.num_features != conv.in_channels or not same_place(norm, conv)):
+        return None
+    return norm, conv, pool
 
 
 @register_converter
-def _convert_transition(m: nn.Module):
-    """torchvision ``_Transition`` (norm, relu, conv, pool=AvgPool2d) -> Transition."""
-    if type(m).__name__ != "_Transition" or isinstance(m, Transition):
-        return None
-    pool = m.pool.kernel_size if isinstance(m.pool.kernel_size, int) else m.pool.kernel_size[0]
-    new = Transition(m.conv.in_channels, m.conv.out_channels, pool)
-    new.load_state_dict(m.state_dict())
-    return new.to(m.conv.weight.device, m.conv.weight.dtype).train(m.training)
+def _convert_fusion(m: nn.Module):
+    """``TransitionPlain`` / torchvision ``_Transition`` -> Transition; ``FusionConvPlain`` -> FusionConv."""
+    parts = _transition_parts(m)
+    if parts is not None:
+        norm, conv, pool = parts
+        return rebuild(lambda: Transition(conv.in_channels, conv.out_channels, pool), m.training,
+                       norm=norm, conv=conv)
+    if isinstance(m, FusionConvPlain) and only_children(m, {"conv"}):
+        conv = m.conv
+        if is_conv(conv, 1, 0) and conv.in_channels == sum(m.in_channels) and m.pool >= 1:
+            bias = conv.bias is not None
+            return rebuild(lambda: FusionConv(m.in_channels, conv.out_channels, m.pool, bias), m.training,
+                           conv=conv)
+    return None
+
+
+@register_reference
+def _reference_fusion(m: nn.Module):
+    """Transition -> TransitionPlain, FusionConv -> FusionConvPlain, adopting BatchNorm and convolution."""
+    if isinstance(m, Transition):
+        return rebuild(lambda: TransitionPlain(m.norm.num_features, m.conv.out_channels, m.pool), m.training,
+                       norm=m.norm, conv=m.conv)
+    if isinstance(m, FusionConv):
+        bias = m.conv.bias is not None
+        return rebuild(lambda: FusionConvPlain(m.in_channels, m.conv.out_channels, m.pool, bias), m.training,
+                       conv=m.conv)
+    return None

@@ -80,3 +80,46 @@ def check_same_device_dtype(ref: torch.Tensor, ref_name: str, *, norm: bool = Fa
         if t.dtype != ref.dtype and not (norm and ref.dtype in LOW_PRECISION and t.dtype == torch.float32):
             allowed = f"{ref.dtype} or torch.float32" if norm and ref.dtype in LOW_PRECISION else f"{ref.dtype}"
             raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has dtype {ref.dtype} (expected {allowed})")
+
+
+# ---- registration: one autograd formula per op, shared by its C++ (CPU and CUDA) and Triton kernels ----
+# Each family writes ``make_autograd(backward_op) -> (setup_context, backward)`` once; the helpers below attach
+# it to the C++ op ``fer_kernels::<name>`` (backward ``_<name>_backward``) and to the Triton op
+# ``fer_kernels::<name>_triton`` (backward ``_<name>_triton_backward``), whose launchers come from
+# ``fer_kernels.triton.<family>``.
+
+
+def register_cpp(name: str, make_autograd, fake, backward_fake):
+    """Fake kernels and autograd for the C++ op ``fer_kernels::<name>``; returns the op."""
+    torch.library.register_fake(f"fer_kernels::{name}")(fake)
+    torch.library.register_fake(f"fer_kernels::_{name}_backward")(backward_fake)
+    setup, backward = make_autograd(getattr(torch.ops.fer_kernels, f"_{name}_backward"))
+    torch.library.register_autograd(f"fer_kernels::{name}", backward, setup_context=setup)
+    return getattr(torch.ops.fer_kernels, name)
+
+
+def register_triton(kernels, **families) -> tuple:
+    """For each ``name=make_autograd``: the launchers ``kernels.<name>`` / ``kernels.<name>_backward`` (module
+    ``fer_kernels.triton.<family>``) as ops ``fer_kernels::<name>_triton`` and ``_<name>_triton_backward``
+    (``torch.library.triton_op``, so ``torch.compile`` traces the kernels; their fake kernels come from running the
+    launchers on fake tensors), with the op's autograd. Returns the forward ops in order. Call once."""
+    ops = []
+    for name, make_autograd in families.items():
+        fwd = torch.library.triton_op(f"fer_kernels::{name}_triton", mutates_args=())(getattr(kernels, name))
+        bwd = torch.library.triton_op(f"fer_kernels::_{name}_triton_backward", mutates_args=())(
+            getattr(kernels, f"{name}_backward"))
+        setup, grad = make_autograd(bwd)
+        fwd.register_autograd(grad, setup_context=setup)
+        ops.append(fwd)
+    return tuple(ops)
+
+
+def update_running(running_mean, running_var, mean, var, count: int, momentum: float) -> None:
+    """``F.batch_norm``'s running-buffer update from a fused op's batch statistics:
+    ``r = (1 - momentum) * r + momentum * stat``, with the unbiased variance. None buffers are skipped."""
+    with torch.no_grad():
+        if running_mean is not None:
+            running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        if running_var is not None:
+            unbiased = var * (count / max(count - 1, 1))
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)

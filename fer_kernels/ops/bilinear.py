@@ -7,18 +7,21 @@ Backends: ``reference`` (fer_kernels.reference.bilinear), ``cpp`` (csrc/cpu/bili
 (csrc/cuda/bilinear.cu, the same C++ ops dispatched on CUDA tensors, when built with CUDA).
 
 The forward ops return ``(out, norms)``: the per-sample ``||s||`` is all backward needs besides a, b and the
-output (the pool's z, the classifier's logits). Autograd and fake kernels are registered here, once, for the
-C++ ops; the Triton module registers its own ops' autograd the same way.
+output (the pool's z, the classifier's logits). Autograd and fake kernels are written here, once, and
+registered for the C++ ops and the Triton ops alike.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from fer_kernels import _extension
 from fer_kernels.backends import resolve
-from fer_kernels.ops._common import autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor
+from fer_kernels.ops._common import (autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor,
+                                     register_cpp, register_triton)
 from fer_kernels.reference.bilinear import bilinear_classifier_reference, bilinear_pool_reference
 
 POOL_IMPLS = {"reference": bilinear_pool_reference}
@@ -26,9 +29,7 @@ CLASSIFIER_IMPLS = {"reference": bilinear_classifier_reference}
 IMPLS = CLASSIFIER_IMPLS  # the demo op
 
 
-# The C++ classifier's register tiles pay up to 8x8 locations and 8 classes (csrc/cpu/bilinear.cpp, use_gemm_path);
-# past them the cpp backend runs the C++ pool and a linear layer (_classifier_cpp), with no fallback to the
-# reference at any size.
+# The C++ classifier's register tiles pay up to 8x8 locations and 8 classes (csrc/cpu/bilinear.cpp, use_gemm_path).
 CPP_TILE_LOCATIONS = 64
 CPP_TILE_CLASSES = 8
 
@@ -86,48 +87,51 @@ def make_classifier_autograd(backward_op):
     return setup_context, backward
 
 
-if _extension.has_op("bilinear_pool"):
-    _ops = torch.ops.fer_kernels
-    # Why here: one autograd/fake registration serves the CPU and CUDA kernels of each C++ op (rule 4).
-    torch.library.register_fake("fer_kernels::bilinear_pool")(pool_fake)
-    torch.library.register_fake("fer_kernels::_bilinear_pool_backward")(pool_backward_fake)
-    torch.library.register_fake("fer_kernels::bilinear_classifier")(classifier_fake)
-    torch.library.register_fake("fer_kernels::_bilinear_classifier_backward")(classifier_backward_fake)
-    _setup, _bwd = make_pool_autograd(_ops._bilinear_pool_backward)
-    torch.library.register_autograd("fer_kernels::bilinear_pool", _bwd, setup_context=_setup)
-    _setup, _bwd = make_classifier_autograd(_ops._bilinear_classifier_backward)
-    torch.library.register_autograd("fer_kernels::bilinear_classifier", _bwd, setup_context=_setup)
+def _classifier_via_pool(pool_op, classifier_op):
+    """The classifier backend around a fused pool op and a fused classifier op, with the auto policy of the C++
+    CPU kernels: their register tiles pay up to ``CPP_TILE_LOCATIONS`` locations and ``CPP_TILE_CLASSES``
+    classes; past them the GEMMs dominate, so the pool (whose saved z spares the backward a second Y) and a
+    linear layer run instead (benchmarks/RESULTS.md, "B-CNN classifier")."""
 
-    def _pool_cpp(a, b, eps=1e-5, signed_sqrt=True, l2_normalize=True, mean=False):
-        return torch.ops.fer_kernels.bilinear_pool(a, b, eps, signed_sqrt, l2_normalize, mean)[0]
-
-    def _classifier_cpp(a, b, weight, bias=None, eps=1e-5):
+    def run(a, b, weight, bias=None, eps=1e-5):
         large = a.shape[2] * a.shape[3] > CPP_TILE_LOCATIONS or weight.shape[0] > CPP_TILE_CLASSES
         if a.device.type == "cpu" and large:
-            # Past the tile kernels' sizes the GEMMs dominate: the C++ pool (one batched GEMM and a fused pass;
-            # its z saved for the backward, which then needs no second Y) and a linear layer. Measured fwd+bwd at
-            # (32, 512, 28, 28) -> 200 (2026-12-04, one process, interleaved, a busy machine): 1321 ms against
-            # 2067 for the C++ classifier op (which recomputes Y) and 1646 for the plain composition.
-            return F.linear(torch.ops.fer_kernels.bilinear_pool(a, b, eps, True, True, False)[0], weight, bias)
-        return torch.ops.fer_kernels.bilinear_classifier(a, b, weight, bias, eps)[0]
+            return F.linear(pool_op(a, b, eps, True, True, False)[0], weight, bias)
+        return classifier_op(a, b, weight, bias, eps)[0]
+
+    return run
+
+
+if _extension.has_op("bilinear_pool"):
+    # Why here: one autograd/fake registration serves the CPU and CUDA kernels of each C++ op (rule 4).
+    _pool_op = register_cpp("bilinear_pool", make_pool_autograd, pool_fake, pool_backward_fake)
+    _classifier_op = register_cpp("bilinear_classifier", make_classifier_autograd, classifier_fake,
+                                  classifier_backward_fake)
+
+    def _pool_cpp(a, b, eps=1e-5, signed_sqrt=True, l2_normalize=True, mean=False):
+        return _pool_op(a, b, eps, signed_sqrt, l2_normalize, mean)[0]
 
     POOL_IMPLS["cpp"] = _pool_cpp
-    CLASSIFIER_IMPLS["cpp"] = _classifier_cpp
+    CLASSIFIER_IMPLS["cpp"] = _classifier_via_pool(_pool_op, _classifier_op)
     if _extension.cuda_built():  # the same ops, dispatched to csrc/cuda/bilinear_binding.cpp
-        POOL_IMPLS["cuda"] = _pool_cpp
-        CLASSIFIER_IMPLS["cuda"] = _classifier_cpp
+        POOL_IMPLS["cuda"] = POOL_IMPLS["cpp"]
+        CLASSIFIER_IMPLS["cuda"] = CLASSIFIER_IMPLS["cpp"]
+
+
+@functools.cache
+def triton_ops():
+    """The Triton ops (pool, classifier), registered on first use: importing triton is deferred to here."""
+    from fer_kernels.triton import bilinear as kernels
+
+    return register_triton(kernels, bilinear_pool=make_pool_autograd, bilinear_classifier=make_classifier_autograd)
 
 
 def _pool_triton(a, b, eps=1e-5, signed_sqrt=True, l2_normalize=True, mean=False):
-    from fer_kernels.triton.bilinear import bilinear_pool_triton
-
-    return bilinear_pool_triton(a, b, eps, signed_sqrt, l2_normalize, mean)[0]
+    return triton_ops()[0](a, b, eps, signed_sqrt, l2_normalize, mean)[0]
 
 
 def _classifier_triton(a, b, weight, bias=None, eps=1e-5):
-    from fer_kernels.triton.bilinear import bilinear_classifier_triton
-
-    return bilinear_classifier_triton(a, b, weight, bias, eps)[0]
+    return triton_ops()[1](a, b, weight, bias, eps)[0]
 
 
 POOL_IMPLS["triton"] = _pool_triton

@@ -13,35 +13,39 @@ The transition ops never mutate running buffers: they return the statistics they
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 
 from fer_kernels import _extension
 from fer_kernels.backends import resolve
-from fer_kernels.ops._common import autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor
+from fer_kernels.ops._common import (autocast_dtype, autocast_off, cast, check_same_device_dtype, check_tensor,
+                                     register_cpp, register_triton, update_running)
 from fer_kernels.reference.fusion_conv import fusion_conv_reference, transition_reference
 
-# ---- autograd and fake kernels of the C++ ops (shared by the CPU and CUDA kernels) ----
+# ---- autograd and fake kernels: one formula per op, registered for the C++ (CPU, CUDA) and Triton ops ----
 
 
-def _fusion_conv_setup(ctx, inputs, output):
-    xs, weight, bias, pool = inputs
-    ctx.save_for_backward(output[1], weight)
-    ctx.channels = [x.shape[1] for x in xs]
-    ctx.hw = (xs[0].shape[2], xs[0].shape[3])
-    ctx.pool = pool
-    ctx.has_bias = bias is not None
+def make_fusion_conv_autograd(backward_op):
+    """setup_context / backward for a fusion_conv op ``(xs, weight, bias, pool) -> (y, P)``; saves P and W."""
 
+    def setup_context(ctx, inputs, output):
+        xs, weight, bias, pool = inputs
+        ctx.save_for_backward(output[1], weight)
+        ctx.channels = [x.shape[1] for x in xs]
+        ctx.hw = (xs[0].shape[2], xs[0].shape[3])
+        ctx.pool, ctx.has_bias = pool, bias is not None
 
-def _fusion_conv_backward(ctx, grad_out, grad_pooled):
-    pooled, weight = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
-    gxs, gw, gb = torch.ops.fer_kernels._fusion_conv_backward(
-        grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1], ctx.pool, need_x
-    )
-    return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
+    def backward(ctx, grad_out, grad_pooled):
+        pooled, weight = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
+        gxs, gw, gb = backward_op(grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1],
+                                  ctx.pool, need_x)
+        return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
+
+    return setup_context, backward
 
 
 def _fusion_conv_fake(xs, weight, bias, pool):
@@ -51,29 +55,32 @@ def _fusion_conv_fake(xs, weight, bias, pool):
     return out, xs[0].new_empty(n, c, h // pool, w // pool)
 
 
-def _fusion_conv_backward_fake(
-    grad_out, grad_pooled, pooled, weight, channels, height, width, pool, input_grad
-):
+def _fusion_conv_backward_fake(grad_out, grad_pooled, pooled, weight, channels, height, width, pool, input_grad):
     n = pooled.shape[0]
     gxs = [pooled.new_empty(n, c, height, width) for c in channels] if input_grad else []
     return gxs, torch.empty_like(weight), weight.new_empty(weight.shape[0])
 
 
-def _transition_setup(ctx, inputs, output):
-    x, norm_weight, norm_bias, mean, var, conv_weight, conv_bias, eps, pool = inputs
-    _, used_mean, used_var = output
-    ctx.save_for_backward(x, norm_weight, norm_bias, used_mean, used_var, conv_weight)
-    ctx.batch_stats = mean is None
-    ctx.eps, ctx.pool, ctx.has_bias = eps, pool, conv_bias is not None
-    ctx.mark_non_differentiable(used_mean, used_var)
+def make_transition_autograd(backward_op):
+    """setup_context / backward for a transition op ``(x, gamma, beta, mean|None, var|None, W, b, eps, pool)
+    -> (y, mean, var)``; saves x, the BN parameters, the statistics used and W. The statistics outputs carry no
+    gradient (they feed the running buffers)."""
 
+    def setup_context(ctx, inputs, output):
+        x, norm_weight, norm_bias, mean, var, conv_weight, conv_bias, eps, pool = inputs
+        _, used_mean, used_var = output
+        ctx.save_for_backward(x, norm_weight, norm_bias, used_mean, used_var, conv_weight)
+        ctx.batch_stats = mean is None
+        ctx.eps, ctx.pool, ctx.has_bias = eps, pool, conv_bias is not None
+        ctx.mark_non_differentiable(used_mean, used_var)
 
-def _transition_backward(ctx, grad_out, _grad_mean, _grad_var):
-    x, norm_weight, norm_bias, mean, var, conv_weight = ctx.saved_tensors
-    gx, gg, gb, gw, gcb = torch.ops.fer_kernels._transition_backward(
-        grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, ctx.batch_stats, ctx.eps, ctx.pool
-    )
-    return gx, gg, gb, None, None, gw, (gcb if ctx.has_bias else None), None, None
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        x, norm_weight, norm_bias, mean, var, conv_weight = ctx.saved_tensors
+        gx, gg, gb, gw, gcb = backward_op(grad_out, x, norm_weight, norm_bias, mean, var, conv_weight,
+                                          ctx.batch_stats, ctx.eps, ctx.pool)
+        return gx, gg, gb, None, None, gw, (gcb if ctx.has_bias else None), None, None
+
+    return setup_context, backward
 
 
 def _transition_fake(x, norm_weight, norm_bias, mean, var, conv_weight, conv_bias, eps, pool):
@@ -81,99 +88,54 @@ def _transition_fake(x, norm_weight, norm_bias, mean, var, conv_weight, conv_bia
     return (x.new_empty(n, conv_weight.shape[0], h // pool, w // pool), x.new_empty(c), x.new_empty(c))
 
 
-def _transition_backward_fake(
-    grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, batch_stats, eps, pool
-):
-    return (
-        torch.empty_like(x),
-        torch.empty_like(norm_weight),
-        torch.empty_like(norm_bias),
-        torch.empty_like(conv_weight),
-        conv_weight.new_empty(conv_weight.shape[0]),
-    )
+def _transition_backward_fake(grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, batch_stats, eps, pool):
+    return (torch.empty_like(x), torch.empty_like(norm_weight), torch.empty_like(norm_bias),
+            torch.empty_like(conv_weight), conv_weight.new_empty(conv_weight.shape[0]))
 
 
-# Why here: autograd and fake kernels are registered once, in Python, for every device the C++ library has.
-if _extension.has_op("fusion_conv"):
-    torch.library.register_fake("fer_kernels::fusion_conv")(_fusion_conv_fake)
-    torch.library.register_fake("fer_kernels::_fusion_conv_backward")(_fusion_conv_backward_fake)
-    torch.library.register_autograd(
-        "fer_kernels::fusion_conv", _fusion_conv_backward, setup_context=_fusion_conv_setup
-    )
-if _extension.has_op("transition"):
-    torch.library.register_fake("fer_kernels::transition")(_transition_fake)
-    torch.library.register_fake("fer_kernels::_transition_backward")(_transition_backward_fake)
-    torch.library.register_autograd(
-        "fer_kernels::transition", _transition_backward, setup_context=_transition_setup
-    )
+@functools.cache
+def triton_ops():
+    """The Triton ops (fusion_conv, transition), registered on first use: importing triton is deferred to here."""
+    from fer_kernels.triton import fusion_conv as kernels
+
+    return register_triton(kernels, fusion_conv=make_fusion_conv_autograd, transition=make_transition_autograd)
 
 
 # ---- backends: callables with the reference's signature ----
 
 
-def _fusion_conv_cpp(xs, weight, bias=None, pool=2):
-    return torch.ops.fer_kernels.fusion_conv(list(xs), weight, bias, pool)[0]
+def _fusion_conv_with(op):
+    def run(xs, weight, bias=None, pool=2):
+        return op()(list(xs), weight, bias, pool)[0]
 
-
-def _fusion_conv_triton(xs, weight, bias=None, pool=2):
-    from fer_kernels.triton.fusion_conv import fusion_conv_triton
-
-    return fusion_conv_triton(list(xs), weight, bias, pool)[0]
-
-
-def _update_running(running_mean, running_var, mean, var, count, momentum):
-    """``F.batch_norm``'s running-buffer update from batch statistics (unbiased variance)."""
-    with torch.no_grad():
-        if running_mean is not None:
-            running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
-        if running_var is not None:
-            unbiased = var * (count / (count - 1))
-            running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    return run
 
 
 def _transition_with(op):
-    def run(
-        x,
-        norm_weight,
-        norm_bias,
-        running_mean,
-        running_var,
-        conv_weight,
-        conv_bias=None,
-        training=True,
-        momentum=0.1,
-        eps=1e-5,
-        pool=2,
-    ):
+    def run(x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias=None, training=True,
+            momentum=0.1, eps=1e-5, pool=2):
         mean_in, var_in = (None, None) if training else (running_mean, running_var)
-        out, mean, var = op(
-            x, norm_weight, norm_bias, mean_in, var_in, conv_weight, conv_bias, float(eps), pool
-        )
+        out, mean, var = op()(x, norm_weight, norm_bias, mean_in, var_in, conv_weight, conv_bias, float(eps), pool)
         if training:
-            _update_running(running_mean, running_var, mean, var, x.numel() // x.shape[1], momentum)
+            update_running(running_mean, running_var, mean, var, x.numel() // x.shape[1], momentum)
         return out
 
     return run
 
 
-def _transition_cpp_op(*args):
-    return torch.ops.fer_kernels.transition(*args)
-
-
-def _transition_triton_op(*args):
-    from fer_kernels.triton.fusion_conv import transition_triton
-
-    return transition_triton(*args)
-
-
-IMPLS = {"reference": fusion_conv_reference, "triton": _fusion_conv_triton}
-TRANSITION_IMPLS = {"reference": transition_reference, "triton": _transition_with(_transition_triton_op)}
+IMPLS = {"reference": fusion_conv_reference, "triton": _fusion_conv_with(lambda: triton_ops()[0])}
+TRANSITION_IMPLS = {"reference": transition_reference, "triton": _transition_with(lambda: triton_ops()[1])}
+# Why here: autograd and fake kernels are registered once, in Python, for every device the C++ library has.
 if _extension.has_op("fusion_conv"):
-    IMPLS["cpp"] = _fusion_conv_cpp
+    _fusion_conv_op = register_cpp("fusion_conv", make_fusion_conv_autograd, _fusion_conv_fake,
+                                   _fusion_conv_backward_fake)
+    IMPLS["cpp"] = _fusion_conv_with(lambda: _fusion_conv_op)
     if _extension.cuda_built():
-        IMPLS["cuda"] = _fusion_conv_cpp  # the same op; the dispatcher picks the CUDA kernel
+        IMPLS["cuda"] = IMPLS["cpp"]  # the same op; the dispatcher picks the CUDA kernel
 if _extension.has_op("transition"):
-    TRANSITION_IMPLS["cpp"] = _transition_with(_transition_cpp_op)
+    _transition_op = register_cpp("transition", make_transition_autograd, _transition_fake,
+                                  _transition_backward_fake)
+    TRANSITION_IMPLS["cpp"] = _transition_with(lambda: _transition_op)
 
 
 # ---- input checks and the public functions ----
@@ -247,19 +209,12 @@ def fusion_conv(
         return IMPLS[name](xs, weight, bias, pool)
 
 
-def _check_transition(
-    x,
-    norm_weight,
-    norm_bias,
-    running_mean,
-    running_var,
-    conv_weight,
-    conv_bias,
-    training,
-    momentum,
-    eps,
-    pool,
-):
+def _check_transition(x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias, training,
+                      momentum, eps, pool):
+    check_tensor(x, "x", 4, "(N, C, H, W)")
+    if isinstance(conv_weight, torch.Tensor) and conv_weight.dim() == 4 and conv_weight.shape[1] != x.shape[1]:
+        raise ValueError(f"x: expected {conv_weight.shape[1]} channels (conv_weight has shape "
+                         f"{tuple(conv_weight.shape)}), got shape {tuple(x.shape)}")
     _check([x], conv_weight, conv_bias, pool)
     c = x.shape[1]
     for name, t in (
@@ -268,7 +223,7 @@ def _check_transition(
         ("running_mean", running_mean),
         ("running_var", running_var),
     ):
-        if t is None and name.startswith("running"):
+        if t is None:  # untracked running statistics, or affine=False
             continue
         check_tensor(t, name, 1, f"({c},)")
         if t.shape[0] != c:
@@ -290,25 +245,15 @@ def _check_transition(
         )
 
 
-def transition(
-    x: torch.Tensor,
-    norm_weight: torch.Tensor,
-    norm_bias: torch.Tensor,
-    running_mean: torch.Tensor | None,
-    running_var: torch.Tensor | None,
-    conv_weight: torch.Tensor,
-    conv_bias: torch.Tensor | None = None,
-    training: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    pool: int = 2,
-    *,
-    backend: str | None = None,
-) -> torch.Tensor:
+def transition(x: torch.Tensor, norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None,
+               running_mean: torch.Tensor | None, running_var: torch.Tensor | None, conv_weight: torch.Tensor,
+               conv_bias: torch.Tensor | None = None, training: bool = True, momentum: float = 0.1,
+               eps: float = 1e-5, pool: int = 2, *, backend: str | None = None) -> torch.Tensor:
     """DenseNet transition, fused: BN-ReLU applied as the prologue of the pooled 1x1 convolution.
 
     Args:
-        x (Tensor[N, C, H, W]); norm_weight, norm_bias, running_mean, running_var (Tensor[C]);
+        x (Tensor[N, C, H, W]); norm_weight, norm_bias, running_mean, running_var (Tensor[C]; None weight and
+        bias mean ``affine=False``, None running statistics are not tracked);
         conv_weight (Tensor[C_out, C, 1, 1]); conv_bias (Tensor[C_out] | None).
         training, momentum, eps: as ``F.batch_norm`` (running buffers updated in place when training).
         pool (int): average-pool size.
@@ -319,19 +264,13 @@ def transition(
     """
     dt = autocast_dtype(x, conv_weight, conv_bias)
     x, conv_weight, conv_bias = cast(x, dt), cast(conv_weight, dt), cast(conv_bias, dt)
-    _check_transition(
-        x,
-        norm_weight,
-        norm_bias,
-        running_mean,
-        running_var,
-        conv_weight,
-        conv_bias,
-        training,
-        momentum,
-        eps,
-        pool,
-    )
+    _check_transition(x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias, training,
+                      momentum, eps, pool)
+    if norm_weight is None or norm_bias is None:  # affine=False: 1 * xhat + 0 is xhat exactly
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        c = x.shape[1]
+        norm_weight = torch.ones(c, dtype=dtype, device=x.device) if norm_weight is None else norm_weight
+        norm_bias = torch.zeros(c, dtype=dtype, device=x.device) if norm_bias is None else norm_bias
     name = resolve("transition", TRANSITION_IMPLS, [x, conv_weight], backend)
     with autocast_off(dt, x):
         return TRANSITION_IMPLS[name](x, norm_weight, norm_bias, running_mean, running_var, conv_weight, conv_bias,

@@ -18,10 +18,10 @@ products ``W_k . s``. Backward recomputes Y tiles (classifier) or reads z (pool)
 rows of A) or dB (programs own rows of B); the classifier's dW is accumulated with atomics.
 Saved for backward: a, b, norms and z (pool) or logits (classifier).
 
-Ops: ``fer_kernels::bilinear_pool_triton``, ``fer_kernels::_bilinear_pool_backward_triton``,
-``fer_kernels::bilinear_classifier_triton``, ``fer_kernels::_bilinear_classifier_backward_triton``
-(``torch.library.triton_op``, so ``torch.compile`` traces the kernels), each launching under the device guard
-of its inputs (``_common.device_guard``). On CPU tensors only under ``TRITON_INTERPRET=1``.
+Launchers: ``bilinear_pool``, ``bilinear_pool_backward``, ``bilinear_classifier``,
+``bilinear_classifier_backward``, each launching under the device guard of its inputs
+(``_common.device_guard``); fer_kernels.ops.bilinear registers them as the ops
+``fer_kernels::bilinear_*_triton`` with their autograd. On CPU tensors only under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from fer_kernels.ops.bilinear import make_classifier_autograd, make_pool_autograd
 from fer_kernels.triton import _common
+from fer_kernels.triton._common import unravel3
 
 
 @triton.jit
@@ -56,13 +56,15 @@ def _y_tile(A, B, n, offs_i, offs_j, Ca, Cb, L, BI: tl.constexpr, BJ: tl.constex
 def _tile_ij(Ca, Cb, BI: tl.constexpr, BJ: tl.constexpr):
     """(n, offs_i, offs_j) of a program of the 1-d grid over (n, i tile, j tile), j tiles fastest (they share
     the A rows of their i tile); n is int64."""
-    pid = tl.program_id(0)
-    n_i = tl.cdiv(Ca, BI)
-    n_j = tl.cdiv(Cb, BJ)
-    offs_j = (pid % n_j) * BJ + tl.arange(0, BJ)
-    offs_i = ((pid // n_j) % n_i) * BI + tl.arange(0, BI)
-    n = ((pid // n_j) // n_i).to(tl.int64)
-    return n, offs_i, offs_j
+    pid_j, pid_i, n = unravel3(tl.program_id(0), tl.cdiv(Cb, BJ), tl.cdiv(Ca, BI))
+    return n.to(tl.int64), pid_i * BI + tl.arange(0, BI), pid_j * BJ + tl.arange(0, BJ)
+
+
+@triton.jit
+def _row_tile(X, n, rows, R, cols, C):
+    """(pointers, mask) of the tile ``X[n, rows, cols]`` of a contiguous (N, R, C) tensor; n is int64."""
+    ptrs = X + n * R * C + (rows.to(tl.int64) * C)[:, None] + cols[None, :]
+    return ptrs, (rows[:, None] < R) & (cols[None, :] < C)
 
 
 @triton.jit
@@ -96,8 +98,7 @@ def _bilinear_pool_fwd_kernel(A, B, S, NRM2, Ca, Cb, L, EPS, MEAN: tl.constexpr,
         s, g = _signed_sqrt(y, eps)
     else:
         s = y
-    mask = (offs_i[:, None] < Ca) & (offs_j[None, :] < Cb)
-    out = S + n * Ca * Cb + (offs_i.to(tl.int64) * Cb)[:, None] + offs_j[None, :]
+    out, mask = _row_tile(S, n, offs_i, Ca, offs_j, Cb)
     tl.store(out, s.to(S.dtype.element_ty), mask=mask)
     tl.atomic_add(NRM2 + n, tl.sum(tl.sum(s * s, axis=1), axis=0))
 
@@ -138,41 +139,33 @@ def _bilinear_pool_bwd_kernel(A, B, Z, DZ, PROJ, INVD, SFAC, DX, Ca, Cb, L, FOR_
                               BL: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     # FOR_B = False: dA[n, i-tile, l-tile] = sum_j dY[i, j] B[j, l];
     # FOR_B = True: dB[n, j-tile, l-tile] = sum_i dY[i, j] A[i, l].
+    # Rows r of the program's tile are i (dA) or j (dB); q, the other one, is reduced over with X = B or A.
     # 1-d grid over (n, row tile, l tile), l tiles fastest (they share the dY rows of their row tile).
-    pid = tl.program_id(0)
-    n_l = tl.cdiv(L, BL)
-    offs_l = (pid % n_l) * BL + tl.arange(0, BL)
-    if FOR_B:
-        n_r = tl.cdiv(Cb, BJ)
-    else:
-        n_r = tl.cdiv(Ca, BI)
-    pid_r = (pid // n_l) % n_r
-    n = ((pid // n_l) // n_r).to(tl.int64)
+    BR: tl.constexpr = BJ if FOR_B else BI
+    BQ: tl.constexpr = BI if FOR_B else BJ
+    R = Cb if FOR_B else Ca
+    Q = Ca if FOR_B else Cb
+    X = A if FOR_B else B
+    pid_l, pid_r, n = unravel3(tl.program_id(0), tl.cdiv(L, BL), tl.cdiv(R, BR))
+    n = n.to(tl.int64)
+    offs_l = pid_l * BL + tl.arange(0, BL)
+    offs_r = pid_r * BR + tl.arange(0, BR)
     proj = tl.load(PROJ + n)
     invd = tl.load(INVD + n)
     sfac = tl.load(SFAC + n)
-    if FOR_B:
-        offs_j = pid_r * BJ + tl.arange(0, BJ)
-        acc = tl.zeros((BJ, BL), dtype=ACC)
-        for i0 in range(0, Ca, BI):
-            offs_i = i0 + tl.arange(0, BI)
-            dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, L, proj, invd, sfac, MEAN, SIGNED, ACC)
-            a = tl.load(A + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :],
-                        mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L), other=0.0)
-            acc = tl.dot(tl.trans(dy.to(a.dtype)), a, acc, input_precision=PREC, out_dtype=ACC)
-        out = DX + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :]
-        tl.store(out, acc.to(DX.dtype.element_ty), mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L))
-    else:
-        offs_i = pid_r * BI + tl.arange(0, BI)
-        acc = tl.zeros((BI, BL), dtype=ACC)
-        for j0 in range(0, Cb, BJ):
-            offs_j = j0 + tl.arange(0, BJ)
-            dy = _pool_dy(Z, DZ, n, offs_i, offs_j, Ca, Cb, L, proj, invd, sfac, MEAN, SIGNED, ACC)
-            b = tl.load(B + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :],
-                        mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L), other=0.0)
-            acc = tl.dot(dy.to(b.dtype), b, acc, input_precision=PREC, out_dtype=ACC)
-        out = DX + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :]
-        tl.store(out, acc.to(DX.dtype.element_ty), mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L))
+    acc = tl.zeros((BR, BL), dtype=ACC)
+    for q0 in range(0, Q, BQ):
+        offs_q = q0 + tl.arange(0, BQ)
+        if FOR_B:
+            dy = _pool_dy(Z, DZ, n, offs_q, offs_r, Ca, Cb, L, proj, invd, sfac, MEAN, SIGNED, ACC)
+            dy = tl.trans(dy.to(X.dtype.element_ty))
+        else:
+            dy = _pool_dy(Z, DZ, n, offs_r, offs_q, Ca, Cb, L, proj, invd, sfac, MEAN, SIGNED, ACC)
+            dy = dy.to(X.dtype.element_ty)
+        x_ptrs, x_mask = _row_tile(X, n, offs_q, Q, offs_l, L)
+        acc = tl.dot(dy, tl.load(x_ptrs, mask=x_mask, other=0.0), acc, input_precision=PREC, out_dtype=ACC)
+    out, out_mask = _row_tile(DX, n, offs_r, R, offs_l, L)
+    tl.store(out, acc.to(DX.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
@@ -219,47 +212,37 @@ def _bilinear_classifier_bwd_kernel(A, B, W, GL, INVD, GFAC, DX, DW, Ca, Cb, L, 
                                     PREC: tl.constexpr):
     # FOR_B = False: program (n, i-tile) owns dA[n, i-tile, :] (accumulated in DX, ACC dtype) and adds dW;
     # FOR_B = True: program (n, j-tile) owns dB[n, j-tile, :]. dY tiles are recomputed, never stored.
+    # Rows r and the reduced index q (operand X) as in _bilinear_pool_bwd_kernel.
     # 1-d grid over (n, row tile), row tiles fastest.
+    BR: tl.constexpr = BJ if FOR_B else BI
+    BQ: tl.constexpr = BI if FOR_B else BJ
+    R = Cb if FOR_B else Ca
+    Q = Ca if FOR_B else Cb
+    X = A if FOR_B else B
     pid = tl.program_id(0)
-    if FOR_B:
-        n_r = tl.cdiv(Cb, BJ)
-    else:
-        n_r = tl.cdiv(Ca, BI)
-    pid_r = pid % n_r
+    n_r = tl.cdiv(R, BR)
+    offs_r = (pid % n_r) * BR + tl.arange(0, BR)
     n = (pid // n_r).to(tl.int64)
     invd = tl.load(INVD + n)
     gfac = tl.load(GFAC + n)
     eps = tl.load(EPS)
-    if FOR_B:
-        offs_j = pid_r * BJ + tl.arange(0, BJ)
-        for i0 in range(0, Ca, BI):
-            offs_i = i0 + tl.arange(0, BI)
-            dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, False,
+    for q0 in range(0, Q, BQ):
+        offs_q = q0 + tl.arange(0, BQ)
+        if FOR_B:
+            dy = _classifier_dy(A, B, W, GL, DW, n, offs_q, offs_r, Ca, Cb, L, K, eps, invd, gfac, False,
                                 BI, BJ, BL, ACC, PREC)
-            for l0 in range(0, L, BL):
-                offs_l = l0 + tl.arange(0, BL)
-                a = tl.load(A + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :],
-                            mask=(offs_i[:, None] < Ca) & (offs_l[None, :] < L), other=0.0)
-                out = DX + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :]
-                omask = (offs_j[:, None] < Cb) & (offs_l[None, :] < L)
-                prev = tl.load(out, mask=omask, other=0.0)
-                tl.store(out, tl.dot(tl.trans(dy.to(a.dtype)), a, prev, input_precision=PREC, out_dtype=ACC),
-                         mask=omask)
-    else:
-        offs_i = pid_r * BI + tl.arange(0, BI)
-        for j0 in range(0, Cb, BJ):
-            offs_j = j0 + tl.arange(0, BJ)
-            dy = _classifier_dy(A, B, W, GL, DW, n, offs_i, offs_j, Ca, Cb, L, K, eps, invd, gfac, True,
+            dy = tl.trans(dy.to(X.dtype.element_ty))
+        else:
+            dy = _classifier_dy(A, B, W, GL, DW, n, offs_r, offs_q, Ca, Cb, L, K, eps, invd, gfac, True,
                                 BI, BJ, BL, ACC, PREC)
-            for l0 in range(0, L, BL):
-                offs_l = l0 + tl.arange(0, BL)
-                b = tl.load(B + n * Cb * L + (offs_j.to(tl.int64) * L)[:, None] + offs_l[None, :],
-                            mask=(offs_j[:, None] < Cb) & (offs_l[None, :] < L), other=0.0)
-                out = DX + n * Ca * L + (offs_i.to(tl.int64) * L)[:, None] + offs_l[None, :]
-                omask = (offs_i[:, None] < Ca) & (offs_l[None, :] < L)
-                prev = tl.load(out, mask=omask, other=0.0)
-                tl.store(out, tl.dot(dy.to(b.dtype), b, prev, input_precision=PREC, out_dtype=ACC),
-                         mask=omask)
+            dy = dy.to(X.dtype.element_ty)
+        for l0 in range(0, L, BL):
+            offs_l = l0 + tl.arange(0, BL)
+            x_ptrs, x_mask = _row_tile(X, n, offs_q, Q, offs_l, L)
+            out, out_mask = _row_tile(DX, n, offs_r, R, offs_l, L)
+            prev = tl.load(out, mask=out_mask, other=0.0)
+            tl.store(out, tl.dot(dy, tl.load(x_ptrs, mask=x_mask, other=0.0), prev, input_precision=PREC,
+                                 out_dtype=ACC), mask=out_mask)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -270,12 +253,9 @@ def _consts(t: torch.Tensor, classifier_bwd: bool = False) -> dict:
     """Launch constants for tensors like ``t``: tiles BI x BJ of Y, chunk BL of L, accumulator, dot precision
     and, on a GPU, the pipeline depth.
 
-    The interpreter takes 32 x 32 x 32. On a GPU, float64 takes 16 x 16 x 16 (its accumulators and dot
-    operands take twice the registers). float32 dots are ieee FMA loops in which every thread holds K-slices
-    of both operands: the float32 kernels take BL = 16 (the K of the Y dot) with a 2-stage pipeline, and the
-    float32 classifier backward, whose dA/dB dots reduce over BJ/BI next to a live dY tile, takes
-    16 x 16 x 32. Float16/bfloat16 (tensor cores) take 32 x 32 x 32. These keep every kernel free of register
-    spills on sm_80/sm_90.
+    Smaller GPU tiles keep the kernels within the register file: float64 operands take twice the registers,
+    and float32 ieee dots are FMA loops in which every thread holds K-slices of both operands (the classifier
+    backward's dA/dB dots reduce over BJ/BI next to a live dY tile).
     """
     acc = tl.float64 if t.dtype == torch.float64 else tl.float32
     prec = "ieee" if t.dtype in (torch.float32, torch.float64) else None  # 16-bit inputs: native dot
@@ -298,8 +278,7 @@ def _flat(a: torch.Tensor, b: torch.Tensor):
     return a.reshape(n, ca, h * w).contiguous(), b.reshape(n, b.shape[1], h * w).contiguous(), h * w
 
 
-@triton_op("fer_kernels::bilinear_pool_triton", mutates_args=())
-def bilinear_pool_triton(a: torch.Tensor, b: torch.Tensor, eps: float, signed_sqrt: bool, l2_normalize: bool,
+def bilinear_pool(a: torch.Tensor, b: torch.Tensor, eps: float, signed_sqrt: bool, l2_normalize: bool,
                          mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton bilinear pool: returns (z (N, Ca*Cb), norms (N,))."""
     with _common.device_guard(a):
@@ -318,11 +297,10 @@ def bilinear_pool_triton(a: torch.Tensor, b: torch.Tensor, eps: float, signed_sq
         return z, nrm2.sqrt().to(a.dtype)
 
 
-@triton_op("fer_kernels::_bilinear_pool_backward_triton", mutates_args=())
-def bilinear_pool_backward_triton(grad_z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, z: torch.Tensor,
+def bilinear_pool_backward(grad_z: torch.Tensor, a: torch.Tensor, b: torch.Tensor, z: torch.Tensor,
                                   norms: torch.Tensor, eps: float, signed_sqrt: bool, l2_normalize: bool,
                                   mean: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (grad_a, grad_b) of :func:`bilinear_pool_triton` from its saved output z and norms."""
+    """Gradients (grad_a, grad_b) of :func:`bilinear_pool` from its saved output z and norms."""
     with _common.device_guard(a):
         a3, b3, L = _flat(a, b)
         n, ca, cb = a.shape[0], a.shape[1], b.shape[1]
@@ -348,8 +326,7 @@ def bilinear_pool_backward_triton(grad_z: torch.Tensor, a: torch.Tensor, b: torc
         return da.view(a.shape), db.view(b.shape)
 
 
-@triton_op("fer_kernels::bilinear_classifier_triton", mutates_args=())
-def bilinear_classifier_triton(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
+def bilinear_classifier(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor,
                                bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton fused bilinear classifier: returns (logits (N, K), norms (N,)); z is never written."""
     with _common.device_guard(a):
@@ -369,12 +346,11 @@ def bilinear_classifier_triton(a: torch.Tensor, b: torch.Tensor, weight: torch.T
         return logits.to(a.dtype), norms.to(a.dtype)
 
 
-@triton_op("fer_kernels::_bilinear_classifier_backward_triton", mutates_args=())
-def bilinear_classifier_backward_triton(grad_logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+def bilinear_classifier_backward(grad_logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                                         weight: torch.Tensor, bias: torch.Tensor | None, norms: torch.Tensor,
                                         logits: torch.Tensor, eps: float
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad_a, grad_b, grad_weight, grad_bias) of :func:`bilinear_classifier_triton`, recomputing Y."""
+    """(grad_a, grad_b, grad_weight, grad_bias) of :func:`bilinear_classifier`, recomputing Y."""
     with _common.device_guard(a):
         a3, b3, L = _flat(a, b)
         n, ca, cb, k = a.shape[0], a.shape[1], b.shape[1], weight.shape[0]
@@ -399,9 +375,3 @@ def bilinear_classifier_backward_triton(grad_logits: torch.Tensor, a: torch.Tens
         return (da.to(a.dtype).view(a.shape), db.to(b.dtype).view(b.shape), dw.to(weight.dtype),
                 gl.sum(0).to(weight.dtype))
 
-
-# Why here: the Triton ops carry the same autograd formulas as the C++ ops (fer_kernels.ops.bilinear).
-_setup, _bwd = make_pool_autograd(bilinear_pool_backward_triton)
-bilinear_pool_triton.register_autograd(_bwd, setup_context=_setup)
-_setup, _bwd = make_classifier_autograd(bilinear_classifier_backward_triton)
-bilinear_classifier_triton.register_autograd(_bwd, setup_context=_setup)

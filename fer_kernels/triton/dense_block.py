@@ -32,14 +32,13 @@ their inputs.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from fer_kernels.triton import _common
+from fer_kernels.triton._common import load_2d, span, store_2d, unravel3
 
 
 @triton.jit
@@ -57,77 +56,115 @@ def _pixel_rows(m0, M, HW, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def _pixel_channel_tile(M, HW, C, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(n, p, mmask, offs_c, cmask, planes) of a program of the 1-d grid over (channel tile, pixel tile),
+    pixel tiles fastest: rows as in _pixel_rows, its channels and their 64-bit plane offsets ``c * HW``."""
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BLOCK_M)
+    n, p, mmask = _pixel_rows((pid % n_m).to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
+    offs_c, cmask = span((pid // n_m) * BLOCK_C, BLOCK_C, C)
+    return n, p, mmask, offs_c, cmask, offs_c.to(tl.int64) * HW
+
+
+@triton.jit
+def _taps(k, KS: tl.constexpr, FLIP: tl.constexpr):
+    """(ci, oy, ox) of reduction indices ``k = ci * KS*KS + tap``: a 3x3 tap's row and column offset (pad 1),
+    mirrored when FLIP; 1x1 offsets are never read."""
+    if KS == 1:
+        return k, k * 0, k * 0
+    else:
+        r = k % 9
+        if FLIP:
+            return k // 9, 1 - r // 3, 1 - r % 3
+        else:
+            return k // 9, r // 3 - 1, r % 3 - 1
+
+
+@triton.jit
+def _im2col(src, rows, planes, p, y, x, oy, ox, mmask, kmask, H, W, KS: tl.constexpr):
+    """(col, valid): ``col[m, k] = src[rows[m] + planes[k] + (y[m] + oy[k]) * W + x[m] + ox[k]]`` of the
+    implicit GEMM, masked to the tile and (3x3) the image; ``valid`` says where it was read."""
+    if KS == 1:
+        valid = mmask[:, None] & kmask[None, :]
+        sp = p[:, None]
+    else:
+        sy = y[:, None] + oy[None, :]
+        sx = x[:, None] + ox[None, :]
+        valid = mmask[:, None] & kmask[None, :] & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
+        sp = sy * W + sx
+    return tl.load(src + rows[:, None] + planes[None, :] + sp, mask=valid, other=0.0), valid
+
+
+@triton.jit
+def _mma(a, b, acc, DOT: tl.constexpr, ACC: tl.constexpr):
+    """``acc + a @ b`` in ACC. DOT 0: float64; 1: float32 with exact products; 2: float16/bfloat16 inputs, the
+    float32 operand converted back to the other's dtype for the tensor cores."""
+    if DOT == 0:
+        return tl.dot(a.to(ACC), b.to(ACC), acc, out_dtype=ACC)
+    elif DOT == 1:
+        return tl.dot(a.to(ACC), b.to(ACC), acc, input_precision="ieee", out_dtype=ACC)
+    elif a.dtype == tl.float32:
+        return tl.dot(a.to(b.dtype), b, acc, out_dtype=ACC)
+    else:
+        return tl.dot(a, b.to(a.dtype), acc, out_dtype=ACC)
+
+
+@triton.jit
+def _chan(ptr, offs, mask, ACC: tl.constexpr):
+    """Per-channel vector ``ptr[offs]`` in ACC (0 where masked)."""
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
+def _add_col_sums(s1_ptr, s2_ptr, offs, mask, x, y):
+    """Atomically add the column sums of x to ``s1[offs]`` and those of y to ``s2[offs]``."""
+    tl.atomic_add(s1_ptr + offs, tl.sum(x, 0).to(s1_ptr.dtype.element_ty), mask=mask)
+    tl.atomic_add(s2_ptr + offs, tl.sum(y, 0).to(s2_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _dense_block_fwd_kernel(src, src_sn, scale, shift, w, dst, dst_sn, aux, aux_sn, mean, invstd, s1_ptr,
                             s2_ptr, M, HW, H, W, CIN, COUT,
                             KS: tl.constexpr, FLIP: tl.constexpr, PRO: tl.constexpr, EPI: tl.constexpr,
                             STATS: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # 1-d grid over (output-channel tile, pixel tile), pixel tiles fastest.
     pid = tl.program_id(0)
     n_m = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % n_m
-    pid_n = pid // n_m
-    n, p, mmask = _pixel_rows(pid_m.to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
+    n, p, mmask = _pixel_rows((pid % n_m).to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
     y = p // W
     x = p % W
     src_rows = n * src_sn
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = offs_n < COUT
+    offs_n, nmask = span((pid // n_m) * BLOCK_N, BLOCK_N, COUT)
     ktot = CIN * KS * KS
     w_cols = offs_n.to(tl.int64) * ktot
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, ktot, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        kmask = offs_k < ktot
-        if KS == 1:
-            ci = offs_k
-            valid = mmask[:, None] & kmask[None, :]
-            sp = p[:, None] + 0 * offs_k[None, :]
-        else:
-            ci = offs_k // 9
-            r = offs_k % 9
-            if FLIP:
-                oy = 1 - r // 3
-                ox = 1 - r % 3
-            else:
-                oy = r // 3 - 1
-                ox = r % 3 - 1
-            sy = y[:, None] + oy[None, :]
-            sx = x[:, None] + ox[None, :]
-            valid = mmask[:, None] & kmask[None, :] & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
-            sp = sy * W + sx
-        v = tl.load(src + src_rows[:, None] + (ci.to(tl.int64) * HW)[None, :] + sp, mask=valid, other=0.0)
+        offs_k, kmask = span(k0, BLOCK_K, ktot)
+        ci, oy, ox = _taps(offs_k, KS, FLIP)
+        v, valid = _im2col(src, src_rows, ci.to(tl.int64) * HW, p, y, x, oy, ox, mmask, kmask, H, W, KS)
         v = v.to(ACC)
         if PRO:
-            s = tl.load(scale + ci, mask=kmask, other=0.0).to(ACC)
-            t = tl.load(shift + ci, mask=kmask, other=0.0).to(ACC)
+            s = _chan(scale, ci, kmask, ACC)
+            t = _chan(shift, ci, kmask, ACC)
             v = tl.where(valid, tl.maximum(v * s[None, :] + t[None, :], 0.0), 0.0)
-        wt = tl.load(w + w_cols[None, :] + offs_k[:, None], mask=kmask[:, None] & nmask[None, :], other=0.0)
-        if DOT == 0:  # float64
-            acc = tl.dot(v, wt.to(ACC), acc, out_dtype=ACC)
-        elif DOT == 1:  # float32, exact products
-            acc = tl.dot(v, wt.to(ACC), acc, input_precision="ieee", out_dtype=ACC)
-        else:  # float16 / bfloat16 inputs, float32 accumulation
-            acc = tl.dot(v.to(wt.dtype), wt, acc, out_dtype=ACC)
+        acc = _mma(v, load_2d(w, offs_k, kmask, w_cols, nmask), acc, DOT, ACC)
     omask = mmask[:, None] & nmask[None, :]
-    planes = (offs_n.to(tl.int64) * HW)[None, :]
+    planes = offs_n.to(tl.int64) * HW
     if EPI == 1:
         # backward: ReLU mask of the recomputed BN pre-activation of aux (h or x), and BN-backward sums
-        hv = tl.load(aux + (n * aux_sn + p)[:, None] + planes, mask=omask, other=0.0).to(ACC)
-        s = tl.load(scale + offs_n, mask=nmask, other=0.0).to(ACC)
-        t = tl.load(shift + offs_n, mask=nmask, other=0.0).to(ACC)
-        mu = tl.load(mean + offs_n, mask=nmask, other=0.0).to(ACC)
-        ist = tl.load(invstd + offs_n, mask=nmask, other=0.0).to(ACC)
+        hv = load_2d(aux, n * aux_sn + p, mmask, planes, nmask).to(ACC)
+        s = _chan(scale, offs_n, nmask, ACC)
+        t = _chan(shift, offs_n, nmask, ACC)
+        xhat = (hv - _chan(mean, offs_n, nmask, ACC)[None, :]) * _chan(invstd, offs_n, nmask, ACC)[None, :]
         acc = tl.where(omask & (hv * s[None, :] + t[None, :] > 0), acc, 0.0)
-        if STATS:
-            tl.atomic_add(s1_ptr + offs_n, tl.sum(acc, 0).to(s1_ptr.dtype.element_ty), mask=nmask)
-            xhat = (hv - mu[None, :]) * ist[None, :]
-            tl.atomic_add(s2_ptr + offs_n, tl.sum(acc * xhat, 0).to(s2_ptr.dtype.element_ty), mask=nmask)
+        second = acc * xhat
     else:
         acc = tl.where(omask, acc, 0.0)
-        if STATS:
-            tl.atomic_add(s1_ptr + offs_n, tl.sum(acc, 0).to(s1_ptr.dtype.element_ty), mask=nmask)
-            tl.atomic_add(s2_ptr + offs_n, tl.sum(acc * acc, 0).to(s2_ptr.dtype.element_ty), mask=nmask)
-    tl.store(dst + (n * dst_sn + p)[:, None] + planes, acc.to(dst.dtype.element_ty), mask=omask)
+        second = acc * acc
+    if STATS:
+        _add_col_sums(s1_ptr, s2_ptr, offs_n, nmask, acc, second)
+    store_2d(dst, n * dst_sn + p, mmask, planes, nmask, acc)
 
 
 @triton.jit
@@ -136,48 +173,24 @@ def _dense_block_bwd_kernel(g, g_sn, src, src_sn, scale, shift, dw, M, HW, H, W,
                             BLOCK_M: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_Q: tl.constexpr):
     # 1-d grid over (pixel split s, q tile, o tile), o tiles fastest; program s reduces rows
     # [s * M_PER_PROG, (s + 1) * M_PER_PROG) in BLOCK_M chunks and atomically adds its dW tile.
-    pid = tl.program_id(0)
     qtot = CIN * KS * KS
-    n_o = tl.cdiv(COUT, BLOCK_O)
-    n_q = tl.cdiv(qtot, BLOCK_Q)
-    pid_o = pid % n_o
-    pid_q = (pid // n_o) % n_q
-    pid_s = (pid // n_o) // n_q
-    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    omask = offs_o < COUT
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    qmask = offs_q < qtot
-    if KS == 1:
-        ci = offs_q
-        oy = offs_q * 0
-        ox = offs_q * 0
-    else:
-        ci = offs_q // 9
-        oy = (offs_q % 9) // 3 - 1
-        ox = offs_q % 3 - 1
-    g_planes = (offs_o.to(tl.int64) * HW)[None, :]
-    src_planes = (ci.to(tl.int64) * HW)[None, :]
-    s = tl.load(scale + ci, mask=qmask, other=0.0).to(ACC)
-    t = tl.load(shift + ci, mask=qmask, other=0.0).to(ACC)
+    pid_o, pid_q, pid_s = unravel3(tl.program_id(0), tl.cdiv(COUT, BLOCK_O), tl.cdiv(qtot, BLOCK_Q))
+    offs_o, omask = span(pid_o * BLOCK_O, BLOCK_O, COUT)
+    offs_q, qmask = span(pid_q * BLOCK_Q, BLOCK_Q, qtot)
+    ci, oy, ox = _taps(offs_q, KS, False)
+    g_planes = offs_o.to(tl.int64) * HW
+    src_planes = ci.to(tl.int64) * HW
+    s = _chan(scale, ci, qmask, ACC)
+    t = _chan(shift, ci, qmask, ACC)
     acc = tl.zeros((BLOCK_O, BLOCK_Q), dtype=ACC)
     m_start = pid_s.to(tl.int64) * M_PER_PROG
     m_end = tl.minimum(M, m_start + M_PER_PROG)
     for mi in range(0, M_PER_PROG, BLOCK_M):
         n, p, mmask = _pixel_rows(m_start + mi, m_end, HW, BLOCK_M)
-        y = p // W
-        x = p % W
-        gt = tl.load(g + (n * g_sn + p)[:, None] + g_planes, mask=mmask[:, None] & omask[None, :], other=0.0)
-        sy = y[:, None] + oy[None, :]
-        sx = x[:, None] + ox[None, :]
-        valid = mmask[:, None] & qmask[None, :] & (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)
-        v = tl.load(src + (n * src_sn)[:, None] + src_planes + sy * W + sx, mask=valid, other=0.0).to(ACC)
-        v = tl.where(valid, tl.maximum(v * s[None, :] + t[None, :], 0.0), 0.0)
-        if DOT == 0:
-            acc = tl.dot(tl.trans(gt.to(ACC)), v, acc, out_dtype=ACC)
-        elif DOT == 1:
-            acc = tl.dot(tl.trans(gt.to(ACC)), v, acc, input_precision="ieee", out_dtype=ACC)
-        else:
-            acc = tl.dot(tl.trans(gt), v.to(gt.dtype), acc, out_dtype=ACC)
+        gt = load_2d(g, n * g_sn + p, mmask, g_planes, omask)
+        v, valid = _im2col(src, n * src_sn, src_planes, p, p // W, p % W, oy, ox, mmask, qmask, H, W, KS)
+        v = tl.where(valid, tl.maximum(v.to(ACC) * s[None, :] + t[None, :], 0.0), 0.0)
+        acc = _mma(tl.trans(gt), v, acc, DOT, ACC)
     tl.atomic_add(dw + (offs_o.to(tl.int64) * qtot)[:, None] + offs_q[None, :], acc.to(dw.dtype.element_ty),
                   mask=omask[:, None] & qmask[None, :])
 
@@ -185,42 +198,27 @@ def _dense_block_bwd_kernel(g, g_sn, src, src_sn, scale, shift, dw, M, HW, H, W,
 @triton.jit
 def _dense_block_stats_kernel(src, src_sn, s1_ptr, s2_ptr, M, HW, C, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_C: tl.constexpr):
-    # 1-d grid over (channel tile, pixel tile), pixel tiles fastest.
-    pid = tl.program_id(0)
-    n_m = tl.cdiv(M, BLOCK_M)
-    n, p, mmask = _pixel_rows((pid % n_m).to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
-    offs_c = (pid // n_m) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
-    mask = mmask[:, None] & cmask[None, :]
-    v = tl.load(src + (n * src_sn + p)[:, None] + (offs_c.to(tl.int64) * HW)[None, :], mask=mask,
-                other=0.0).to(ACC)
-    tl.atomic_add(s1_ptr + offs_c, tl.sum(v, 0).to(s1_ptr.dtype.element_ty), mask=cmask)
-    tl.atomic_add(s2_ptr + offs_c, tl.sum(v * v, 0).to(s2_ptr.dtype.element_ty), mask=cmask)
+    n, p, mmask, offs_c, cmask, planes = _pixel_channel_tile(M, HW, C, BLOCK_M, BLOCK_C)
+    v = load_2d(src, n * src_sn + p, mmask, planes, cmask).to(ACC)
+    _add_col_sums(s1_ptr, s2_ptr, offs_c, cmask, v, v * v)
 
 
 @triton.jit
 def _dense_block_bn_bwd_kernel(dst, dst_sn, d, d_sn, xs, xs_sn, A, Bc, Cc, mean, M, HW, C,
                                ACCUM: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr,
                                BLOCK_C: tl.constexpr):
-    # 1-d grid over (channel tile, pixel tile), pixel tiles fastest.
-    pid = tl.program_id(0)
-    n_m = tl.cdiv(M, BLOCK_M)
-    n, p, mmask = _pixel_rows((pid % n_m).to(tl.int64) * BLOCK_M, M, HW, BLOCK_M)
-    offs_c = (pid // n_m) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = offs_c < C
-    mask = mmask[:, None] & cmask[None, :]
-    planes = (offs_c.to(tl.int64) * HW)[None, :]
-    dz = tl.load(d + (n * d_sn + p)[:, None] + planes, mask=mask, other=0.0).to(ACC)
-    xv = tl.load(xs + (n * xs_sn + p)[:, None] + planes, mask=mask, other=0.0).to(ACC)
-    a = tl.load(A + offs_c, mask=cmask, other=0.0).to(ACC)
-    b = tl.load(Bc + offs_c, mask=cmask, other=0.0).to(ACC)
-    c = tl.load(Cc + offs_c, mask=cmask, other=0.0).to(ACC)
-    mu = tl.load(mean + offs_c, mask=cmask, other=0.0).to(ACC)
+    n, p, mmask, offs_c, cmask, planes = _pixel_channel_tile(M, HW, C, BLOCK_M, BLOCK_C)
+    dz = load_2d(d, n * d_sn + p, mmask, planes, cmask).to(ACC)
+    xv = load_2d(xs, n * xs_sn + p, mmask, planes, cmask).to(ACC)
+    a = _chan(A, offs_c, cmask, ACC)
+    b = _chan(Bc, offs_c, cmask, ACC)
+    c = _chan(Cc, offs_c, cmask, ACC)
+    mu = _chan(mean, offs_c, cmask, ACC)
     out = a[None, :] * ((dz - b[None, :]) - c[None, :] * (xv - mu[None, :]))
-    ptr = dst + (n * dst_sn + p)[:, None] + planes
+    rows = n * dst_sn + p
     if ACCUM:
-        out += tl.load(ptr, mask=mask, other=0.0).to(ACC)
-    tl.store(ptr, out.to(dst.dtype.element_ty), mask=mask)
+        out += load_2d(dst, rows, mmask, planes, cmask).to(ACC)
+    store_2d(dst, rows, mmask, planes, cmask, out)
 
 
 def _modes(dtype):
@@ -306,16 +304,15 @@ def _affine(gamma, beta, mean, var, eps):
     return scale, beta.to(invstd.dtype) - mean * scale, invstd
 
 
-@triton_op("fer_kernels::dense_block_triton", mutates_args=())
-def _dense_block_triton(x: torch.Tensor, norm1_weight: list[torch.Tensor], norm1_bias: list[torch.Tensor],
+def dense_block(x: torch.Tensor, norm1_weight: list[torch.Tensor], norm1_bias: list[torch.Tensor],
                         norm1_mean: list[torch.Tensor], norm1_var: list[torch.Tensor],
                         conv1_weight: list[torch.Tensor], norm2_weight: list[torch.Tensor],
                         norm2_bias: list[torch.Tensor], norm2_mean: list[torch.Tensor],
                         norm2_var: list[torch.Tensor], conv2_weight: list[torch.Tensor], training: bool,
                         eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                              torch.Tensor, torch.Tensor]:
-    """Triton dense block; same schema and outputs as ``fer_kernels::dense_block`` (statistics in float32,
-    float64 for float64 inputs)."""
+    """Triton dense block; same arguments and outputs as ``fer_kernels::dense_block`` (statistics in float32,
+    float64 for float64 inputs). Registered as ``fer_kernels::dense_block_triton`` by fer_kernels.ops."""
     with _common.device_guard(x):
         n, c0, hh, ww = x.shape
         L, k, b = len(conv1_weight), conv2_weight[0].shape[0], conv1_weight[0].shape[0]
@@ -362,8 +359,7 @@ def _dense_block_triton(x: torch.Tensor, norm1_weight: list[torch.Tensor], norm1
                 (hs2 / m - hmean * hmean).clamp_min(0))
 
 
-@triton_op("fer_kernels::_dense_block_triton_backward", mutates_args=())
-def _dense_block_triton_backward(
+def dense_block_backward(
         grad_out: torch.Tensor, out: torch.Tensor, h: torch.Tensor, xmean: torch.Tensor, xvar: torch.Tensor,
         hmean: torch.Tensor, hvar: torch.Tensor, norm1_weight: list[torch.Tensor],
         norm1_bias: list[torch.Tensor], norm1_mean: list[torch.Tensor], norm1_var: list[torch.Tensor],
@@ -372,7 +368,7 @@ def _dense_block_triton_backward(
         norm2_var: list[torch.Tensor], conv2_weight: list[torch.Tensor], training: bool, eps: float,
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor],
            list[torch.Tensor], list[torch.Tensor]]:
-    """Backward of ``dense_block_triton``: layers in reverse, a and c recomputed inside the kernels."""
+    """Backward of :func:`dense_block`: layers in reverse, a and c recomputed inside the kernels."""
     with _common.device_guard(out):
         n, ctot, hh, ww = out.shape
         L, k, b = len(conv1_weight), conv2_weight[0].shape[0], conv1_weight[0].shape[0]
@@ -427,14 +423,3 @@ def _bn_coefs(gamma, invstd, mean, s_dz, s_dzx, m, training):
     if not training:
         return a, torch.zeros_like(a), torch.zeros_like(a)
     return a, s_dz / m, invstd * s_dzx / m
-
-
-@functools.cache
-def dense_block_triton_op():
-    """The Triton op, with autograd and fake registrations done once (CONVENTIONS 4)."""
-    from fer_kernels.ops.dense_block import _make_backward, _setup_context
-
-    # Why: the Triton op's backward is another Triton op, so torch.compile traces both.
-    _dense_block_triton.register_autograd(_make_backward(torch.ops.fer_kernels._dense_block_triton_backward),
-                                          setup_context=_setup_context)
-    return torch.ops.fer_kernels.dense_block_triton

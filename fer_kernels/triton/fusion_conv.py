@@ -40,16 +40,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from fer_kernels.ops.fusion_conv import _transition_setup
 from fer_kernels.triton import _common
+from fer_kernels.triton._common import load_2d, span, store_2d, unravel3
 
 _BLOCK_1D = 256
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+def _gemm_consts(t: torch.Tensor) -> dict:
+    """PRECISION and ACC of the GEMM kernels for inputs like ``t``."""
+    return dict(PRECISION="ieee" if t.dtype in (torch.float32, torch.float64) else "tf32", ACC=_tl_acc(t))
 
 
 def _acc(t: torch.Tensor) -> torch.dtype:
@@ -61,39 +62,44 @@ def _tl_acc(t: torch.Tensor):
 
 
 @triton.jit
-def _fusion_pool_kernel(
-    x_ptr,
-    out_ptr,
-    scale_ptr,
-    shift_ptr,
-    C_in,
-    C_total,
-    c_off,
-    Ho,
-    Wo,
-    sxn,
-    sxc,
-    sxh,
-    sxw,
-    P: tl.constexpr,
-    HAS_BN: tl.constexpr,
-    ACC: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+def _dot_k(a_ptr, a_rows, a_mask, a_sk, b_ptr, b_sk, b_cols, b_mask, K, acc, BLOCK_K: tl.constexpr,
+           PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """``acc + A B`` over k < K in BLOCK_K chunks: ``A[r, k]`` at ``a_ptr + a_rows[r] + k * a_sk``,
+    ``B[k, j]`` at ``b_ptr + k * b_sk + b_cols[j]`` (``k * stride`` in 64 bits)."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k, mask_k = span(k0, BLOCK_K, K)
+        k64 = offs_k.to(tl.int64)
+        a = load_2d(a_ptr, a_rows, a_mask, k64 * a_sk, mask_k)
+        b = load_2d(b_ptr, k64 * b_sk, mask_k, b_cols, b_mask)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=ACC)
+    return acc
+
+
+@triton.jit
+def _unit_pixels(u, nblk, L, BLOCK: tl.constexpr):
+    """(n, offs, mask) of reduction unit ``u``: pixel block ``u % nblk`` of sample ``u // nblk``."""
+    offs, mask = span((u % nblk) * BLOCK, BLOCK, L)
+    return u // nblk, offs, mask
+
+
+@triton.jit
+def _store_partials(part_ptr, c, s_id, a, b):
+    """part[c, s_id, 0:2] = (sum a, sum b) of a per-channel reduction split over axis 1 of the grid."""
+    out = part_ptr + (c.to(tl.int64) * tl.num_programs(1) + s_id) * 2
+    tl.store(out, tl.sum(a, axis=0))
+    tl.store(out + 1, tl.sum(b, axis=0))
+
+
+@triton.jit
+def _fusion_pool_kernel(x_ptr, out_ptr, scale_ptr, shift_ptr, C_in, C_total, c_off, Ho, Wo, sxn, sxc, sxh,
+                        sxw, P: tl.constexpr, HAS_BN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     # 1-d grid over (plane = n * C_in + c, block of pooled pixels), pixel blocks fastest.
-    pid = tl.program_id(0)
     L = Ho * Wo
-    nblk = tl.cdiv(L, BLOCK)
-    plane = pid // nblk
-    n = plane // C_in
-    c = plane % C_in
-    offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < L
-    oy = offs // Wo
-    ox = offs % Wo
+    blk, c, n = unravel3(tl.program_id(0), tl.cdiv(L, BLOCK), C_in)
+    offs, mask = span(blk * BLOCK, BLOCK, L)
     base = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc
     # window corners; the row stride is W*C for channels_last inputs
-    pix = (oy * P).to(tl.int64) * sxh + (ox * P) * sxw
+    pix = ((offs // Wo) * P).to(tl.int64) * sxh + ((offs % Wo) * P) * sxw
     if HAS_BN:
         s = tl.load(scale_ptr + c)
         t = tl.load(shift_ptr + c)
@@ -110,154 +116,63 @@ def _fusion_pool_kernel(
 
 
 @triton.jit
-def _fusion_conv_fwd_kernel(
-    p_ptr,
-    w_ptr,
-    b_ptr,
-    out_ptr,
-    C,
-    C_out,
-    L,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_O: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-):
+def _fusion_conv_fwd_kernel(p_ptr, w_ptr, b_ptr, out_ptr, C, C_out, L, HAS_BIAS: tl.constexpr,
+                            BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr,
+                            PRECISION: tl.constexpr, ACC: tl.constexpr):
     # 1-d grid over (n, pixel tile, out-channel tile), out-channel tiles fastest (they share the P tile).
-    pid = tl.program_id(0)
-    n_o = tl.cdiv(C_out, BLOCK_O)
-    n_l = tl.cdiv(L, BLOCK_L)
-    pid_o = pid % n_o
-    pid_l = (pid // n_o) % n_l
-    n = (pid // n_o) // n_l
-    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_o = offs_o < C_out
-    mask_l = offs_l < L
-    p_base = p_ptr + n.to(tl.int64) * C * L
-    w_rows = offs_o.to(tl.int64) * C
-    acc = tl.zeros([BLOCK_O, BLOCK_L], dtype=ACC)
-    for k0 in range(0, C, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < C
-        w = tl.load(w_ptr + w_rows[:, None] + offs_k[None, :], mask=mask_o[:, None] & mask_k[None, :],
-                    other=0.0)
-        p = tl.load(
-            p_base + (offs_k.to(tl.int64) * L)[:, None] + offs_l[None, :],
-            mask=mask_k[:, None] & mask_l[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(w, p, acc, input_precision=PRECISION, out_dtype=ACC)
+    pid_o, pid_l, n = unravel3(tl.program_id(0), tl.cdiv(C_out, BLOCK_O), tl.cdiv(L, BLOCK_L))
+    n64 = n.to(tl.int64)
+    offs_o, mask_o = span(pid_o * BLOCK_O, BLOCK_O, C_out)
+    offs_l, mask_l = span(pid_l * BLOCK_L, BLOCK_L, L)
+    acc = _dot_k(w_ptr, offs_o.to(tl.int64) * C, mask_o, 1, p_ptr + n64 * C * L, L, offs_l, mask_l, C,
+                 tl.zeros([BLOCK_O, BLOCK_L], dtype=ACC), BLOCK_K, PRECISION, ACC)
     if HAS_BIAS:
         b = tl.load(b_ptr + offs_o, mask=mask_o, other=0.0).to(ACC)
         acc += b[:, None]
-    out = out_ptr + n.to(tl.int64) * C_out * L + (offs_o.to(tl.int64) * L)[:, None] + offs_l[None, :]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_o[:, None] & mask_l[None, :])
+    store_2d(out_ptr + n64 * C_out * L, offs_o.to(tl.int64) * L, mask_o, offs_l, mask_l, acc)
 
 
 @triton.jit
-def _fusion_conv_bwd_kernel(
-    dy_ptr,
-    w_ptr,
-    gp_ptr,
-    dx_ptr,
-    C_in,
-    c_off,
-    C_total,
-    C_out,
-    H,
-    W,
-    Ho,
-    Wo,
-    P: tl.constexpr,
-    SPREAD: tl.constexpr,
-    HAS_GP: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    BLOCK_O: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-):
+def _fusion_conv_bwd_kernel(dy_ptr, w_ptr, gp_ptr, dx_ptr, C_in, c_off, C_total, C_out, H, W, Ho, Wo,
+                            P: tl.constexpr, SPREAD: tl.constexpr, HAS_GP: tl.constexpr,
+                            BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_O: tl.constexpr,
+                            PRECISION: tl.constexpr, ACC: tl.constexpr):
     # 1-d grid over (n, pixel tile, in-channel tile), in-channel tiles fastest (they share the dy tile).
-    pid = tl.program_id(0)
     L = Ho * Wo
-    n_c = tl.cdiv(C_in, BLOCK_C)
-    n_l = tl.cdiv(L, BLOCK_L)
-    pid_c = pid % n_c
-    pid_l = (pid // n_c) % n_l
-    n = (pid // n_c) // n_l
+    pid_c, pid_l, n = unravel3(tl.program_id(0), tl.cdiv(C_in, BLOCK_C), tl.cdiv(L, BLOCK_L))
     n64 = n.to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    mask_c = offs_c < C_in
-    mask_l = offs_l < L
-    dy_base = dy_ptr + n64 * C_out * L
-    acc = tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC)
-    for o0 in range(0, C_out, BLOCK_O):
-        offs_o = o0 + tl.arange(0, BLOCK_O)
-        mask_o = offs_o < C_out
-        # W^T tile: wt[c, o] = W[o, c_off + c]
-        wt = tl.load(
-            w_ptr + (offs_o.to(tl.int64) * C_total)[None, :] + (c_off + offs_c)[:, None],
-            mask=mask_c[:, None] & mask_o[None, :],
-            other=0.0,
-        )
-        g = tl.load(
-            dy_base + (offs_o.to(tl.int64) * L)[:, None] + offs_l[None, :],
-            mask=mask_o[:, None] & mask_l[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(wt, g, acc, input_precision=PRECISION, out_dtype=ACC)
-    m2 = mask_c[:, None] & mask_l[None, :]
+    offs_c, mask_c = span(pid_c * BLOCK_C, BLOCK_C, C_in)
+    offs_l, mask_l = span(pid_l * BLOCK_L, BLOCK_L, L)
+    # W_i^T dy, the W^T tile wt[c, o] = W[o, c_off + c]
+    acc = _dot_k(w_ptr, c_off + offs_c, mask_c, C_total, dy_ptr + n64 * C_out * L, L, offs_l, mask_l, C_out,
+                 tl.zeros([BLOCK_C, BLOCK_L], dtype=ACC), BLOCK_O, PRECISION, ACC)
     if HAS_GP:
-        gp = gp_ptr + n64 * C_total * L + ((c_off + offs_c).to(tl.int64) * L)[:, None] + offs_l[None, :]
-        acc += tl.load(gp, mask=m2, other=0.0).to(ACC)
+        gp_rows = (c_off + offs_c).to(tl.int64) * L
+        acc += load_2d(gp_ptr + n64 * C_total * L, gp_rows, mask_c, offs_l, mask_l).to(ACC)
     if SPREAD:
         acc = acc / (P * P)
         oy = offs_l // Wo
         ox = offs_l % Wo
+        m2 = mask_c[:, None] & mask_l[None, :]
         base = dx_ptr + n64 * C_in * H * W + (offs_c.to(tl.int64) * H * W)[:, None]
         val = acc.to(dx_ptr.dtype.element_ty)
         for dy in tl.static_range(P):
             for dx in tl.static_range(P):
                 tl.store(base + ((oy * P + dy) * W + ox * P + dx)[None, :], val, mask=m2)
     else:
-        out = dx_ptr + n64 * C_in * L + (offs_c.to(tl.int64) * L)[:, None] + offs_l[None, :]
-        tl.store(out, acc.to(dx_ptr.dtype.element_ty), mask=m2)
+        store_2d(dx_ptr + n64 * C_in * L, offs_c.to(tl.int64) * L, mask_c, offs_l, mask_l, acc)
 
 
 @triton.jit
-def _fusion_conv_dw_kernel(
-    dy_ptr,
-    p_ptr,
-    dw_ptr,
-    db_ptr,
-    N,
-    C,
-    C_out,
-    L,
-    N_PER,
-    BLOCK_O: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-    PRECISION: tl.constexpr,
-    ACC: tl.constexpr,
-):
+def _fusion_conv_dw_kernel(dy_ptr, p_ptr, dw_ptr, db_ptr, N, C, C_out, L, N_PER, BLOCK_O: tl.constexpr,
+                           BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr, PRECISION: tl.constexpr,
+                           ACC: tl.constexpr):
     # Split-K over the batch: program (s, c, o) (1-d grid, o fastest) sums samples
     # [s * N_PER, (s + 1) * N_PER) into partial s of dW (and of db when c == 0); the host sums the partials
     # (deterministic, no atomics).
-    pid = tl.program_id(0)
-    n_o = tl.cdiv(C_out, BLOCK_O)
-    n_c = tl.cdiv(C, BLOCK_C)
-    pid_o = pid % n_o
-    pid_c = (pid // n_o) % n_c
-    pid_s = (pid // n_o) // n_c
-    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_o = offs_o < C_out
-    mask_c = offs_c < C
+    pid_o, pid_c, pid_s = unravel3(tl.program_id(0), tl.cdiv(C_out, BLOCK_O), tl.cdiv(C, BLOCK_C))
+    offs_o, mask_o = span(pid_o * BLOCK_O, BLOCK_O, C_out)
+    offs_c, mask_c = span(pid_c * BLOCK_C, BLOCK_C, C)
     o_rows = offs_o.to(tl.int64) * L
     c_rows = offs_c.to(tl.int64) * L
     acc = tl.zeros([BLOCK_O, BLOCK_C], dtype=ACC)
@@ -266,29 +181,21 @@ def _fusion_conv_dw_kernel(
     n_l = tl.cdiv(L, BLOCK_L)
     u_end = tl.minimum(N, (pid_s + 1) * N_PER) * n_l
     for u in range(pid_s * N_PER * n_l, u_end):
-        n64 = tl.cast(u // n_l, tl.int64)
-        offs_l = (u % n_l) * BLOCK_L + tl.arange(0, BLOCK_L)
-        mask_l = offs_l < L
-        g = tl.load(dy_ptr + n64 * C_out * L + o_rows[:, None] + offs_l[None, :],
-                    mask=mask_o[:, None] & mask_l[None, :], other=0.0)
-        pt = tl.load(p_ptr + n64 * C * L + c_rows[None, :] + offs_l[:, None],
-                     mask=mask_c[None, :] & mask_l[:, None], other=0.0)
+        n, offs_l, mask_l = _unit_pixels(u, n_l, L, BLOCK_L)
+        n64 = n.to(tl.int64)
+        g = load_2d(dy_ptr + n64 * C_out * L, o_rows, mask_o, offs_l, mask_l)
+        pt = load_2d(p_ptr + n64 * C * L, offs_l, mask_l, c_rows, mask_c)
         acc = tl.dot(g, pt, acc, input_precision=PRECISION, out_dtype=ACC)
         dbias += tl.sum(g.to(ACC), axis=1)
     part = pid_s.to(tl.int64) * C_out
-    tl.store(
-        dw_ptr + ((part + offs_o) * C)[:, None] + offs_c[None, :],
-        acc.to(dw_ptr.dtype.element_ty),
-        mask=mask_o[:, None] & mask_c[None, :],
-    )
+    store_2d(dw_ptr, (part + offs_o) * C, mask_o, offs_c, mask_c, acc)
     if pid_c == 0:
         tl.store(db_ptr + part + offs_o, dbias.to(db_ptr.dtype.element_ty), mask=mask_o)
 
 
 @triton.jit
-def _transition_stats_kernel(
-    x_ptr, shift_ptr, part_ptr, N, HW, W, sxn, sxc, sxh, sxw, U_PER, BLOCK: tl.constexpr
-):
+def _transition_stats_kernel(x_ptr, shift_ptr, part_ptr, N, HW, W, sxn, sxc, sxh, sxw, U_PER,
+                             BLOCK: tl.constexpr):
     # Program (c, s): sums of d = x - shift[c] and of d^2 over units [s * U_PER, (s + 1) * U_PER) of channel
     # c, a unit being one BLOCK of one sample's pixels; stored in part[c, s, 0:2] (part's dtype: float32,
     # float64 for float64 inputs). The host adds the partials: mean = shift + sum d / M,
@@ -300,42 +207,20 @@ def _transition_stats_kernel(
     shift = tl.load(shift_ptr + c)
     s = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
     ss = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
-    u_end = tl.minimum(N * nblk, (s_id + 1) * U_PER)
-    for u in range(s_id * U_PER, u_end):
-        offs = (u % nblk) * BLOCK + tl.arange(0, BLOCK)
-        m = offs < HW
-        ptr = cbase + (u // nblk).to(tl.int64) * sxn + (offs // W).to(tl.int64) * sxh + (offs % W) * sxw
+    for u in range(s_id * U_PER, tl.minimum(N * nblk, (s_id + 1) * U_PER)):
+        n, offs, m = _unit_pixels(u, nblk, HW, BLOCK)
+        ptr = cbase + n.to(tl.int64) * sxn + (offs // W).to(tl.int64) * sxh + (offs % W) * sxw
         v = tl.load(ptr, mask=m, other=0.0)
         d = tl.where(m, v.to(s.dtype) - shift, 0.0)
         s += d
         ss += d * d
-    out = part_ptr + (c.to(tl.int64) * tl.num_programs(1) + s_id) * 2
-    tl.store(out, tl.sum(s, axis=0))
-    tl.store(out + 1, tl.sum(ss, axis=0))
+    _store_partials(part_ptr, c, s_id, s, ss)
 
 
 @triton.jit
-def _transition_bwd_reduce_kernel(
-    x_ptr,
-    dp_ptr,
-    scale_ptr,
-    shift_ptr,
-    mean_ptr,
-    invstd_ptr,
-    p_ptr,
-    part_ptr,
-    N,
-    C,
-    Ho,
-    Wo,
-    sxn,
-    sxc,
-    sxh,
-    sxw,
-    U_PER,
-    P: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+def _transition_bwd_reduce_kernel(x_ptr, dp_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, p_ptr, part_ptr,
+                                  N, C, Ho, Wo, sxn, sxc, sxh, sxw, U_PER, P: tl.constexpr,
+                                  BLOCK: tl.constexpr):
     # Program (c, s), units as in _transition_stats_kernel over the pooled pixels: part[c, s] = (sum dz,
     # sum dz*xhat) over the pooled area (dz is 0 outside it), and P = AvgPool(relu(z)) of its units.
     c = tl.program_id(0)
@@ -349,16 +234,11 @@ def _transition_bwd_reduce_kernel(
     cbase = x_ptr + c.to(tl.int64) * sxc
     sdz = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
     sdzx = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
-    u_end = tl.minimum(N * nblk, (s_id + 1) * U_PER)
-    for u in range(s_id * U_PER, u_end):
-        n = u // nblk
-        offs = (u % nblk) * BLOCK + tl.arange(0, BLOCK)
-        m = offs < L
-        oy = offs // Wo
-        ox = offs % Wo
+    for u in range(s_id * U_PER, tl.minimum(N * nblk, (s_id + 1) * U_PER)):
+        n, offs, m = _unit_pixels(u, nblk, L, BLOCK)
         plane = (n.to(tl.int64) * C + c) * L
         g = tl.load(dp_ptr + plane + offs, mask=m, other=0.0) / (P * P)
-        xbase = cbase + n.to(tl.int64) * sxn + (oy * P).to(tl.int64) * sxh + (ox * P) * sxw
+        xbase = cbase + n.to(tl.int64) * sxn + ((offs // Wo) * P).to(tl.int64) * sxh + ((offs % Wo) * P) * sxw
         a = tl.zeros([BLOCK], dtype=part_ptr.dtype.element_ty)
         for dy in tl.static_range(P):
             for dx in tl.static_range(P):
@@ -370,44 +250,18 @@ def _transition_bwd_reduce_kernel(
                 sdz += dz
                 sdzx += dz * ((v - mu) * inv)
         tl.store(p_ptr + plane + offs, (a / (P * P)).to(p_ptr.dtype.element_ty), mask=m)
-    out = part_ptr + (c.to(tl.int64) * tl.num_programs(1) + s_id) * 2
-    tl.store(out, tl.sum(sdz, axis=0))
-    tl.store(out + 1, tl.sum(sdzx, axis=0))
+    _store_partials(part_ptr, c, s_id, sdz, sdzx)
 
 
 @triton.jit
-def _transition_bwd_dx_kernel(
-    x_ptr,
-    dp_ptr,
-    scale_ptr,
-    shift_ptr,
-    mean_ptr,
-    invstd_ptr,
-    red_ptr,
-    dx_ptr,
-    C,
-    H,
-    W,
-    Ho,
-    Wo,
-    sxn,
-    sxc,
-    sxh,
-    sxw,
-    count,
-    P: tl.constexpr,
-    BATCH: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
+def _transition_bwd_dx_kernel(x_ptr, dp_ptr, scale_ptr, shift_ptr, mean_ptr, invstd_ptr, red_ptr, dx_ptr, C,
+                              H, W, Ho, Wo, sxn, sxc, sxh, sxw, count, P: tl.constexpr, BATCH: tl.constexpr,
+                              BLOCK: tl.constexpr):
     # 1-d grid over (plane = n * C + c, pixel block), pixel blocks fastest.
-    pid = tl.program_id(0)
     HW = H * W
-    nblk = tl.cdiv(HW, BLOCK)
-    plane = pid // nblk
-    n = plane // C
-    c = plane % C
-    offs = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    m = offs < HW
+    blk, c, n = unravel3(tl.program_id(0), tl.cdiv(HW, BLOCK), C)
+    plane = n.to(tl.int64) * C + c
+    offs, m = span(blk * BLOCK, BLOCK, HW)
     y = offs // W
     xx = offs % W
     oy = y // P
@@ -417,7 +271,7 @@ def _transition_bwd_dx_kernel(
     t = tl.load(shift_ptr + c)
     xptr = x_ptr + n.to(tl.int64) * sxn + c.to(tl.int64) * sxc + y.to(tl.int64) * sxh + xx * sxw
     v = tl.load(xptr, mask=m, other=0.0).to(dp_ptr.dtype.element_ty)
-    g = tl.load(dp_ptr + plane.to(tl.int64) * Ho * Wo + oy * Wo + ox, mask=inside, other=0.0) / (P * P)
+    g = tl.load(dp_ptr + plane * Ho * Wo + oy * Wo + ox, mask=inside, other=0.0) / (P * P)
     dz = tl.where(v * s + t > 0.0, g, 0.0)
     if BATCH:
         mu = tl.load(mean_ptr + c)
@@ -427,7 +281,7 @@ def _transition_bwd_dx_kernel(
         dx = s * (dz - k0 - (v - mu) * inv * k1)
     else:
         dx = s * dz
-    tl.store(dx_ptr + plane.to(tl.int64) * HW + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
+    tl.store(dx_ptr + plane * HW + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
 def _blocks(c_out: int, c: int, t: torch.Tensor) -> tuple[int, int, int]:
@@ -454,22 +308,8 @@ def _launch_pool(x, out, scale, shift, c_total, c_off, pool, has_bn):
     n, ci, h, w = x.shape
     ho, wo = h // pool, w // pool
     grid = (n * ci * triton.cdiv(ho * wo, _BLOCK_1D),)
-    wrap_triton(_fusion_pool_kernel)[grid](
-        x,
-        out,
-        scale,
-        shift,
-        ci,
-        c_total,
-        c_off,
-        ho,
-        wo,
-        *x.stride(),
-        P=pool,
-        HAS_BN=has_bn,
-        ACC=_tl_acc(x),
-        BLOCK=_BLOCK_1D,
-    )
+    wrap_triton(_fusion_pool_kernel)[grid](x, out, scale, shift, ci, c_total, c_off, ho, wo, *x.stride(),
+                                           P=pool, HAS_BN=has_bn, ACC=_tl_acc(x), BLOCK=_BLOCK_1D)
 
 
 def _launch_gemm(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -479,21 +319,9 @@ def _launch_gemm(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     bo, bl, bk = _blocks(c_out, c, pooled)
     grid = (triton.cdiv(c_out, bo) * triton.cdiv(ho * wo, bl) * n,)
     w2 = weight.reshape(c_out, c).contiguous()
-    wrap_triton(_fusion_conv_fwd_kernel)[grid](
-        pooled,
-        w2,
-        bias if bias is not None else w2,
-        out,
-        c,
-        c_out,
-        ho * wo,
-        HAS_BIAS=bias is not None,
-        BLOCK_O=bo,
-        BLOCK_L=bl,
-        BLOCK_K=bk,
-        PRECISION=_dot_precision(pooled.dtype),
-        ACC=_tl_acc(pooled),
-    )
+    wrap_triton(_fusion_conv_fwd_kernel)[grid](pooled, w2, bias if bias is not None else w2, out, c, c_out,
+                                               ho * wo, HAS_BIAS=bias is not None, BLOCK_O=bo, BLOCK_L=bl,
+                                               BLOCK_K=bk, **_gemm_consts(pooled))
     return out
 
 
@@ -510,22 +338,8 @@ def _launch_weight_grads(dy: torch.Tensor, pooled: torch.Tensor, weight: torch.T
     gw_parts = torch.empty(split, c_out, c, dtype=_acc(pooled), device=pooled.device)
     gb_parts = torch.empty(split, c_out, dtype=_acc(pooled), device=pooled.device)
     grid = (tiles * split,)
-    wrap_triton(_fusion_conv_dw_kernel)[grid](
-        dy,
-        pooled,
-        gw_parts,
-        gb_parts,
-        n,
-        c,
-        c_out,
-        ho * wo,
-        n_per,
-        BLOCK_O=bo,
-        BLOCK_C=bc,
-        BLOCK_L=bl,
-        PRECISION=_dot_precision(pooled.dtype),
-        ACC=_tl_acc(pooled),
-    )
+    wrap_triton(_fusion_conv_dw_kernel)[grid](dy, pooled, gw_parts, gb_parts, n, c, c_out, ho * wo, n_per,
+                                              BLOCK_O=bo, BLOCK_C=bc, BLOCK_L=bl, **_gemm_consts(pooled))
     gw = gw_parts.sum(0).reshape(weight.shape).to(weight.dtype)
     gb = gb_parts.sum(0).to(weight.dtype)
     return gw, gb
@@ -536,35 +350,16 @@ def _launch_dp(dy, weight, gp, out, c_in, c_off, c_total, h, w, ho, wo, pool, sp
     bc, bl, bo = 32 if c_in > 16 else 16, 64, 32 if c_out > 16 else 16
     grid = (triton.cdiv(c_in, bc) * triton.cdiv(ho * wo, bl) * n,)
     w2 = weight.reshape(c_out, c_total).contiguous()
-    wrap_triton(_fusion_conv_bwd_kernel)[grid](
-        dy,
-        w2,
-        gp if gp is not None else dy,
-        out,
-        c_in,
-        c_off,
-        c_total,
-        c_out,
-        h,
-        w,
-        ho,
-        wo,
-        P=pool,
-        SPREAD=spread,
-        HAS_GP=gp is not None,
-        BLOCK_C=bc,
-        BLOCK_L=bl,
-        BLOCK_O=bo,
-        PRECISION=_dot_precision(dy.dtype),
-        ACC=_tl_acc(dy),
-    )
+    wrap_triton(_fusion_conv_bwd_kernel)[grid](dy, w2, gp if gp is not None else dy, out, c_in, c_off,
+                                               c_total, c_out, h, w, ho, wo, P=pool, SPREAD=spread,
+                                               HAS_GP=gp is not None, BLOCK_C=bc, BLOCK_L=bl, BLOCK_O=bo,
+                                               **_gemm_consts(dy))
 
 
 # ---- fusion_conv ----
 
 
-@triton_op("fer_kernels::fusion_conv_triton", mutates_args=())
-def fusion_conv_triton(
+def fusion_conv(
     xs: list[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor | None, pool: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton ``fusion_conv``: returns ``(y, P)`` like ``fer_kernels::fusion_conv``."""
@@ -579,8 +374,7 @@ def fusion_conv_triton(
         return _launch_gemm(pooled, weight, bias), pooled
 
 
-@triton_op("fer_kernels::_fusion_conv_triton_backward", mutates_args=())
-def _fusion_conv_triton_backward(
+def fusion_conv_backward(
     grad_out: torch.Tensor,
     grad_pooled: torch.Tensor | None,
     pooled: torch.Tensor,
@@ -609,28 +403,6 @@ def _fusion_conv_triton_backward(
     return gxs, gw, gb
 
 
-def _fc_setup(ctx, inputs, output):
-    xs, weight, bias, pool = inputs
-    ctx.save_for_backward(output[1], weight)
-    ctx.channels = [x.shape[1] for x in xs]
-    ctx.hw = (xs[0].shape[2], xs[0].shape[3])
-    ctx.pool, ctx.has_bias = pool, bias is not None
-
-
-def _fc_backward(ctx, grad_out, grad_pooled):
-    pooled, weight = ctx.saved_tensors
-    need_x = ctx.needs_input_grad[0]
-    need_x = any(need_x) if isinstance(need_x, (list, tuple)) else bool(need_x)
-    gxs, gw, gb = _fusion_conv_triton_backward(
-        grad_out, grad_pooled, pooled, weight, ctx.channels, ctx.hw[0], ctx.hw[1], ctx.pool, need_x
-    )
-    return (list(gxs) if need_x else [None] * len(ctx.channels)), gw, (gb if ctx.has_bias else None), None
-
-
-# Why: one autograd formula for the Triton op, so torch.compile traces the kernels of forward and backward.
-fusion_conv_triton.register_autograd(_fc_backward, setup_context=_fc_setup)
-
-
 # ---- transition ----
 
 
@@ -657,8 +429,7 @@ def _stats32(x, mean, var):
     return mean.to(_acc(x)).contiguous(), var.to(_acc(x)).contiguous()
 
 
-@triton_op("fer_kernels::transition_triton", mutates_args=())
-def transition_triton(
+def transition(
     x: torch.Tensor,
     norm_weight: torch.Tensor,
     norm_bias: torch.Tensor,
@@ -683,8 +454,7 @@ def transition_triton(
         )
 
 
-@triton_op("fer_kernels::_transition_triton_backward", mutates_args=())
-def _transition_triton_backward(
+def transition_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     norm_weight: torch.Tensor,
@@ -736,16 +506,3 @@ def _transition_triton_backward(
         )
         gw, gb = _launch_weight_grads(dy, pooled, conv_weight)
     return gx, red[:, 1].to(x.dtype, copy=True), red[:, 0].to(x.dtype, copy=True), gw, gb
-
-
-def _tr_backward(ctx, grad_out, _grad_mean, _grad_var):
-    x, norm_weight, norm_bias, mean, var, conv_weight = ctx.saved_tensors
-    gx, gg, gb, gw, gcb = _transition_triton_backward(
-        grad_out, x, norm_weight, norm_bias, mean, var, conv_weight, ctx.batch_stats, ctx.eps, ctx.pool
-    )
-    return gx, gg, gb, None, None, gw, (gcb if ctx.has_bias else None), None, None
-
-
-# Why: as for fusion_conv_triton; the statistics outputs carry no gradient (they feed the running buffers).
-# Same inputs and outputs as the C++ transition op, so the same setup_context serves both.
-transition_triton.register_autograd(_tr_backward, setup_context=_transition_setup)
