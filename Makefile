@@ -70,14 +70,15 @@ demo: build
 	$(PY) -m fer_kernels
 	$(PY) -m fer_models.demo --model idennet_if_16 --out runs/demo --budget-minutes 5
 
+# The suites ship in the packages (fer_kernels/benchmarks, fer_models/benchmarks); results go to benchmarks/results.
 bench: build
-	$(VENV)/bin/fer-bench
+	$(VENV)/bin/fer-bench --out benchmarks/results
 
 bench-quick: build
-	$(VENV)/bin/fer-bench --quick
+	$(VENV)/bin/fer-bench --quick --out benchmarks/results
 
 lint: install
-	$(PY) -m ruff check fer_kernels fer_models tests benchmarks
+	$(PY) -m ruff check fer_kernels fer_models tests
 
 clean:
 	rm -rf build fer_kernels/_C*.so *.egg-info .pytest_cache .venv-gpu

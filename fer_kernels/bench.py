@@ -2,27 +2,32 @@
 
     fer-bench [--quick] [--ops dense_block,bilinear,...] [--device cpu|cuda] [--repeat N] [--rounds N]
               [--out DIR] [--gpu-check] [--isolate] [--budget S] [--dtypes float32,bfloat16] [-k EXPR]
-              [--smoke]
+              [--smoke] [--list]
 
 Writes ``<out>/<machine>-<date>[-tag].json`` (pytest-benchmark, with a ``fer_bench`` record of the
-environment, the command and each suite's status), ``.md`` (the table) and ``.png`` (the chart). The
-machine is the GPU's name (``torch.cuda.get_device_name``) on CUDA, the CPU model elsewhere.
+environment, the command and each suite's status), ``.md`` (the table) and ``.png`` (the chart; it needs
+matplotlib, the ``plot`` extra). The machine is the GPU's name (``torch.cuda.get_device_name``) on CUDA, the
+CPU model elsewhere. ``<out>`` defaults to ``benchmarks/results`` under the current folder.
 
 ``--gpu-check`` is the one-command check of a GPU machine (``make gpu-check``): on CUDA, every suite's
-``GPU_CHECK`` plan (see each ``benchmarks/bench_*.py``) in float32 and bfloat16 (autocast), 20 rounds, one
+``GPU_CHECK`` plan (see each ``bench_*.py``) in float32 and bfloat16 (autocast), 20 rounds, one
 repeat, each suite in its own process (``--isolate``) within ``--budget`` seconds (default 240). A suite that
 fails or crashes is recorded in the report and the others still run; a suite still running at its share of
 the budget is stopped (SIGINT, then SIGKILL) and keeps the benchmarks it finished. The exit status is non-zero
 when anything failed, crashed or was cut by the budget. ``--device cpu --gpu-check --smoke`` dry-runs the same
 code paths on CPU (batch 2, 2 rounds).
 
-The suites live in the source tree's ``benchmarks/`` folder (an editable install, ``pip install -e .``).
+The suites ship in the packages, so any install runs them: the kernel suites in ``fer_kernels/benchmarks/``
+(with the pytest plugin, ``-p fer_kernels.benchmarks.plugin``, and the report), and those other packages
+declare in the ``fer_kernels.bench_suites`` entry-point group (``fer_models``: ``models``), each run by pytest
+from its file. Nothing here imports those packages (``--list`` prints every suite's file).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -38,7 +43,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-SUITES = ("dense_block", "fusion_conv", "bilinear", "models")
+from fer_kernels.extras import cli_entry, message, missing_modules, require
+
+KERNEL_SUITES = ("dense_block", "fusion_conv", "bilinear")  # fer_kernels/benchmarks/bench_<name>.py
+SUITE_GROUP = "fer_kernels.bench_suites"  # entry points: name = suite, value = the module of its file
+PLUGIN = "fer_kernels.benchmarks.plugin"
 # --gpu-check: each suite's share of the budget. Deadlines are cumulative (suite i must end by
 # start + budget * (share_1 + ... + share_i)), so time a suite leaves unused goes to the next ones.
 # The shares follow an estimate of each suite's time on an H100 with 16 cores and cold compile caches (s):
@@ -48,13 +57,50 @@ GPU_CHECK_BUDGET_S = 240.0
 GRACE_S = 20.0  # after SIGINT, time to finish the test in flight and write the JSON, before SIGKILL
 
 
-def _bench_dir() -> Path:
-    root = Path(__file__).resolve().parents[1]
-    d = root / "benchmarks"
-    if not (d / "conftest.py").exists():
-        raise SystemExit(f"fer-bench: benchmark suites not found at {d}; install from a source checkout with "
-                         "`pip install --no-build-isolation -e .`")
-    return d
+def suites() -> dict[str, Path]:
+    """Every suite this install has: name -> its ``bench_<name>.py``. The kernel suites ship in
+    ``fer_kernels/benchmarks``; other packages declare theirs in the ``fer_kernels.bench_suites`` entry-point
+    group. A suite's file is found without importing its package (fer-bench never imports fer_models)."""
+    here = Path(__file__).resolve().parent / "benchmarks"
+    out = {name: here / f"bench_{name}.py" for name in KERNEL_SUITES}
+    for ep in sorted(importlib.metadata.entry_points(group=SUITE_GROUP), key=lambda e: e.name):
+        path = module_file(ep.value)
+        if path is None:
+            print(f"fer-bench: suite {ep.name!r}: module {ep.value} not found; skipped", file=sys.stderr)
+        else:
+            out.setdefault(ep.name, path)
+    return out
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a dotted ``module`` (``pkg.sub.mod``), located from its top-level package's folder
+    (``importlib.util.find_spec`` of a top-level name imports nothing), or None."""
+    top, *rest = module.split(".")
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for base in spec.submodule_search_locations or []:
+        for path in (Path(base, *rest[:-1], f"{rest[-1]}.py"), Path(base, *rest, "__init__.py")):
+            if path.is_file():
+                return path.resolve()
+    return None
+
+
+def _rootdir(files: list[Path]) -> Path:
+    """The folder the suites' packages sit in (the source checkout, or site-packages): pytest's rootdir, so
+    node ids read ``fer_kernels/benchmarks/bench_<op>.py::...``."""
+    tops = []
+    for f in files:
+        d = f.parent
+        while (d / "__init__.py").exists() and d.parent != d:
+            d = d.parent
+        tops.append(str(d))
+    return Path(os.path.commonpath(tops))
 
 
 def _cpu_model() -> str:
@@ -275,8 +321,9 @@ def _parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="first shape of each suite, 3 rounds (a few minutes)")
-    ap.add_argument("--ops", default=",".join(SUITES),
-                    help=f"comma-separated suites from {', '.join(SUITES)}")
+    ap.add_argument("--ops", default=None,
+                    help=f"comma-separated suites (default: all; {', '.join(KERNEL_SUITES)}, and those other "
+                         f"packages declare in the {SUITE_GROUP} entry points, e.g. models; see --list)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default=None,
                     help="default: cuda when available (with --gpu-check: cuda)")
     ap.add_argument("--repeat", type=int, default=None,
@@ -284,7 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=None,
                     help="timed rounds of every benchmark (default: each suite's own, 3 quick, 20 "
                          "--gpu-check); with many --repeat, 1 pairs single steps of the providers")
-    ap.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+    ap.add_argument("--out", default=None,
+                    help="results folder (default: benchmarks/results under the current folder)")
     ap.add_argument("--gpu-check", action="store_true",
                     help="the GPU check: each suite's GPU_CHECK plan, float32 and bfloat16, isolated suites, "
                          f"a {GPU_CHECK_BUDGET_S:.0f} s budget")
@@ -298,19 +346,25 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("-k", dest="keyword", default=None, help="pytest -k expression to narrow the benchmarks")
     ap.add_argument("--smoke", action="store_true",
                     help="batch 2, 2 rounds: a dry run of the code paths (not a measurement)")
+    ap.add_argument("--list", action="store_true", help="print every suite and its file, and exit")
     return ap
 
 
+@cli_entry("fer-bench", extra="test")
 def main(argv=None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     argv_str = " ".join(argv if argv is not None else sys.argv[1:])
 
-    bench_dir = _bench_dir()
-    suites = [s.strip() for s in args.ops.split(",") if s.strip()]
-    unknown = [s for s in suites if s not in SUITES]
+    available = suites()
+    if args.list:
+        for name, path in available.items():
+            print(f"{name}\t{path}")
+        return 0
+    names = list(available) if args.ops is None else [s.strip() for s in args.ops.split(",") if s.strip()]
+    unknown = [s for s in names if s not in available]
     if unknown:
-        ap.error(f"--ops: unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+        ap.error(f"--ops: unknown suite(s) {', '.join(unknown)}; choose from {', '.join(available)}")
     if args.gpu_check and args.quick:
         ap.error("--gpu-check and --quick: choose one (the GPU check has its own plan)")
     repeat = args.repeat if args.repeat is not None else (1 if args.quick or args.gpu_check else 3)
@@ -321,17 +375,12 @@ def main(argv=None) -> int:
     budget = args.budget if args.budget is not None else (GPU_CHECK_BUDGET_S if args.gpu_check else None)
     if budget is not None and budget <= 0:
         ap.error(f"--budget: expected a positive number of seconds, got {budget:g}")
-    files = [bench_dir / f"bench_{s}.py" for s in suites]
-    missing = [f.name for f in files if not f.exists()]
-    if missing:
-        print(f"fer-bench: not in this checkout yet, skipped: {', '.join(missing)}")
-    suites = [s for s, f in zip(suites, files, strict=True) if f.exists()]
-    if not suites:
+    if not names:
         raise SystemExit("fer-bench: nothing to run")
+    files = {s: available[s] for s in names}
+    rootdir = _rootdir(list(files.values()))
 
-    if importlib.util.find_spec("pytest_benchmark") is None:
-        print("fer-bench: pytest-benchmark is not installed (pip install -e '.[test]')", file=sys.stderr)
-        return 2
+    require("fer-bench", "test", "pytest", "pytest_benchmark")
     import torch
 
     device = args.device or ("cuda" if args.gpu_check or torch.cuda.is_available() else "cpu")
@@ -341,9 +390,9 @@ def main(argv=None) -> int:
               "runs on CPU", file=sys.stderr)
         return 2
 
-    out = Path(args.out) if args.out else bench_dir / "results"
+    out = Path(args.out) if args.out else Path("benchmarks", "results")
     out.mkdir(parents=True, exist_ok=True)
-    tag = "" if set(suites) == set(SUITES) else "-" + "+".join(suites)
+    tag = "" if set(names) == set(available) else "-" + "+".join(names)
     flags = (("-gpu-check", args.gpu_check), ("-quick", args.quick), ("-smoke", args.smoke))
     tag += "".join(t for t, on in flags if on)
     machine = machine_name(device)
@@ -353,7 +402,7 @@ def main(argv=None) -> int:
     env = dict(os.environ)
     env["FER_BENCH_DEVICE"] = device
     env["TRITON_INTERPRET"] = "0"  # never benchmark the interpreter (a test run may have exported it)
-    pytest_args = ["-q", "-p", "no:cacheprovider", f"--rootdir={bench_dir.parent}",
+    pytest_args = ["-q", "-p", "no:cacheprovider", "-p", PLUGIN, f"--rootdir={rootdir}",
                    f"--bench-repeat={repeat}", "--benchmark-columns=median,iqr,rounds",
                    "--benchmark-sort=name"]
     if args.quick:
@@ -373,7 +422,7 @@ def main(argv=None) -> int:
         timespec="seconds"), "budget_s": budget, "env": environment(device), "suites": []}
     print(f"machine: {machine} ({socket.gethostname()}), python {platform.python_version()}, device {device}")
     isolate = args.isolate or args.gpu_check
-    groups = [[s] for s in suites] if isolate else [suites]
+    groups = [[s] for s in names] if isolate else [names]
     t0 = time.monotonic()
     deadlines = _deadlines(["+".join(g) for g in groups], budget, t0)
     benchmarks, machine_info = [], None
@@ -385,8 +434,7 @@ def main(argv=None) -> int:
                                        "wall_s": 0.0, "failures": [],
                                        "error": "the time budget was spent before it started"})
                 continue
-            rec = run_suite(name, [bench_dir / f"bench_{s}.py" for s in group], pytest_args, Path(tmp),
-                            bench_dir.parent, env, deadline)
+            rec = run_suite(name, [files[s] for s in group], pytest_args, Path(tmp), rootdir, env, deadline)
             benchmarks += rec.pop("benchmarks")
             mi = rec.pop("machine_info")
             machine_info = machine_info or mi
@@ -396,22 +444,21 @@ def main(argv=None) -> int:
     data = {**(machine_info or {}), "benchmarks": benchmarks,
             "datetime": dt.datetime.now(dt.timezone.utc).isoformat(), "fer_bench": info}
     json_path.write_text(json.dumps(data, indent=2, default=str))
-    sys.path.insert(0, str(bench_dir.parent))
-    from benchmarks import report
+    from fer_kernels.benchmarks import report
 
     table = report.rows(report.aggregate(report.load(json_path)))
     title = f"{machine}, {dt.date.today().isoformat()}, `fer-bench {argv_str}`"
     md = report.markdown(table, title, info)
     md_path.write_text(md)
-    charted = False
-    if table:
-        try:
-            report.chart(table, png_path)
-            charted = True
-        except ImportError as exc:  # matplotlib missing: the table and the JSON still count
-            print(f"fer-bench: no chart ({exc})", file=sys.stderr)
     print(md)
-    print(f"json: {json_path}\nreport: {md_path}" + (f"\nchart: {png_path}" if charted else ""))
+    print(f"json: {json_path}\nreport: {md_path}")
+    if table:  # the chart is optional (the plot extra); the table and the JSON are the results
+        no_plot = missing_modules("matplotlib")
+        if no_plot:
+            print(message("fer-bench: no chart", "plot", no_plot), file=sys.stderr)
+        else:
+            report.chart(table, png_path)
+            print(f"chart: {png_path}")
     bad = [s for s in info["suites"] if s["status"] not in ("ok", "no benchmarks selected")]
     if bad:
         print("fer-bench: " + "; ".join(f"{s['name']}: {s['status']}" for s in bad), file=sys.stderr)

@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from fer_kernels.extras import cli_entry, require
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m fer_models.demo", description=__doc__.split("\n\n")[0])
@@ -74,11 +76,14 @@ def time_steps(model_name: str, num_classes: int, num_ids: int, batch: int = 4, 
     return batch * n / (time.perf_counter() - t)
 
 
+@cli_entry("demo", extra="train")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from fer_models.registry import list_models
     from fer_models.runtime import import_plugins
+    from fer_models.train import TRAIN_MODULES
 
+    require("demo", "train", *TRAIN_MODULES)
     import_plugins(args.imports)
     if args.model not in list_models():
         print(

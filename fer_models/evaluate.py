@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from fer_kernels.extras import cli_entry, require
 from fer_models.data import DATASETS, DataError, load_dataset, load_images, report_issues
 from fer_models.data.protocol import Folds, split_by_usage
 from fer_models.runtime import (
@@ -135,8 +136,10 @@ def evaluate(args) -> dict:
     return metrics
 
 
+@cli_entry("fer-eval", extra="train")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    require("fer-eval", "train", "PIL", "cv2", "matplotlib")  # images in, confusion.png out
     import_plugins(args.imports)
     try:
         m = evaluate(args)

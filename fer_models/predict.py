@@ -18,6 +18,7 @@ import sys
 import numpy as np
 import torch
 
+from fer_kernels.extras import cli_entry, require
 from fer_models.data.base import DataError, read_gray, resize_gray
 from fer_models.runtime import (
     CheckpointError,
@@ -83,8 +84,10 @@ def predict(checkpoint: str, paths: list[str], detect: bool = False, batch_size:
     return results
 
 
+@cli_entry("fer-predict", extra="train")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    require("fer-predict", "train", "PIL", "cv2")  # decoding, resizing (and --detect)
     import_plugins(args.imports)
     try:
         res = predict(args.checkpoint, args.images, args.detect, args.batch_size)

@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from fer_kernels.extras import cli_entry, require
 from fer_models.data import DATASETS, DataError, load_dataset
 from fer_models.data.base import read_gray, resize_gray
 from fer_models.data.manifest import write_manifest
@@ -138,8 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@cli_entry("fer-prep", extra="train")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    require("fer-prep", "train", "PIL", "cv2")  # decoding and writing, detection and alignment
     opts = (
         {"frames": args.frames}
         if args.frames and args.dataset in ("synthfer", "ckplus", "oulu", "mmi", "manifest")

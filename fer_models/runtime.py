@@ -3,10 +3,12 @@ checkpoints and the confusion-matrix figure."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import pickle
+import sys
 import time
 from dataclasses import dataclass
 
@@ -55,16 +57,38 @@ def init_distributed(device: str = "auto") -> Dist:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        # Before the group exists: DistributedDataParallel's constructor imports torch._dynamo, and with it
+        # torch.distributed.nn.functional, whose functions take ``group=group.WORLD`` as a default argument,
+        # bound at import. Imported after init_process_group, those defaults kept the group (its gloo worker
+        # and transport threads) alive past destroy_process_group, to be torn down with the interpreter, where
+        # a rank could abort ("terminate called without an active exception"). Imported here, they bind None.
+        for name in ("torch._dynamo", "torch.distributed.nn.functional"):
+            importlib.import_module(name)
         dist.init_process_group("nccl" if use_cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
     return Dist(rank, world, local, dev)
 
 
+def shutdown_distributed(d: Dist, completed: bool = True) -> None:
+    """Leave the process group in order, while the interpreter is fully alive: when every rank ``completed``
+    the same collectives, a barrier (no rank closes its connections while a peer still uses them), then
+    ``destroy_process_group``, which shuts the group down and, with nothing else holding it (see
+    :func:`init_distributed`), frees it and joins its threads there and then."""
+    if not (d.enabled and dist.is_initialized()):
+        return
+    try:
+        if completed:
+            dist.barrier()
+    except RuntimeError as exc:  # a peer that died: it is reported by the launcher; leave all the same
+        print(f"rank {d.rank}: barrier before leaving the process group failed: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+    finally:
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------------------------- the model
 def import_plugins(modules: list[str]) -> None:
     """Import the models package (so its models register) and any ``--import`` modules."""
-    import importlib
-
     for name in ["fer_models", *modules]:
         importlib.import_module(name)
 

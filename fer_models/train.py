@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fer_kernels.extras import cli_entry, require
 from fer_models.data import DATASETS, DataError, FaceDataset, load_dataset, load_images, report_issues
 from fer_models.data.protocol import load_or_make_folds, split_by_usage, split_fold, split_random
 from fer_models.data.transforms import augment14, record
@@ -50,6 +51,7 @@ from fer_models.runtime import (
     model_from_checkpoint,
     plot_confusion,
     shard,
+    shutdown_distributed,
     write_json,
 )
 
@@ -505,25 +507,33 @@ def summarize(fold_metrics: list[dict], classes: list[str]) -> dict:
     }
 
 
+# What every run needs (image decoding, resizing and augmentation, the confusion-matrix figure): checked
+# before training, not found missing when a fold ends.
+TRAIN_MODULES = ("PIL", "cv2", "matplotlib")
+
+
+@cli_entry("fer-train", extra="train")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import_plugins(args.imports)
     if args.list_models:
         print("\n".join(list_models()))
         return 0
+    require("fer-train", "train", *TRAIN_MODULES)
     if args.workers_threads:
         torch.set_num_threads(args.workers_threads)
     d = init_distributed(args.device)
     random.seed(args.seed)
     np.random.seed(args.seed % (2**32))
+    rc = 2
     try:
-        return _run(args, d)
+        rc = _run(args, d)
+        return rc
     except (DataError, CheckpointError) as e:
         print(f"fer-train: {e}", file=sys.stderr)
         return 2
     finally:
-        if d.enabled and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        shutdown_distributed(d, completed=rc == 0)  # a rank that failed may not reach the others' barrier
 
 
 def _run(args, d: Dist) -> int:

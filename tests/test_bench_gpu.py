@@ -1,6 +1,7 @@
 """The GPU benchmark check (``fer-bench --gpu-check``): its plan, how it survives a failing, crashing or
 overrunning suite, and, on a CUDA machine, the peak-memory measurement. All but the last run on CPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
 from fer_kernels import bench as fer_bench
@@ -24,9 +26,10 @@ def _env(**extra):
 
 
 def _collect(*args, device="cuda"):
-    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p",
-                          "no:cacheprovider", *args], cwd=ROOT, env=_env(FER_BENCH_DEVICE=device),
-                         capture_output=True, text=True, timeout=300)
+    files = list(fer_bench.suites().values())
+    out = subprocess.run([sys.executable, "-m", "pytest", *map(str, files), "--collect-only", "-q", "-p",
+                          "no:cacheprovider", "-p", fer_bench.PLUGIN, *args], cwd=ROOT,
+                         env=_env(FER_BENCH_DEVICE=device), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return [line.split("::", 1)[1] for line in out.stdout.splitlines() if "::" in line]
 
@@ -65,10 +68,10 @@ def test_cpu_collection_is_unchanged_but_for_skipped_bfloat16():
     items = _collect("--quick", device="cpu")
     fp32 = [it for it in items if "[float32-" in it]
     assert len(fp32) * 2 == len(items)  # bfloat16 twins are collected, and skip (below)
-    from benchmarks import conftest
+    from fer_kernels.benchmarks import plugin
 
-    params = {p.id: p for p in conftest.dtype_params()}
-    assert conftest.ENABLED_DTYPES == ("float32",)
+    params = {p.id: p for p in plugin.dtype_params()}
+    assert plugin.ENABLED_DTYPES == ("float32",)
     assert not params["float32"].marks
     assert [m.name for m in params["bfloat16"].marks] == ["skip"]
 
@@ -76,7 +79,7 @@ def test_cpu_collection_is_unchanged_but_for_skipped_bfloat16():
 _FAKE_SUITE = '''
 import os, signal, time
 import pytest
-from benchmarks.conftest import bench, sync
+from fer_kernels.benchmarks.plugin import bench, sync
 
 
 def test_a_passes(benchmark):
@@ -105,7 +108,7 @@ def test_a_suite_that_fails_overruns_or_crashes_is_recorded_and_keeps_its_benchm
     suite = tmp_path / "bench_fake.py"
     suite.write_text(_FAKE_SUITE)
     marker = tmp_path / "started"
-    args = ["-q", "-p", "no:cacheprovider", "-p", "benchmarks.conftest", f"--rootdir={tmp_path}"]
+    args = ["-q", "-p", "no:cacheprovider", "-p", fer_bench.PLUGIN, f"--rootdir={tmp_path}"]
     t0 = time.monotonic()
     rec = fer_bench.run_suite("fake", [suite], args, tmp_path, ROOT,
                               _env(FAKE_MARKER=str(marker), FAKE_MODE=mode, PYTHONPATH=str(ROOT)),
@@ -124,12 +127,49 @@ def test_a_suite_that_fails_overruns_or_crashes_is_recorded_and_keeps_its_benchm
 
     info = {"command": "fer-bench --gpu-check", "env": {"gpu": "NVIDIA H100 80GB HBM3 (sm_90)"},
             "suites": [{**{k: v for k, v in rec.items() if k != "benchmarks"}}]}
-    from benchmarks import report
+    from fer_kernels.benchmarks import report
 
     md = report.markdown([], "t", info)
     assert "#### Failures and benchmarks not run" in md
     assert "`bench_fake.py::test_b_fails` failed in call: RuntimeError: triton compile error" in md
     assert "not run (1): `test_d_never_runs`" in md
+
+
+def test_suites_ship_in_the_packages_and_models_comes_from_its_entry_point():
+    # fer-bench finds every suite without importing fer_models (fer_kernels never imports it), and nothing of
+    # the suites is left in the source tree's benchmarks/ folder (RESULTS.md and results/ only).
+    code = ("import json, sys; from fer_kernels import bench; s = bench.suites(); "
+            "print(json.dumps({k: str(v) for k, v in s.items()})); assert 'fer_models' not in sys.modules")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    found = {k: Path(v) for k, v in json.loads(p.stdout.splitlines()[-1]).items()}
+    assert list(found) == ["dense_block", "fusion_conv", "bilinear", "models"]
+    for name in fer_bench.KERNEL_SUITES:
+        assert found[name].parent.parts[-2:] == ("fer_kernels", "benchmarks") and found[name].is_file()
+    assert found["models"].parts[-3:] == ("fer_models", "benchmarks", "bench_models.py")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)
+    assert project["project"]["entry-points"][fer_bench.SUITE_GROUP] == {
+        "models": "fer_models.benchmarks.bench_models"}
+    assert fer_bench.module_file("fer_models.benchmarks.bench_models") == found["models"]
+    assert fer_bench.module_file("fer_models.benchmarks.no_such_suite") is None
+    assert fer_bench.module_file("no_such_package_xyz.bench") is None
+    left = [p.name for p in (ROOT / "benchmarks").iterdir() if p.name != "__pycache__" and p.name[0] != "."]
+    assert sorted(left) == ["RESULTS.md", "results"]
+
+
+def test_the_wheel_carries_the_suites():
+    # the packages setuptools puts in the wheel (pyproject's [tool.setuptools.packages.find]) hold the suites,
+    # their plugin and the report; the suites need no data files besides their .py
+    import setuptools
+
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = setuptools.find_packages(str(ROOT), include=include)
+    assert {"fer_kernels.benchmarks", "fer_models.benchmarks"} <= set(packages)
+    shipped = {p.name for p in (ROOT / "fer_kernels" / "benchmarks").iterdir() if p.is_file()}
+    assert {"plugin.py", "report.py", *(f"bench_{n}.py" for n in fer_bench.KERNEL_SUITES)} <= shipped
+    assert all(n.endswith(".py") for n in shipped)
 
 
 def test_budget_deadlines_are_cumulative_shares():
@@ -173,7 +213,7 @@ def test_machine_name_is_a_file_name():
 
 @requires_gpu
 def test_peak_bytes_counts_one_call_above_what_was_allocated():
-    from benchmarks.conftest import peak_bytes
+    from fer_kernels.benchmarks.plugin import peak_bytes
 
     keep = torch.empty(8 << 20, dtype=torch.uint8, device="cuda")  # allocated before: not counted
 

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from benchmarks import report
+from fer_kernels.benchmarks import report
 
 
 def _bench(group, provider, rep, median, **extra):
@@ -103,7 +103,7 @@ def test_fer_bench_rejects_bad_arguments_before_running(argv, message, capsys):
 
 
 def test_interleave_rotates_the_providers_every_repeat():
-    from benchmarks.conftest import interleave
+    from fer_kernels.benchmarks.plugin import interleave
 
     case = ("m", "t", ())
     entries = [(case, rep, p) for p in ("cpp", "eager", "compile") for rep in (2, 0, 1)]

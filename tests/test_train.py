@@ -4,6 +4,7 @@ resume,
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -93,28 +94,14 @@ def synth(tmp_path_factory):
     return str(d)
 
 
+def _args(out, synth, *extra):
+    """fer-train's arguments: the tiny model on SynthFER, 4 folds, batch 32, no progress bar; then extra."""
+    return ["--import", "tiny_fer_plugin", "--model", "tiny_test", "--dataset", "synthfer", "--data", synth,
+            "--out", str(out), "--folds", "4", "--batch-size", "32", "--no-progress", *extra]
+
+
 def _train(out, synth, *extra):
-    args = [
-        "--import",
-        "tiny_fer_plugin",
-        "--model",
-        "tiny_test",
-        "--dataset",
-        "synthfer",
-        "--data",
-        synth,
-        "--out",
-        str(out),
-        "--folds",
-        "4",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.05",
-        "--no-progress",
-        *extra,
-    ]
-    return train.main(args)
+    return train.main(_args(out, synth, "--lr", "0.05", *extra))
 
 
 def _json(path):
@@ -194,24 +181,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synth, plugin)
         "-c",
         "import sys, torch; torch.set_num_threads(1); from fer_models.train import main; "
         "sys.exit(main(sys.argv[1:]))",
-        "--import",
-        "tiny_fer_plugin",
-        "--model",
-        "tiny_test",
-        "--dataset",
-        "synthfer",
-        "--data",
-        synth,
-        "--out",
-        str(tmp_path / "k"),
-        "--folds",
-        "4",
-        "--batch-size",
-        "32",
-        "--lr",
-        "0.05",
-        "--no-progress",
-        *common,
+        *_args(tmp_path / "k", synth, "--lr", "0.05", *common),
     ]
     last = tmp_path / "k" / "fold_0" / "checkpoints" / "last.pt"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -297,7 +267,8 @@ def test_eval_and_predict_reproduce_the_training_metrics(tmp_path, synth, plugin
 
 def test_two_stage_init(tmp_path, synth, plugin, capsys):
     pre = tmp_path / "pre"
-    assert _train(pre, synth, "--stage", "pretrain", "--fold", "0", "--epochs", "1", "--no-augment") == 0
+    one = ("--fold", "0", "--epochs", "1", "--no-augment")  # one epoch of fold 0
+    assert _train(pre, synth, "--stage", "pretrain", *one) == 0
     ck = str(pre / "fold_0" / "checkpoints" / "best.pt")
     # generic --init: every matching tensor loaded (here all of them: same classes)
     from fer_models.registry import create_model
@@ -308,57 +279,13 @@ def test_two_stage_init(tmp_path, synth, plugin, capsys):
     assert "fc_emo.weight" in skipped and "features.0.weight" in loaded
     assert torch.equal(m.features[0].weight, torch.load(ck, weights_only=False)["model"]["features.0.weight"])
     capsys.readouterr()
-    assert (
-        _train(
-            tmp_path / "ft",
-            synth,
-            "--stage",
-            "finetune",
-            "--init",
-            ck,
-            "--fold",
-            "0",
-            "--epochs",
-            "1",
-            "--no-augment",
-        )
-        == 0
-    )
+    assert _train(tmp_path / "ft", synth, "--stage", "finetune", "--init", ck, *one) == 0
     assert "loaded" in capsys.readouterr().out
-    assert (
-        _train(
-            tmp_path / "ft2",
-            synth,
-            "--stage",
-            "finetune",
-            "--init-emotion",
-            ck,
-            "--init-identity",
-            ck,
-            "--fold",
-            "0",
-            "--epochs",
-            "1",
-            "--no-augment",
-        )
-        == 0
-    )
+    assert _train(tmp_path / "ft2", synth, "--stage", "finetune", "--init-emotion", ck, "--init-identity", ck,
+                  *one) == 0
     assert "initialised tiny_test from" in capsys.readouterr().out
     # identity pre-training: the classes are the subjects, scored on the identity head, random split
-    assert (
-        _train(
-            tmp_path / "idp",
-            synth,
-            "--stage",
-            "pretrain",
-            "--target",
-            "identity",
-            "--epochs",
-            "1",
-            "--no-augment",
-        )
-        == 0
-    )
+    assert _train(tmp_path / "idp", synth, "--stage", "pretrain", "--target", "identity", *one[2:]) == 0
     mi = _json(tmp_path / "idp" / "fold_0" / "metrics.json")
     assert mi["classes"] == [f"S{i:03d}" for i in range(12)] and np.array(mi["confusion_matrix"]).shape == (
         12,
@@ -366,7 +293,7 @@ def test_two_stage_init(tmp_path, synth, plugin, capsys):
     )
     assert _json(tmp_path / "idp" / "preprocessing.json")["protocol"] == "random"
     with pytest.raises(SystemExit, match="needs --init-emotion"):
-        _train(tmp_path / "ft3", synth, "--init-identity", ck, "--fold", "0", "--epochs", "1", "--no-augment")
+        _train(tmp_path / "ft3", synth, "--init-identity", ck, *one)
     cfg = _json(tmp_path / "ft2" / "config.json")
     assert cfg["stage"] == "finetune" and cfg["lr"] == 0.05
 
@@ -377,7 +304,28 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# Each rank runs fer-train's main, then reports the threads still alive: after an orderly shutdown
+# (fer_models.runtime.shutdown_distributed) none of the process group's threads (gloo workers, transport loop)
+# and no Python thread but the main one may be left for interpreter teardown, where a rank once aborted with
+# "terminate called without an active exception".
+RANK_MAIN = textwrap.dedent("""
+    import os, sys, threading
+    from fer_models import train
+
+    rc = train.main(sys.argv[1:])
+    task = "/proc/self/task"
+    tids = os.listdir(task) if os.path.isdir(task) else []
+    native = sorted(open(f"{task}/{t}/comm").read().strip() for t in tids)
+    python = sorted(t.name for t in threading.enumerate())
+    line = f"exit threads rank {os.environ['RANK']}: python={python} native={native}\\n"
+    os.write(1, line.encode())  # one write: the ranks share the pipe
+    sys.exit(rc)
+""")
+
+
 def test_ddp_two_cpu_processes(tmp_path, synth, plugin):
+    rank_main = tmp_path / "rank_main.py"
+    rank_main.write_text(RANK_MAIN)
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([plugin, ROOT, os.environ.get("PYTHONPATH", "")]),
@@ -392,28 +340,8 @@ def test_ddp_two_cpu_processes(tmp_path, synth, plugin):
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}",
-        "-m",
-        "fer_models.train",
-        "--import",
-        "tiny_fer_plugin",
-        "--model",
-        "tiny_test",
-        "--dataset",
-        "synthfer",
-        "--data",
-        synth,
-        "--out",
-        str(tmp_path),
-        "--folds",
-        "4",
-        "--fold",
-        "0",
-        "--epochs",
-        "2",
-        "--no-augment",
-        "--batch-size",
-        "32",
-        "--no-progress",
+        str(rank_main),
+        *_args(tmp_path, synth, "--fold", "0", "--epochs", "2", "--no-augment"),
     ]
     p = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -421,11 +349,13 @@ def test_ddp_two_cpu_processes(tmp_path, synth, plugin):
     assert m["world_size"] == 2 and len(m["history"]) == 2
     assert np.array(m["confusion_matrix"]).sum() == 3 * 6 * 3  # every test image counted once across ranks
     assert p.stdout.count("test accuracy") == 1  # only rank 0 reports and writes
+    exits = dict(re.findall(r"exit threads rank (\d): (python=\[[^]]*\] native=\[[^]]*\])", p.stdout))
+    assert sorted(exits) == ["0", "1"], p.stdout[-3000:]
+    for threads in exits.values():
+        assert threads.startswith("python=['MainThread'] ") and "gloo" not in threads, threads
 
 
 def test_demo_fits_its_plan_to_the_budget_and_reports(tmp_path, plugin, capsys):
-    import re
-
     args = ["--model", "tiny_test", "--import", "tiny_fer_plugin", "--out", str(tmp_path), "--subjects", "10"]
     assert demo.main([*args, "--budget-minutes", "0.05", "--no-progress"]) == 0
     out = capsys.readouterr().out

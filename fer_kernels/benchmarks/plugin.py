@@ -1,4 +1,5 @@
-"""Harness shared by the benchmark suites (CONVENTIONS rule 10).
+"""Harness shared by the benchmark suites (CONVENTIONS rule 10): a pytest plugin, loaded with
+``-p fer_kernels.benchmarks.plugin`` (``fer-bench`` does), and the helpers the suites import from it.
 
 - Same allocator for every provider: glibc is told never to serve big temporaries with fresh mmap()s
   (M_MMAP_MAX=0) and never to trim (M_TRIM_THRESHOLD max), so page faults do not inflate any provider.
@@ -87,7 +88,7 @@ GPU_CHECK_ROUNDS = 20
 def pytest_addoption(parser):
     group = parser.getgroup("fer-kernels benchmarks")
     group.addoption("--bench-repeat", type=int, default=1, help="interleaved repeats of every benchmark")
-    group.addoption("--quick", action="store_true", help="fewer rounds and only the first shape of each suite")
+    group.addoption("--quick", action="store_true", help="fewer rounds, the first shape of each suite only")
     group.addoption("--bench-rounds", type=int, default=None,
                     help="timed rounds of every benchmark (default: each benchmark's own; 3 with --quick, "
                          f"{GPU_CHECK_ROUNDS} with --gpu-check, 2 with --bench-smoke)")
@@ -136,7 +137,7 @@ def pytest_configure(config):
                                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda})")
     if DEVICE == "cuda":
         # Here, not at import: a test that imports this module must not change its own process. fer_kernels
-        # (and with it every triton.jit kernel) is imported at collection, after this.
+        # imports its triton.jit kernels at their first call, after this.
         os.environ["TRITON_INTERPRET"] = "0"  # never benchmark the interpreter
         torch.backends.cudnn.allow_tf32 = False  # float32 = IEEE float32, as the fused kernels compute it
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -181,8 +182,8 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_collect_file(file_path, parent):
-    """``pytest benchmarks`` collects the ``bench_*.py`` suites (files named on the command line are
-    collected by pytest itself)."""
+    """A folder given to pytest (``pytest -p fer_kernels.benchmarks.plugin fer_kernels/benchmarks``) has its
+    ``bench_*.py`` suites collected (files named on the command line are collected by pytest itself)."""
     if (file_path.suffix == ".py" and file_path.name.startswith("bench_")
             and not parent.session.isinitpath(file_path)):
         return pytest.Module.from_parent(parent, path=file_path)
@@ -231,7 +232,8 @@ def pytest_collection_modifyitems(config, items):
         params = dict(getattr(getattr(item, "callspec", None), "params", {}))
         rep = params.pop("bench_rep", 0)
         provider = params.pop("provider", "")
-        case = (item.module.__name__, item.originalname, tuple(sorted((k, str(v)) for k, v in params.items())))
+        case = (item.module.__name__, item.originalname,
+                tuple(sorted((k, str(v)) for k, v in params.items())))
         return case, rep, provider
 
     items[:] = [items[i] for i in interleave([case_rep_provider(it) for it in items])]

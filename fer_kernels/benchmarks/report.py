@@ -18,7 +18,7 @@ repeats within one run cannot average that out.
 ``fer-bench`` adds a ``fer_bench`` key to its JSON (environment, command, and each suite's status and
 failures); :func:`markdown` renders it as the header and a failures section.
 
-    python -m benchmarks.report RESULTS.json [MORE.json ...] [--markdown OUT.md] [--png OUT.png]
+    python -m fer_kernels.benchmarks.report RESULTS.json [MORE.json ...] [--markdown OUT.md] [--png OUT.png]
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+from fer_kernels.extras import message, missing_modules
 
 FUSED = ("cpp", "cuda", "triton")
 
@@ -58,7 +61,8 @@ def aggregate(data: dict) -> dict[str, dict[str, dict]]:
         extras[(b["group"], provider)] = b.get("extra_info", {})
     return {
         group: {
-            p: {"median_s": statistics.median(r.values()), "n": len(r), "reps": r, "extra": extras[(group, p)]}
+            p: {"median_s": statistics.median(r.values()), "n": len(r), "reps": r,
+                "extra": extras[(group, p)]}
             for p, r in provs.items()
         }
         for group, provs in reps.items()
@@ -248,8 +252,9 @@ def markdown(table: list[dict], title: str = "", info: dict | None = None) -> st
     for r in table:
         lines.append("| " + " | ".join(c[2](r) for c in cols) + " |")
     lines.append("")
-    lines.append("x eager / x compile: speed-up of the fused provider (their time / its time, higher is better); "
-                 "x eager per repeat: the lowest and highest ratio to eager within one interleaved repeat; "
+    lines.append("x eager / x compile: speed-up of the fused provider (their time / its time, higher is "
+                 "better); x eager per repeat: the lowest and highest ratio to eager within one interleaved "
+                 "repeat; "
                  "x eager paired: geometric mean of those per-repeat ratios with its 95% confidence "
                  "interval (3 repeats or more; with several runs pooled, over the runs' geometric means, "
                  "3 runs or more); "
@@ -309,6 +314,10 @@ def main(argv=None) -> int:
     if args.markdown:
         Path(args.markdown).write_text(md)
     if args.png and table:
+        no_plot = missing_modules("matplotlib")
+        if no_plot:
+            print(message("report: no chart", "plot", no_plot), file=sys.stderr)
+            return 2
         chart(table, args.png)
         print(f"chart: {args.png}")
     return 0

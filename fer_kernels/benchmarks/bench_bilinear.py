@@ -1,14 +1,15 @@
 """bilinear: bilinear pooling (returning z) and the fused bilinear classifier, forward and forward+backward.
 
-Shapes: EIFN's head (32, 512, 4, 4) x (32, 512, 4, 4) with 7 classes; B-CNN at 448x448, (32, 512, 28, 28) with
-200 classes; and (16, 256, 14, 14) with 7 classes. Providers: ``eager`` (the plain composition: bmm, sign*sqrt,
-F.normalize, F.linear), ``compile`` (torch.compile of it), ``reference`` (fer_kernels' reference backend),
-``cpp``, and ``triton`` / ``cuda`` on GPU. dtypes: float32, and bfloat16 under autocast on GPU (bfloat16
-feature maps, float32 classifier weights; see benchmarks/conftest.py). Groups ``bilinear-<mode>-<op>_<shape>``
-(``-bf16`` for bfloat16); extra_info records FLOPs, minimal bytes moved, for ``full`` the bytes saved for
-backward by one forward, and on GPU the peak memory.
+Shapes: EIFN's head (32, 512, 4, 4) x (32, 512, 4, 4) with 7 classes; B-CNN at 448x448, (32, 512, 28, 28)
+with 200 classes; and (16, 256, 14, 14) with 7 classes. Providers: ``eager`` (the plain composition: bmm,
+sign*sqrt, F.normalize, F.linear), ``compile`` (torch.compile of it), ``reference`` (fer_kernels' reference
+backend), ``cpp``, and ``triton`` / ``cuda`` on GPU. dtypes: float32, and bfloat16 under autocast on GPU
+(bfloat16 feature maps, float32 classifier weights; see fer_kernels/benchmarks/plugin.py). Groups
+``bilinear-<mode>-<op>_<shape>`` (``-bf16`` for bfloat16); extra_info records FLOPs, minimal bytes moved, for
+``full`` the bytes saved for backward by one forward, and on GPU the peak memory.
 
-Run: ``python -m pytest benchmarks/bench_bilinear.py -q`` (``-k eifn`` for the issue's target shape).
+Run: ``python -m pytest -p fer_kernels.benchmarks.plugin fer_kernels/benchmarks/bench_bilinear.py -q``
+(``-k eifn`` for the issue's target shape), or ``fer-bench --ops bilinear``.
 """
 
 from __future__ import annotations
@@ -18,26 +19,14 @@ import torch
 import torch.nn.functional as F
 
 import fer_kernels as fk
-from benchmarks.conftest import (
-    DEVICE,
-    activation_dtype,
-    autocast,
-    batch,
-    bench,
-    dtype_params,
-    first_call,
-    group_name,
-    provider_params,
-    saved_bytes,
-    sync,
-)
+from fer_kernels.benchmarks import plugin
 
-FUSED = ("cpp",) if DEVICE == "cpu" else ("triton", "cuda")
+FUSED = ("cpp",) if plugin.DEVICE == "cpu" else ("triton", "cuda")
 
 SHAPES = {  # name -> (N, Ca, Cb, H, W, classes)
-    "eifn_32x512x4x4_k7": (batch(32), 512, 512, 4, 4, 7),
-    "16x256x14x14_k7": (batch(16), 256, 256, 14, 14, 7),
-    "bcnn_32x512x28x28_k200": (batch(32), 512, 512, 28, 28, 200),
+    "eifn_32x512x4x4_k7": (plugin.batch(32), 512, 512, 4, 4, 7),
+    "16x256x14x14_k7": (plugin.batch(16), 256, 256, 14, 14, 7),
+    "bcnn_32x512x28x28_k200": (plugin.batch(32), 512, 512, 28, 28, 200),
 }
 BIG = {"bcnn_32x512x28x28_k200"}  # a few rounds only
 # --gpu-check: EIFN's head and a B-CNN-sized map, pool and classifier, training (forward + backward); the
@@ -73,23 +62,26 @@ def _fn(op: str, provider: str):
 def _inputs(shape, requires_grad: bool, dtype: str = "float32"):
     n, ca, cb, h, w, k = shape
     g = torch.Generator().manual_seed(0)
-    act = activation_dtype(dtype)
-    a = torch.randn(n, ca, h, w, generator=g).relu().to(DEVICE, act)  # post-ReLU conv5_3 features
-    b = torch.randn(n, cb, h, w, generator=g).relu().to(DEVICE, act)
-    weight = (torch.randn(k, ca * cb, generator=g) * 1e-3).to(DEVICE)
-    bias = torch.zeros(k).to(DEVICE)
+    act = plugin.activation_dtype(dtype)
+    a = torch.randn(n, ca, h, w, generator=g).relu().to(plugin.DEVICE, act)  # post-ReLU conv5_3 features
+    b = torch.randn(n, cb, h, w, generator=g).relu().to(plugin.DEVICE, act)
+    weight = (torch.randn(k, ca * cb, generator=g) * 1e-3).to(plugin.DEVICE)
+    bias = torch.zeros(k).to(plugin.DEVICE)
     for t in (a, b, weight, bias):
         t.requires_grad_(requires_grad)
     return a, b, weight, bias
 
 
-@pytest.mark.parametrize("provider", provider_params("eager", "compile", "reference", *FUSED, device=DEVICE))
+@pytest.mark.parametrize(
+    "provider", plugin.provider_params("eager", "compile", "reference", *FUSED, device=plugin.DEVICE)
+)
 @pytest.mark.parametrize("mode", ["fwd", "full"])
 @pytest.mark.parametrize("op", ["pool", "classifier"])
 @pytest.mark.parametrize(
-    "shape_name", [pytest.param(n, marks=[] if i == 0 else [pytest.mark.full_only]) for i, n in enumerate(SHAPES)]
+    "shape_name",
+    [pytest.param(n, marks=[] if i == 0 else [pytest.mark.full_only]) for i, n in enumerate(SHAPES)],
 )
-@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("dtype", plugin.dtype_params())
 def test_bilinear(benchmark, shape_name, op, mode, provider, dtype):
     shape = SHAPES[shape_name]
     n, ca, cb, h, w, k = shape
@@ -98,10 +90,10 @@ def test_bilinear(benchmark, shape_name, op, mode, provider, dtype):
     fn = _fn(op, provider)
     args = (a, b) if op == "pool" else (a, b, weight, bias)
     out_numel = n * ca * cb if op == "pool" else n * k
-    grad_out = torch.randn(n, out_numel // n, device=DEVICE)
+    grad_out = torch.randn(n, out_numel // n, device=plugin.DEVICE)
 
     def forward():
-        with autocast(dtype, DEVICE):
+        with plugin.autocast(dtype, plugin.DEVICE):
             return fn(*args)
 
     if full:
@@ -113,25 +105,26 @@ def test_bilinear(benchmark, shape_name, op, mode, provider, dtype):
             if go is None:
                 go = grad_as[out.dtype] = grad_out.to(out.dtype)
             grads = torch.autograd.grad(out, args, go)
-            sync(DEVICE)
+            plugin.sync(plugin.DEVICE)
             return grads
     else:
         def run():
             with torch.no_grad():
                 out = forward()
-            sync(DEVICE)
+            plugin.sync(plugin.DEVICE)
             return out
 
     gemm = 2 * n * ca * cb * h * w
     flops = gemm + (2 * n * k * ca * cb if op == "classifier" else 0)
     elem = a.element_size()
-    moved = (a.numel() + b.numel()) * elem + (out_numel * elem) + (weight.numel() * elem if op == "classifier" else 0)
+    moved = ((a.numel() + b.numel()) * elem + (out_numel * elem)
+             + (weight.numel() * elem if op == "classifier" else 0))
     extra = dict(provider=provider, op=op, mode=mode, shape=list(shape), dtype=dtype,
                  flops=3 * flops if full else flops, bytes=2 * moved if full else moved)
     if full:
-        if provider == "compile" or DEVICE == "cuda":
-            extra["warmup_s"] = first_call(run)  # compile / JIT outside the measurement
-        extra["saved_bytes"] = saved_bytes(forward)
+        if provider == "compile" or plugin.DEVICE == "cuda":
+            extra["warmup_s"] = plugin.first_call(run)  # compile / JIT outside the measurement
+        extra["saved_bytes"] = plugin.saved_bytes(forward)
     rounds = 3 if shape_name in BIG else None
-    bench(benchmark, run, group=group_name(f"bilinear-{mode}-{op}_{shape_name}", dtype), device=DEVICE,
-          rounds=rounds, **extra)
+    plugin.bench(benchmark, run, group=plugin.group_name(f"bilinear-{mode}-{op}_{shape_name}", dtype),
+                 device=plugin.DEVICE, rounds=rounds, **extra)

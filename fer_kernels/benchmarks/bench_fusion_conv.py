@@ -1,6 +1,6 @@
 """fusion_conv benchmarks: concat + 1x1 conv + AvgPool (IDEnNet spatial fusion), DenseNet-BC-40 transitions.
 
-Shapes (batch 64; float32, and bfloat16 under autocast on GPU, see benchmarks/conftest.py):
+Shapes (batch 64; float32, and bfloat16 under autocast on GPU, see fer_kernels/benchmarks/plugin.py):
 - ``fusion``: two (64, 48, 24, 24) inputs -> 48 channels, pool 2 (issue 5).
 - ``transition1..3``: BN-ReLU-Conv1x1-AvgPool2 on DenseNet-BC-40 (growth 12, 6 bottleneck layers per block,
   stem 2k = 24 channels, compression 0.5) block outputs: 24 + 6*12 = 96 ch at 48x48 -> 48; 48 + 72 = 120 ch at
@@ -13,8 +13,9 @@ Providers: ``eager`` (torch.cat + nn.Conv2d + nn.AvgPool2d / nn.BatchNorm2d-ReLU
 ``extra_info`` records saved-for-backward bytes, FLOPs, ``bytes`` (the least any provider must move) and, on
 GPU, the peak memory.
 
-Run:  python -m pytest benchmarks/bench_fusion_conv.py -q --benchmark-json=fusion_conv.json
-Ratios: python -m benchmarks.bench_fusion_conv fusion_conv.json
+Run:  python -m pytest -p fer_kernels.benchmarks.plugin fer_kernels/benchmarks/bench_fusion_conv.py -q \
+      --benchmark-json=fusion_conv.json
+Ratios: python -m fer_kernels.benchmarks.bench_fusion_conv fusion_conv.json
 """
 
 from __future__ import annotations
@@ -27,21 +28,9 @@ import torch
 from torch import nn
 
 import fer_kernels as fk
-from benchmarks.conftest import (
-    DEVICE,
-    activation_dtype,
-    autocast,
-    batch,
-    bench,
-    dtype_params,
-    first_call,
-    group_name,
-    provider_params,
-    saved_bytes,
-    sync,
-)
+from fer_kernels.benchmarks import plugin
 
-N = batch(64)
+N = plugin.batch(64)
 # name -> (kind, channels per input, H, W, C_out)
 SHAPES = {
     "fusion-2x48x24x24-48": ("fusion", (48, 48), 24, 24, 48),
@@ -81,15 +70,15 @@ def _setup(shape_name: str, provider: str, dtype: str = "float32"):
     float32 parameters (the caller runs it under autocast)."""
     kind, chans, h, w, c_out = SHAPES[shape_name]
     g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(N, c, h, w, generator=g).to(DEVICE) for c in chans]
+    xs = [torch.randn(N, c, h, w, generator=g).to(plugin.DEVICE) for c in chans]
     if kind == "fusion":
-        eager = _EagerFusion(sum(chans), c_out).to(DEVICE)
-        fused = fk.nn.FusionConv(chans, c_out, POOL).to(DEVICE)
+        eager = _EagerFusion(sum(chans), c_out).to(plugin.DEVICE)
+        fused = fk.nn.FusionConv(chans, c_out, POOL).to(plugin.DEVICE)
     else:
-        eager = _EagerTransition(chans[0], c_out).to(DEVICE)
-        fused = fk.nn.Transition(chans[0], c_out, POOL).to(DEVICE)
+        eager = _EagerTransition(chans[0], c_out).to(plugin.DEVICE)
+        fused = fk.nn.Transition(chans[0], c_out, POOL).to(plugin.DEVICE)
         xs = [x + 0.5 for x in xs]
-    xs = [x.to(activation_dtype(dtype)) for x in xs]
+    xs = [x.to(plugin.activation_dtype(dtype)) for x in xs]
     fused.load_state_dict(eager.state_dict())
     if provider == "eager":
         fn = eager
@@ -107,7 +96,7 @@ def _flops_and_bytes(shape_name: str, provider: str, dtype: str = "float32") -> 
     pixels = N * h * w
     fused = provider in ("cpp", "triton", "cuda")
     flops = 2 * c * c_out * (pixels // (POOL * POOL) if fused else pixels)
-    elem = activation_dtype(dtype).itemsize
+    elem = plugin.activation_dtype(dtype).itemsize
     moved = elem * (pixels * c + N * c_out * (h // POOL) * (w // POOL))  # read the inputs once, write y
     return flops, moved
 
@@ -116,8 +105,8 @@ def _flops_and_bytes(shape_name: str, provider: str, dtype: str = "float32") -> 
 @pytest.mark.parametrize(
     "shape", [pytest.param(n, marks=[] if i == 0 else [pytest.mark.full_only]) for i, n in enumerate(SHAPES)]
 )
-@pytest.mark.parametrize("provider", provider_params(*PROVIDERS, device=DEVICE))
-@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("provider", plugin.provider_params(*PROVIDERS, device=plugin.DEVICE))
+@pytest.mark.parametrize("dtype", plugin.dtype_params())
 def test_fusion_conv(benchmark, provider, shape, mode, dtype):
     kind = SHAPES[shape][0]
     if provider == "cuda" and kind == "transition":
@@ -128,9 +117,9 @@ def test_fusion_conv(benchmark, provider, shape, mode, dtype):
     if mode == "fwd":
 
         def run():
-            with torch.no_grad(), autocast(dtype, DEVICE):
+            with torch.no_grad(), plugin.autocast(dtype, plugin.DEVICE):
                 fn(*xs)
-            sync(DEVICE)
+            plugin.sync(plugin.DEVICE)
     else:
         for x in xs:
             x.requires_grad_(True)
@@ -140,12 +129,12 @@ def test_fusion_conv(benchmark, provider, shape, mode, dtype):
             nonlocal grad_out
             for t in (*xs, *params):
                 t.grad = None
-            with autocast(dtype, DEVICE):
+            with plugin.autocast(dtype, plugin.DEVICE):
                 y = fn(*xs)
             if grad_out is None:
                 grad_out = torch.randn_like(y)
             y.backward(grad_out)
-            sync(DEVICE)
+            plugin.sync(plugin.DEVICE)
 
         flops *= 3  # backward: grad input and grad weight GEMMs
 
@@ -153,17 +142,17 @@ def test_fusion_conv(benchmark, provider, shape, mode, dtype):
         dtype=dtype, shape=shape, batch=N, pool=POOL, flops=flops, bytes=moved, provider=provider
     )
     if mode == "full":
-        extra["warmup_s"] = first_call(run)  # compile outside the memory measurement
+        extra["warmup_s"] = plugin.first_call(run)  # compile outside the memory measurement
         for x in xs:
             x.requires_grad_(True)
 
         def forward_with_grad():
-            with autocast(dtype, DEVICE):
+            with plugin.autocast(dtype, plugin.DEVICE):
                 return fn(*xs)
 
-        extra["saved_bytes"] = saved_bytes(forward_with_grad)
-    bench(benchmark, run, group=group_name(f"fusion_conv-{mode}-{shape}", dtype), device=DEVICE, rounds=10,
-          **extra)
+        extra["saved_bytes"] = plugin.saved_bytes(forward_with_grad)
+    plugin.bench(benchmark, run, group=plugin.group_name(f"fusion_conv-{mode}-{shape}", dtype),
+                 device=plugin.DEVICE, rounds=10, **extra)
 
 
 def summarize(path: str) -> str:
@@ -198,5 +187,5 @@ def summarize(path: str) -> str:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m benchmarks.bench_fusion_conv RESULTS.json")
+        raise SystemExit("usage: python -m fer_kernels.benchmarks.bench_fusion_conv RESULTS.json")
     print(summarize(sys.argv[1]))

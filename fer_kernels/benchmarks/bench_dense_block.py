@@ -1,12 +1,14 @@
 """dense_block benchmarks: DenseNet-BC-40 blocks 1 and 3, eval forward and train forward+backward.
 
-Providers: ``eager`` (plain torchvision-style block), ``eager-checkpointed`` (torch.utils.checkpoint per layer,
-torchvision's ``memory_efficient``), ``compile`` (torch.compile of the eager block), ``reference``, ``cpp``,
-``triton`` (GPU only). dtypes: float32, and bfloat16 under autocast (GPU; see benchmarks/conftest.py).
+Providers: ``eager`` (plain torchvision-style block), ``eager-checkpointed`` (torch.utils.checkpoint per
+layer, torchvision's ``memory_efficient``), ``compile`` (torch.compile of the eager block), ``reference``,
+``cpp``, ``triton`` (GPU only). dtypes: float32, and bfloat16 under autocast (GPU; see
+fer_kernels/benchmarks/plugin.py).
 ``extra_info`` records the shape, FLOPs, the bytes saved for backward and, on GPU, the peak memory.
 
-    pytest benchmarks/bench_dense_block.py --benchmark-json=out.json     # pytest-benchmark, per provider
-    python -m benchmarks.bench_dense_block [--rounds 7]                  # interleaved medians and ratios
+    pytest -p fer_kernels.benchmarks.plugin fer_kernels/benchmarks/bench_dense_block.py \
+        --benchmark-json=out.json                                     # pytest-benchmark, per provider
+    python -m fer_kernels.benchmarks.bench_dense_block [--rounds 7]    # interleaved medians and ratios
 """
 
 from __future__ import annotations
@@ -21,25 +23,12 @@ import torch.utils.checkpoint as cp
 from torch import nn
 
 import fer_kernels as fk
-from benchmarks.conftest import (
-    DEVICE,
-    HAS_CUDA,
-    activation_dtype,
-    autocast,
-    batch,
-    bench,
-    dtype_params,
-    first_call,
-    group_name,
-    provider_params,
-    saved_bytes,
-    sync,
-)
+from fer_kernels.benchmarks import plugin
 
 # name -> (N, C0, H, W, layers, growth, bn_size)
 SHAPES = {
-    "block1": (batch(64), 24, 48, 48, 6, 12, 4),
-    "block3": (batch(64), 60, 12, 12, 6, 12, 4),
+    "block1": (plugin.batch(64), 24, 48, 48, 6, 12, 4),
+    "block3": (plugin.batch(64), 60, 12, 12, 6, 12, 4),
 }
 PROVIDERS = ("eager", "eager-checkpointed", "compile", "reference", "cpp", "triton")
 # --gpu-check: block 1 (DenseNet-BC-40 at 48x48), eval forward and train forward+backward, fused vs eager and
@@ -97,7 +86,7 @@ def make_case(provider, shape_name, mode, device="cpu", dtype="float32"):
     n, c0, h, w, layers, k, bn = SHAPES[shape_name]
     torch.manual_seed(0)
     plain = PlainDenseBlock(layers, c0, k, bn, checkpointed=provider == "eager-checkpointed").to(device)
-    x = torch.randn(n, c0, h, w, device=device).to(activation_dtype(dtype))
+    x = torch.randn(n, c0, h, w, device=device).to(plugin.activation_dtype(dtype))
     training = mode == "full"
     plain.train(training)
     if provider in ("eager", "eager-checkpointed"):
@@ -112,36 +101,37 @@ def make_case(provider, shape_name, mode, device="cpu", dtype="float32"):
 
     def step():
         if training:
-            with autocast(dtype, device):
+            with plugin.autocast(dtype, device):
                 y = model(xg)
             y.backward(torch.ones_like(y))
             xg.grad = None
         else:
-            with torch.no_grad(), autocast(dtype, device):
+            with torch.no_grad(), plugin.autocast(dtype, device):
                 model(x)
-        sync(device)
+        plugin.sync(device)
 
     def forward_with_grad():
-        with autocast(dtype, device):
+        with plugin.autocast(dtype, device):
             return model(xg)
 
     return step, forward_with_grad
 
 
-@pytest.mark.parametrize("provider", provider_params(*PROVIDERS, device=DEVICE))
-@pytest.mark.parametrize("shape_name", [pytest.param("block1"), pytest.param("block3", marks=pytest.mark.full_only)])
+@pytest.mark.parametrize("provider", plugin.provider_params(*PROVIDERS, device=plugin.DEVICE))
+@pytest.mark.parametrize("shape_name",
+                         [pytest.param("block1"), pytest.param("block3", marks=pytest.mark.full_only)])
 @pytest.mark.parametrize("mode", ["fwd", "full"])
-@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("dtype", plugin.dtype_params())
 def test_dense_block(benchmark, provider, shape_name, mode, dtype):
-    device = DEVICE
+    device = plugin.DEVICE
     step, fwd = make_case(provider, shape_name, mode, device, dtype)
     extra = {"dtype": dtype, "shape": SHAPES[shape_name], "provider": provider, "mode": mode,
              "flops": flops(SHAPES[shape_name], mode)}
     if mode == "full":
-        extra["warmup_s"] = first_call(step)  # warm-up / compile before measuring memory
-        extra["saved_bytes"] = saved_bytes(fwd)
-    bench(benchmark, step, group=group_name(f"dense_block-{mode}-{shape_name}", dtype), device=device,
-          rounds=5, **extra)
+        extra["warmup_s"] = plugin.first_call(step)  # warm-up / compile before measuring memory
+        extra["saved_bytes"] = plugin.saved_bytes(fwd)
+    plugin.bench(benchmark, step, group=plugin.group_name(f"dense_block-{mode}-{shape_name}", dtype),
+                 device=device, rounds=5, **extra)
 
 
 def main():
@@ -150,9 +140,9 @@ def main():
     ap.add_argument("--shapes", nargs="*", default=list(SHAPES))
     ap.add_argument("--modes", nargs="*", default=["fwd", "full"])
     ap.add_argument("--providers", nargs="*",
-                    default=[p for p in PROVIDERS if p != "triton" or HAS_CUDA])
+                    default=[p for p in PROVIDERS if p != "triton" or plugin.HAS_CUDA])
     args = ap.parse_args()
-    device = DEVICE
+    device = plugin.DEVICE
     print(f"device {device}, threads {torch.get_num_threads()}, rounds {args.rounds}")
     for shape_name in args.shapes:
         for mode in args.modes:
@@ -162,7 +152,7 @@ def main():
                 step()  # warm-up and compile
                 cases[p] = step
                 if mode == "full":
-                    saved[p] = saved_bytes(fwd)
+                    saved[p] = plugin.saved_bytes(fwd)
             times = {p: [] for p in cases}
             for _ in range(args.rounds):  # interleaved: one round of every provider at a time
                 for p, step in cases.items():
