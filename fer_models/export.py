@@ -15,29 +15,12 @@ from torch import nn
 
 import fer_kernels.nn as fnn
 from fer_kernels.nn.convert import reference_of
-from fer_kernels.nn.plain import (
-    BilinearClassifierPlain,
-    BilinearPoolPlain,
-    DenseBlockPlain,
-    DenseLayerPlain,
-    FusionConvPlain,
-    TransitionPlain,
-)
+from fer_kernels.nn.plain import *  # noqa: F403  (the twins, re-exported for older imports)
+from fer_kernels.nn.plain import __all__ as _TWINS
 
 to_reference = fnn.to_reference
 
-__all__ = [
-    "DenseLayerPlain",
-    "DenseBlockPlain",
-    "TransitionPlain",
-    "FusionConvPlain",
-    "BilinearPoolPlain",
-    "BilinearClassifierPlain",
-    "PLAIN_LAYERS",
-    "to_reference",
-    "ExportWrapper",
-    "export_onnx",
-]
+__all__ = [*_TWINS, "PLAIN_LAYERS", "to_reference", "ExportWrapper", "export_onnx"]
 
 #: fused module type -> function giving a module's plain twin (now sharing its sub-modules and parameters).
 PLAIN_LAYERS = {t: reference_of for t in (fnn.DenseLayer, fnn.DenseBlock, fnn.Transition, fnn.FusionConv,

@@ -4,13 +4,13 @@
     fer-train --dataset manifest --data data/ckplus-faces --frames all ...
 
 Faces are found with OpenCV's bundled frontal-face Haar cascade (``haarcascade_frontalface_default.xml`` from
-opencv-python-headless; the largest face is kept). Within the upper half of the face the eye cascade looks for
-the two eyes; where both are found the image is rotated about their midpoint so they lie level, then the face
-box (grown by ``--margin``) is cropped and resized to ``--size``. Where no eye pair is found the face is
-cropped unrotated (recorded as ``aligned: false``). Images with no face are reported with their path and left
-out (``--on-miss keep`` keeps the whole image instead). ``--no-detect`` skips detection for already cropped
-faces (grayscale + resize only). Labels, subjects, sequences and frames are carried into ``OUT/manifest.csv``;
-``OUT/prep.json`` records the settings and what happened to each input.
+opencv-python-headless; the largest face is kept, where fer-predict keeps every face). Within the upper half
+of the face the eye cascade looks for the two eyes; where both are found the image is rotated about their
+midpoint so they lie level, then the face box (grown by ``--margin``) is cropped and resized to ``--size``.
+Where no eye pair is found the face is cropped unrotated (recorded as ``aligned: false``). Images with no face
+are reported with their path and left out (``--on-miss keep`` keeps the whole image instead). ``--no-detect``
+skips detection for already cropped faces (grayscale + resize only). Labels, subjects, sequences and frames
+are carried into ``OUT/manifest.csv``; ``OUT/prep.json`` records the settings and what happened to each input.
 """
 
 from __future__ import annotations
@@ -53,10 +53,13 @@ def eye_alignment(left: tuple[float, float], right: tuple[float, float]) -> np.n
 
 
 class FacePrep:
-    """Detect (largest face), align (eye pair) and crop one grayscale image."""
+    """Detect, align (eye pair) and crop faces in grayscale images: the largest face (:meth:`process`, what
+    fer-prep writes) or every face (:meth:`process_all`, what fer-predict classifies)."""
 
-    def __init__(self, size: int = 60, margin: float = 0.1, detect: bool = True, min_face: int = 24):
+    def __init__(self, size: int = 60, margin: float = 0.1, detect: bool = True, min_face: int = 24,
+                 min_neighbors: int = 5):
         self.size, self.margin, self.detect, self.min_face = size, margin, detect, min_face
+        self.min_neighbors = min_neighbors  # overlapping cascade hits a face needs (more: fewer false faces)
         if detect:
             import cv2
 
@@ -79,18 +82,21 @@ class FacePrep:
             return None
         return (left[0], left[1]), (right[0], right[1])
 
-    def process(self, gray: np.ndarray) -> tuple[np.ndarray | None, dict]:
-        """``(crop uint8[size, size] or None, info)``; info has ``reason`` when no face was found."""
+    def detect_faces(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Every face box ``(x, y, w, h)`` the frontal-face cascade finds in ``gray (uint8[H, W])``, largest
+        first (ties in detection order)."""
+        faces = self.face.detectMultiScale(
+            gray, scaleFactor=1.1, minNeighbors=self.min_neighbors, minSize=(self.min_face, self.min_face)
+        )
+        boxes = [tuple(int(v) for v in b) for b in faces]
+        return sorted(boxes, key=lambda b: -b[2] * b[3])
+
+    def crop_face(self, gray: np.ndarray, box) -> tuple[np.ndarray, dict]:
+        """``(crop uint8[size, size], info)`` for the face ``box`` of ``gray``: eye-aligned where an eye pair
+        is found, the box grown by ``margin``, squared and resized."""
         import cv2
 
-        if not self.detect:
-            return resize_gray(gray, self.size), {"detected": False, "aligned": False}
-        faces = self.face.detectMultiScale(
-            gray, scaleFactor=1.1, minNeighbors=5, minSize=(self.min_face, self.min_face)
-        )
-        if len(faces) == 0:
-            return None, {"reason": "no face found"}
-        box = tuple(int(v) for v in max(faces, key=lambda b: b[2] * b[3]))
+        box = tuple(int(v) for v in box)
         eyes = self._eyes(gray, box)
         img = gray
         if eyes is not None:
@@ -115,6 +121,26 @@ class FacePrep:
         if eyes is not None:
             info["eyes"] = [list(map(float, e)) for e in eyes]
         return resize_gray(crop, self.size), info
+
+    def process(self, gray: np.ndarray) -> tuple[np.ndarray | None, dict]:
+        """The largest face: ``(crop uint8[size, size] or None, info)``; info has ``reason`` when no face was
+        found."""
+        if not self.detect:
+            return resize_gray(gray, self.size), {"detected": False, "aligned": False}
+        faces = self.detect_faces(gray)
+        if not faces:
+            return None, {"reason": "no face found"}
+        return self.crop_face(gray, faces[0])
+
+    def process_all(self, gray: np.ndarray) -> list[tuple[np.ndarray, dict]]:
+        """Every face, largest first: a list of ``(crop uint8[size, size], info)`` with ``info["box"]``
+        ``[x, y, w, h]`` in ``gray``'s pixels; empty when no face is found. Without detection, the whole image
+        is the one face."""
+        if not self.detect:
+            h, w = gray.shape[:2]
+            info = {"detected": False, "aligned": False, "box": [0, 0, w, h]}
+            return [(resize_gray(gray, self.size), info)]
+        return [self.crop_face(gray, box) for box in self.detect_faces(gray)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -245,13 +245,13 @@ def test_eval_and_predict_reproduce_the_training_metrics(tmp_path, synth, plugin
     imgs = [os.path.join(synth, "images", subject, e, "03.png") for e in ("anger", "fear", "surprise")]
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
-    out = tmp_path / "pred.json"
-    rc = predict.main(
-        ["--checkpoint", ckpt, *imgs, str(bad), "--out", str(out), "--import", "tiny_fer_plugin"]
+    out = tmp_path / "pred.jsonl"
+    rc = predict.main(  # SynthFER images are face crops already: no detection
+        ["--checkpoint", ckpt, *imgs, str(bad), "--no-detect", "--out", str(out), "--import", "tiny_fer_plugin"]
     )
     assert rc == 1
-    res = _json(out)
-    assert [r["path"] for r in res] == [*imgs, str(bad)] and "bad.png" in res[3]["error"]
+    res = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in res] == imgs and str(bad) in capsys.readouterr().err
     for r in res[:3]:
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
         assert r["expression"] == max(r["probabilities"], key=r["probabilities"].get)
