@@ -24,6 +24,11 @@ Reading of the paper where DESIGN section 5 leaves details open:
   detached); ``EFN``: lambda2 = 0, the identity loss is off, so ``I`` is trained by L_S_exp alone. With
   lambda2 = 0 the two FC layers and the centers would receive nothing and never affect the expression
   output, so EFN does not build them (``out.identity`` is None); its architecture is otherwise EIFN's.
+- Training recipe (section 3.1; :data:`RECIPE`, applied by ``fer-train``): SGD, batch 100, momentum 0.9, lr
+  0.01, weight decay 5e-4; fine-tuning divides the lr by 10 every 20 epochs (pre-training: no schedule is
+  given, the lr stays 0.01); (lambda1, lambda2, lambda3) by the database a stage trains on: CK+ (0.0001, 2,
+  1), Oulu-CASIA (0.0001, 1, 6), any other (0.0001, 1, 6); EFN the same with lambda2 = 0 (section 3.2).
+  ``fer-train --id-rate 0`` trains EFN for EIFN and EIFN* (the baseline without identity).
 - Grayscale input (N, 1, 64, 64) is repeated to three channels, so ImageNet conv1_1 weights apply as they
   are. :meth:`EIFN.load_vgg16_weights` reads a local torchvision-format VGG-16 state dict
   (``features.N.weight`` / ``features.N.bias``) into both extractors; nothing is downloaded.
@@ -42,9 +47,10 @@ from torch import nn
 
 import fer_kernels.nn as fnn
 from fer_models.losses import CenterLoss, masked_cross_entropy
+from fer_models.recipes import Recipe, Schedule, register_recipe, with_values
 from fer_models.registry import register_model
 
-__all__ = ["EIFNOutput", "EIFN", "vgg16_features", "VGG16_WIDTHS", "load_vgg16_features"]
+__all__ = ["EIFNOutput", "EIFN", "vgg16_features", "VGG16_WIDTHS", "load_vgg16_features", "RECIPE"]
 
 #: Output channels of VGG-16's five conv stages (conv1_x .. conv5_x).
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
@@ -99,19 +105,31 @@ def load_vgg16_features(source: str | os.PathLike | Mapping[str, torch.Tensor]) 
         source: a path to a file saved with ``torch.save(state_dict)`` (loaded with ``weights_only=True``,
             nothing is downloaded), or the state dict itself. Keys may carry a prefix (``module.``,
             ``vgg.``); a ``{"state_dict": ...}`` wrapper is unwrapped.
+
+    Raises:
+        ValueError: one line naming the file: missing, unreadable, not plain data, or no VGG-16 keys.
     """
     sd = source
+    name = "the state dict" if isinstance(source, Mapping) else os.fspath(source)
     if not isinstance(source, Mapping):
-        sd = torch.load(os.fspath(source), map_location="cpu", weights_only=True)
+        if not os.path.isfile(name):
+            raise ValueError(f"{name}: no such file")
+        try:
+            sd = torch.load(name, map_location="cpu", weights_only=True)
+        except Exception as exc:  # not a torch file, truncated, or a pickle that would run code
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(
+                f"{name}: not a torch-saved state dict of plain tensors ({type(exc).__name__}: {first[:200]})"
+            ) from None
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     out = {}
-    for key, value in sd.items():
-        m = _FEATURE_KEY.search(key)
-        if m:
+    for key, value in sd.items() if isinstance(sd, Mapping) else ():
+        m = _FEATURE_KEY.search(str(key))
+        if m and torch.is_tensor(value):
             out[f"{m.group(1)}.{m.group(2)}"] = value
     if not out:
-        raise ValueError(f"{source!r}: no 'features.N.weight' keys; expected a torchvision VGG-16 state dict")
+        raise ValueError(f"{name}: no 'features.N.weight' keys; expected a torchvision VGG-16 state dict")
     return out
 
 
@@ -312,3 +330,47 @@ def eifn_star(**kw): return _create_eifn("EIFN*", **kw)  # noqa: E704
 @register_model
 def efn(**kw): return _create_eifn("EFN", **kw)  # noqa: E704
 # fmt: on
+
+
+#: EIFN's training recipe (Zhang, Su, Wang, sec. 3.1), applied by fer-train to every option not given.
+RECIPE = Recipe(
+    family="EIFN",
+    paper="Zhang, Su, Wang, Expression-Identity Fusion Network, sec. 3.1",
+    optimizer="SGD",
+    momentum=0.9,
+    lr=0.01,
+    schedule=Schedule("every", (20,)),
+    pretrain_schedule=Schedule("constant"),
+    batch_size=100,
+    weight_decay=5e-4,
+    input_size=64,
+    resize=64,
+    loss_weight_names=("lambda1", "lambda2", "lambda3"),
+    loss_weights=(1e-4, 1.0, 6.0),
+    loss_weights_by_dataset={"ckplus": (1e-4, 2.0, 1.0), "oulu": (1e-4, 1.0, 6.0)},
+    id_rate_zero=lambda name: "efn",
+    sources={
+        "optimizer": "sec. 3.1",
+        "momentum": "sec. 3.1",
+        "lr": "sec. 3.1, both stages",
+        "schedule": "sec. 3.1: fine-tuning every 20 epochs; pre-training: none given, constant",
+        "batch_size": "sec. 3.1",
+        "weight_decay": "sec. 3.1",
+        "loss_weights": "sec. 3.1: by the database a stage trains on (CK+ 0.0001,2,1; Oulu-CASIA and "
+        "others 0.0001,1,6)",
+        "input": "sec. 3.1: 64x64, no crop",
+        "id_rate_zero": "sec. 3.2: EFN (lambda2 = 0) is the baseline without identity",
+    },
+)
+register_recipe(["eifn", "eifn_star"], RECIPE)
+register_recipe(
+    "efn",
+    with_values(
+        RECIPE,
+        family="EFN",
+        loss_weights=(1e-4, 0.0, 6.0),
+        loss_weights_by_dataset={"ckplus": (1e-4, 0.0, 1.0), "oulu": (1e-4, 0.0, 6.0)},
+        id_rate_zero=None,
+        sources={**RECIPE.sources, "loss_weights": "sec. 3.2: EIFN's with lambda2 = 0 in both stages"},
+    ),
+)

@@ -25,10 +25,16 @@ Reading of the paper (sections 3-4) where DESIGN section 5 leaves details open:
 - Fine-tuning freezes the feature extraction groups: their parameters get ``requires_grad=False`` and their
   BatchNorms stay in eval mode (running statistics are not updated), so the extracted features do not
   change. Transition 2 / the fusion conv and everything after are trained.
+- Training recipe (section 4.3; :data:`RECIPE`, applied by ``fer-train``): SGD, momentum 0.9, batch 128,
+  weight decay 1e-4, lr 0.1 (pre-training) / 0.01 (fine-tuning), divided by 10 at 50% and 75% of the
+  epochs; 60x60 faces, random 48x48 crops. The paper gives batch and weight decay for fine-tuning only; the
+  recipe uses them for pre-training too. ID rate 0 (Fig. 3) is the Original Network: ``fer-train --id-rate
+  0`` trains ``idennet_original_<depth>`` for the variants I, F and IF.
 """
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -38,9 +44,10 @@ from torch import nn
 
 import fer_kernels.nn as fnn
 from fer_models.losses import masked_cross_entropy, self_constrained_identity_loss
+from fer_models.recipes import Recipe, Schedule, register_recipe, with_values
 from fer_models.registry import register_model
 
-__all__ = ["IDEnNetOutput", "DenseNetBC", "IDEnNet", "densenet_bc_channels"]
+__all__ = ["IDEnNetOutput", "DenseNetBC", "IDEnNet", "densenet_bc_channels", "RECIPE"]
 
 
 @dataclass
@@ -474,3 +481,44 @@ def densenet_bc_identity_22(**kw): return _create_densenet("identity", 22, **kw)
 @register_model
 def densenet_bc_identity_40(**kw): return _create_densenet("identity", 40, **kw)  # noqa: E704
 # fmt: on
+
+
+def _original_of(name: str) -> str:
+    """``idennet_{i,f,if}_<depth>`` -> ``idennet_original_<depth>``, the baseline (Fig. 3 at ID rate 0)."""
+    return re.sub(r"^idennet_(?:i|f|if)_(\d+)$", r"idennet_original_\1", name)
+
+
+#: IDEnNet's training recipe (Li et al., arXiv 1812.04207), applied by fer-train to every option not given.
+RECIPE = Recipe(
+    family="IDEnNet",
+    paper="Li et al., IDEnNet, arXiv 1812.04207, sec. 4.3",
+    optimizer="SGD",
+    momentum=0.9,
+    lr=0.01,
+    pretrain_lr=0.1,
+    schedule=Schedule("fractions", (0.5, 0.75)),
+    batch_size=128,
+    weight_decay=1e-4,
+    input_size=48,
+    resize=60,
+    id_rate_zero=_original_of,
+    sources={
+        "optimizer": "sec. 4.3",
+        "momentum": "sec. 4.3",
+        "lr": "sec. 4.3: pre-training 0.1, fine-tuning 0.01",
+        "schedule": "sec. 4.3: at 50% and 75% of the epochs, both stages",
+        "batch_size": "sec. 4.3, given for fine-tuning",
+        "weight_decay": "sec. 4.3, given for fine-tuning",
+        "loss_weights": "sec. 3.2, eqs. 4-5: L = L_emo + L_id, alpha 0.1, gamma 15",
+        "input": "sec. 4.2-4.3: 60x60 faces, random 48x48 crops, centre crop at test",
+        "id_rate_zero": "sec. 4.5, Fig. 3: ID rate 0 is the Original Network (87.18%)",
+    },
+)
+register_recipe(["idennet_*", "densenet_bc_*"], RECIPE)
+# the variants with the identity-enhancing branch: --lambdas sets alpha and gamma of L_id (eq. 4)
+register_recipe(
+    ["idennet_i_*", "idennet_if_*"],
+    with_values(
+        RECIPE, family="IDEnNet I/IF", loss_weight_names=("id_alpha", "id_gamma"), loss_weights=(0.1, 15.0)
+    ),
+)

@@ -314,6 +314,51 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
+def subject_metadata(
+    train: list[str], val: list[str], test: list[str], inits: dict[str, tuple[str, dict]] | None = None
+) -> dict:
+    """The subject record a checkpoint's ``config`` carries: whose faces its weights have seen.
+
+    ``train_subjects`` are the subjects this run trained on *and* those every ``--init*`` checkpoint records
+    (its weights carry them); ``val_subjects`` likewise for model selection; ``test_subjects`` this run's
+    test subjects. ``unrecorded_init`` lists the initialisations (here or further back) that had no record,
+    so the record is incomplete when it is not empty.
+
+    Args:
+        train, val, test (list[str]): this run's subjects of each split.
+        inits (dict): ``{flag: (path, checkpoint)}`` of the checkpoints the model was initialised from.
+    """
+    seen_train, seen_val, unrecorded = set(train), set(val), []
+    for _flag, (path, ckpt) in (inits or {}).items():
+        rec = recorded_subjects(ckpt)
+        if rec is None:
+            unrecorded.append(os.path.abspath(path))
+            continue
+        seen_train |= rec["train"]
+        seen_val |= rec["val"]
+        unrecorded += rec["unrecorded_init"]
+    return {
+        "train_subjects": sorted(seen_train),
+        "val_subjects": sorted(seen_val),
+        "test_subjects": sorted(test),
+        "init_checkpoints": {flag: os.path.abspath(path) for flag, (path, _) in (inits or {}).items()},
+        "unrecorded_init": sorted(set(unrecorded)),
+    }
+
+
+def recorded_subjects(ckpt: dict) -> dict | None:
+    """What :func:`subject_metadata` recorded in a checkpoint: ``{"train": set, "val": set, "unrecorded_init":
+    list}``, or None for a checkpoint made before fer-train recorded subjects."""
+    cfg = ckpt.get("config") or {}
+    if not isinstance(cfg, dict) or "train_subjects" not in cfg:
+        return None
+    return {
+        "train": set(map(str, cfg["train_subjects"])),
+        "val": set(map(str, cfg.get("val_subjects") or [])),
+        "unrecorded_init": list(cfg.get("unrecorded_init") or []),
+    }
+
+
 def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """Rebuild the registered model a checkpoint was made from and load its weights."""
     from fer_models.registry import create_model

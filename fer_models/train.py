@@ -12,10 +12,14 @@ history), ``fold_K/confusion.png`` and ``fold_K/checkpoints/{last,best}.pt``; ``
 uninterrupted run with the same seed would: every epoch re-seeds its shuffling, crops and dropout from
 (seed, fold, epoch), and the checkpoint carries the model, optimiser and schedule.
 
-Two-stage recipes: ``--stage pretrain`` (learning rate 0.1 by default; ``--target identity`` with ``--dataset
-identity`` for the identity network) and ``--stage finetune`` with ``--init CHECKPOINT`` (loads every weight
-whose name and shape match; EIFN: pre-train on one database, fine-tune on the other) or, for IDEnNet,
-``--init-emotion CKPT --init-identity CKPT`` (the model class's ``from_pretrained``).
+Every option the command line leaves unset comes from the model's training recipe (its paper's optimiser,
+lr, schedule, batch size, weight decay, loss weights and input size: :mod:`fer_models.recipes`), printed in
+one block at start. Two-stage training: ``--stage pretrain`` (``--target identity`` for the identity network,
+``--exclude-subjects-of FOLDS_FILE:FOLD`` to leave a fine-tuning fold's test and validation subjects out)
+and ``--stage finetune`` with ``--init CHECKPOINT`` (loads every weight whose name and shape match; EIFN:
+pre-train on one database, fine-tune on the other) or, for IDEnNet, ``--init-emotion CKPT --init-identity
+CKPT`` (the model class's ``from_pretrained``). Every checkpoint records the subjects its weights have seen;
+an ``--init*`` checkpoint that has seen the fold's test or validation subjects is refused (exit status 2).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import math
 import os
 import random
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -33,8 +38,17 @@ from torch import nn
 
 from fer_kernels.extras import cli_entry, require
 from fer_models.data import DATASETS, DataError, FaceDataset, load_dataset, load_images, report_issues
-from fer_models.data.protocol import load_or_make_folds, split_by_usage, split_fold, split_random
+from fer_models.data.protocol import (
+    Folds,
+    load_or_make_folds,
+    split_by_usage,
+    split_fold,
+    split_random,
+    validation_subjects,
+)
 from fer_models.data.transforms import augment14, record
+from fer_models.eifn import load_vgg16_features
+from fer_models.recipes import DEFAULT_RECIPE, Recipe, Schedule, list_recipes, recipe_for
 from fer_models.registry import create_model, list_models
 from fer_models.runtime import (
     CheckpointError,
@@ -50,10 +64,63 @@ from fer_models.runtime import (
     metrics_from_confusion,
     model_from_checkpoint,
     plot_confusion,
+    recorded_subjects,
     shard,
+    subject_metadata,
     shutdown_distributed,
     write_json,
 )
+
+
+class UsageError(ValueError):
+    """A command-line value fer-train cannot use: reported in one line, exit status 2."""
+
+
+def _recipe_values(fn, short: bool = True) -> str:
+    """``fn(recipe)`` for every registered recipe, as 'Family value; Family value' (duplicates merged;
+    ``short``: by the family's first word, so IDEnNet's variant recipes show as IDEnNet)."""
+    seen: dict[str, list[str]] = {}
+    for _, recipe in list_recipes():
+        value = fn(recipe)
+        if value is not None:
+            names = seen.setdefault(value, [])
+            name = recipe.family.split()[0] if short else recipe.family
+            if name not in names:
+                names.append(name)
+    return "; ".join(f"{'/'.join(names)} {value}" for value, names in seen.items())
+
+
+def _lr_text(r: Recipe) -> str:
+    return f"{r.lr:g}" + (f" (pretrain {r.pretrain_lr:g})" if r.pretrain_lr is not None else "")
+
+
+def _schedule_text(r: Recipe) -> str:
+    pre = f" (pretrain: {r.pretrain_schedule.describe()})" if r.pretrain_schedule else ""
+    return r.schedule.describe() + pre
+
+
+def _weights_text(r: Recipe) -> str | None:
+    if not r.loss_weight_names:
+        return None
+    fmt = lambda vs: ",".join(f"{v:g}" for v in vs)  # noqa: E731
+    by = [f"--dataset {d}: {fmt(v)}" for d, v in r.loss_weights_by_dataset.items() if v != r.loss_weights]
+    return f"{','.join(r.loss_weight_names)} = {fmt(r.loss_weights)}" + (f" ({'; '.join(by)})" if by else "")
+
+
+def _epilog() -> str:
+    lines = [
+        "recipes: fer-train applies the model's recipe (its paper's settings) to every option not given on",
+        "the command line, and prints at start which value came from where. Registered recipes:",
+    ]
+    for patterns, r in list_recipes():
+        text = f"{r.family} ({', '.join(patterns)}): {r.summary()}  [{r.paper}]"
+        lines += textwrap.wrap(text, 108, initial_indent="  ", subsequent_indent="      ")
+    lines += textwrap.wrap(
+        "A model without a recipe gets fer-train's defaults: " + DEFAULT_RECIPE.summary().split(", input")[0]
+        + ". Epochs: 30 (neither paper gives a number).",
+        110,
+    )
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fer-train",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_epilog(),
     )
     ap.add_argument("--model", default="idennet_if_40", help="registered model name (see --list-models)")
     ap.add_argument("--list-models", action="store_true", help="print the registered models and exit")
@@ -93,17 +161,71 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="fraction of the training subjects held out for model selection (0: select the last epoch)",
     )
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--batch-size", type=int, default=128, help="global batch size (split across processes)")
-    ap.add_argument("--lr", type=float, default=None, help="default 0.1 for --stage pretrain, else 0.01")
-    ap.add_argument("--momentum", type=float, default=0.9)
-    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument(
+        "--exclude-subjects-of",
+        default=None,
+        metavar="FOLDS_FILE:FOLD",
+        help="leave out the test subjects of fold FOLD of FOLDS_FILE and its validation subjects (drawn as "
+        "a fine-tuning run with the same --val-subjects and --seed draws them), from every split: identity "
+        "pre-training for that fold's fine-tuning",
+    )
+    ap.add_argument("--epochs", type=int, default=None, help="default 30 (neither paper gives a number)")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch size, split across processes (recipe: "
+        + _recipe_values(lambda r: str(r.batch_size)) + f"; no recipe: {DEFAULT_RECIPE.batch_size})",
+    )
+    ap.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="initial learning rate (recipe: " + _recipe_values(_lr_text)
+        + f"; no recipe: {_lr_text(DEFAULT_RECIPE)})",
+    )
+    ap.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help="SGD momentum (recipe: " + _recipe_values(lambda r: f"{r.momentum:g}") + ")",
+    )
+    ap.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="SGD weight decay (recipe: " + _recipe_values(lambda r: f"{r.weight_decay:g}")
+        + f"; no recipe: {DEFAULT_RECIPE.weight_decay:g})",
+    )
     ap.add_argument(
         "--milestones",
         type=float,
         nargs="*",
-        default=[0.5, 0.75],
-        help="learning rate / 10 at these fractions of --epochs (both papers: 0.5 0.75)",
+        default=None,
+        metavar="FRACTION",
+        help="learning rate x0.1 at these fractions of --epochs (none given: constant lr); recipe: "
+        + _recipe_values(_schedule_text),
+    )
+    ap.add_argument(
+        "--lr-steps",
+        default=None,
+        metavar="E1,E2,...",
+        help="learning rate x0.1 after these epochs, e.g. 20,40 (instead of --milestones; EIFN's recipe: "
+        "every 20 epochs when fine-tuning)",
+    )
+    ap.add_argument(
+        "--lambdas",
+        default=None,
+        metavar="A,B[,C]",
+        help="the model's loss weights, comma-separated (recipe: "
+        + _recipe_values(_weights_text, False) + ")",
+    )
+    ap.add_argument(
+        "--vgg16-weights",
+        default=None,
+        metavar="PATH",
+        help="EIFN: a local torchvision-format VGG-16 state dict (torch.save(vgg16().state_dict()), read as "
+        "data, nothing downloaded) loaded into both VGG-16 extractors, as the paper starts from ImageNet",
     )
     ap.add_argument(
         "--no-augment", dest="augment", action="store_false", help="skip the 14x offline augmentation"
@@ -119,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resize",
         type=int,
         default=None,
-        help="stored face size; default 60 for 48-pixel models (60->48 crops), else the input size",
+        help="stored face size (recipe: " + _recipe_values(lambda r: f"{r.resize}, crops of {r.input_size}")
+        + "; no recipe: 60 for 48-pixel models, else the input size)",
     )
     ap.add_argument(
         "--frames",
@@ -138,12 +261,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--id-rate",
         type=float,
         default=1.0,
-        help="fraction of training subjects whose identity label is used (IDEnNet's ID-rate ablation)",
+        help="fraction of training subjects whose identity label is used (IDEnNet's ID-rate ablation, "
+        "Fig. 3). 0 trains the family's baseline without identity information, as the paper's rate-0 "
+        "point is: IDEnNet I/F/IF -> idennet_original_<depth>, EIFN/EIFN* -> efn (a model without a "
+        "recipe: identity labels withheld, nothing else changes). Between 0 and 1 only the identity labels "
+        "of I/IF (and EIFN's identity loss) change; F has none",
     )
     ap.add_argument("--stage", choices=("train", "pretrain", "finetune"), default="train")
     ap.add_argument("--init", default=None, help="checkpoint whose matching weights initialise the model")
     ap.add_argument("--init-emotion", default=None, help="IDEnNet fine-tuning: pre-trained emotion network")
     ap.add_argument("--init-identity", default=None, help="IDEnNet fine-tuning: pre-trained identity network")
+    ap.add_argument(
+        "--allow-unrecorded-init",
+        action="store_true",
+        help="accept without a warning an --init* checkpoint that does not record the subjects it trained on "
+        "(made before fer-train recorded them); one that records them is always checked, and refused when "
+        "they include this fold's test or validation subjects",
+    )
     ap.add_argument("--resume", action="store_true", help="continue each fold from its last checkpoint")
     ap.add_argument(
         "--stop-after",
@@ -234,8 +368,13 @@ def load_matching(model: nn.Module, state: dict) -> tuple[list[str], list[str]]:
     return loaded, skipped
 
 
-def build_model(args, num_classes: int, num_identities: int, d: Dist) -> tuple[nn.Module, dict]:
-    kwargs = {"num_expressions": num_classes, "num_identities": max(1, num_identities)}
+def build_model(
+    args, num_classes: int, num_identities: int, d: Dist, inits: dict, vgg16: dict | None
+) -> tuple[nn.Module, dict]:
+    """The model to train: built with the recipe's loss weights, initialised from ``--vgg16-weights``
+    (``vgg16``: the loaded tensors), ``--init-emotion`` / ``--init-identity`` and ``--init`` (``inits``:
+    ``{flag: (path, checkpoint)}``, already loaded and checked)."""
+    kwargs = {"num_expressions": num_classes, "num_identities": max(1, num_identities), **args.loss_weights}
     if args.model not in list_models():
         raise SystemExit(
             f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}"
@@ -247,22 +386,29 @@ def build_model(args, num_classes: int, num_identities: int, d: Dist) -> tuple[n
         from_pretrained = getattr(type(proto), "from_pretrained", None)
         if from_pretrained is None:
             raise SystemExit(f"fer-train: {args.model} has no from_pretrained; use --init for this model")
-        emo = model_from_checkpoint(load_checkpoint(args.init_emotion))
-        ident = model_from_checkpoint(load_checkpoint(args.init_identity)) if args.init_identity else None
+        emo = model_from_checkpoint(inits["--init-emotion"][1])
+        ident = model_from_checkpoint(inits["--init-identity"][1]) if args.init_identity else None
         try:
             model = from_pretrained(emo, ident, variant=getattr(proto, "variant", None), **kwargs)
         except ValueError as e:
             raise SystemExit(f"fer-train: {args.model}.from_pretrained: {e}") from e
         model.input_size = getattr(model, "input_size", proto.input_size)
         if d.main:
+            fuses = getattr(model, "has_fusion", True)  # IDEnNet original / I take no identity network
             print(
                 f"initialised {args.model} from {args.init_emotion} (emotion)"
-                + (f" and {args.init_identity} (identity)" if args.init_identity else "")
+                + (f" and {args.init_identity} (identity)" if args.init_identity and fuses else "")
+                + (f"; --init-identity unused: {args.model} fuses no identity features"
+                   if args.init_identity and not fuses else "")
             )
     else:
         model = create_model(args.model, **kwargs)
+    if vgg16 is not None:
+        model.load_vgg16_weights(vgg16)  # checked against the model in _run
+        if d.main:
+            print(f"--vgg16-weights {args.vgg16_weights}: loaded into both VGG-16 extractors")
     if args.init:
-        loaded, skipped = load_matching(model, load_checkpoint(args.init)["model"])
+        loaded, skipped = load_matching(model, inits["--init"][1]["model"])
         if d.main:
             print(
                 f"--init {args.init}: loaded {len(loaded)} tensors, skipped {len(skipped)}"
@@ -271,6 +417,161 @@ def build_model(args, num_classes: int, num_identities: int, d: Dist) -> tuple[n
         if not loaded:
             raise SystemExit(f"fer-train: --init {args.init} has no weight that fits {args.model}")
     return model, kwargs
+
+
+# ----------------------------------------------------------------------------------------------- recipes
+def _numbers(text: str, flag: str, kind=float) -> list:
+    try:
+        values = [kind(v) for v in text.split(",")]
+    except ValueError:
+        example = "20,40" if kind is int else "0.0001,2,1"
+        msg = f"{flag} {text}: expected comma-separated {kind.__name__}s, e.g. {example}"
+        raise UsageError(msg) from None
+    bad = [v for v in values if not math.isfinite(v) or v < (1 if kind is int else 0)]
+    if bad:
+        want = "an epoch >= 1" if kind is int else "finite and >= 0"
+        raise UsageError(f"{flag} {text}: {bad[0]:g} is not {want}")
+    return values
+
+
+def resolve_settings(args, target: str) -> tuple[Recipe, list[tuple[str, str, str]]]:
+    """Fill every training option the command line left unset from the model's recipe (or fer-train's
+    defaults), in ``args``; returns the recipe and the rows ``(setting, value, where from)`` fer-train prints.
+
+    Also applies ``--id-rate 0`` (the family's baseline model) and checks ``--lambdas`` / ``--lr-steps`` /
+    ``--milestones``. Raises :class:`UsageError` (one line) on a value it cannot use.
+    """
+    if not 0.0 <= args.id_rate <= 1.0:
+        raise UsageError(f"--id-rate {args.id_rate:g}: expected a fraction in [0, 1]")
+    rows = []
+    args.requested_model = args.model
+    recipe = recipe_for(args.model)
+    if args.id_rate == 0 and target == "expression" and recipe and recipe.id_rate_zero:
+        base = recipe.id_rate_zero(args.model)
+        if base != args.model and base in list_models():
+            args.model = base
+            recipe = recipe_for(base)
+            rows.append(("model", base, f"--id-rate 0: {args.requested_model}'s baseline without identity"))
+    r = recipe or DEFAULT_RECIPE
+    src = lambda key: f"recipe, {r.sources[key]}" if key in r.sources else (  # noqa: E731
+        "recipe" if recipe else "fer-train default")
+    cli = "command line"
+
+    def pick(name, value, key, show=None):
+        given = getattr(args, name) is not None
+        if not given:
+            setattr(args, name, value)
+        rows.append((key.replace("_", " "), show(getattr(args, name)) if show else str(getattr(args, name)),
+                     cli if given else src(key)))
+
+    rows.append(("optimizer", r.optimizer, src("optimizer")))
+    pick("lr", r.stage_lr(args.stage), "lr", lambda v: f"{v:g}")
+    pick("momentum", r.momentum, "momentum", lambda v: f"{v:g}")
+    given_epochs = args.epochs is not None
+    args.epochs = args.epochs if given_epochs else 30
+    rows.append(
+        ("epochs", str(args.epochs), cli if given_epochs else "fer-train default (neither paper gives one)")
+    )
+    if args.lr_steps is not None and args.milestones is not None:
+        raise UsageError("--lr-steps and --milestones both set the lr schedule: give one")
+    if args.lr_steps is not None:
+        schedule, where = Schedule("steps", tuple(_numbers(args.lr_steps, "--lr-steps", int))), cli
+    elif args.milestones is not None:
+        bad = [f for f in args.milestones if not 0 < f < 1]
+        if bad:
+            raise UsageError(f"--milestones {bad[0]:g}: fractions of --epochs lie strictly between 0 and 1")
+        schedule, where = Schedule("fractions", tuple(args.milestones)), cli
+    else:
+        schedule, where = r.stage_schedule(args.stage), src("schedule")
+    args.lr_milestones = schedule.milestones(args.epochs)
+    args.lr_schedule = schedule.describe()
+    late = [m for m in args.lr_milestones if m >= args.epochs]
+    rows.append(("lr schedule", f"{args.lr_schedule}: after epochs {args.lr_milestones or 'none'}"
+                 + (f" ({late}: at or after the last epoch, no effect)" if late else ""), where))
+    pick("batch_size", r.batch_size, "batch_size")
+    pick("weight_decay", r.weight_decay, "weight_decay", lambda v: f"{v:g}")
+    names = r.loss_weight_names if recipe else ()
+    if args.lambdas is not None:
+        values = _numbers(args.lambdas, "--lambdas")
+        if not names:
+            raise UsageError(f"--lambdas {args.lambdas}: {args.model} has no loss weights to set "
+                             f"({'its recipe names none' if recipe else 'no recipe registered'})")
+        if len(values) != len(names):
+            raise UsageError(f"--lambdas {args.lambdas}: {args.model} takes {len(names)} loss weights "
+                             f"({','.join(names)}), got {len(values)}")
+        where = cli
+    else:
+        values, where = list(r.weights_for(args.dataset)) if names else [], src("loss_weights")
+    args.loss_weights = dict(zip(names, values, strict=True))
+    if names:
+        rows.append(("loss weights", ", ".join(f"{k} {v:g}" for k, v in args.loss_weights.items()), where))
+    return recipe, rows
+
+
+def print_settings(args, recipe: Recipe | None, rows, resize: int, side: int, resize_given: bool) -> None:
+    head = (f"recipe {recipe.family} [{recipe.paper}]" if recipe else
+            f"no recipe registered for {args.model}: fer-train's defaults")
+    print(f"{head}; --stage {args.stage}, --dataset {args.dataset}:")
+    rows = rows + [("input", f"faces {resize}x{resize}, " + (f"crops {side}x{side}" if resize != side else
+                                                              "no crop"),
+                    "command line" if resize_given else
+                    (f"recipe, {recipe.sources['input']}" if recipe and "input" in recipe.sources else
+                     "recipe" if recipe else "fer-train default"))]
+    width = max(len(r[0]) for r in rows)
+    vwidth = min(44, max(len(r[1]) for r in rows))
+    for key, value, where in rows:
+        print(f"  {key:<{width}}  {value:<{vwidth}}  {where}")
+
+
+# ----------------------------------------------------------------------------------------------- leaks
+def parse_exclusion(spec: str, val_fraction: float, seed: int) -> tuple[set[str], set[str], str]:
+    """``FOLDS_FILE:FOLD`` -> (the fold's test subjects, its validation subjects, a label)."""
+    path, _, fold = spec.rpartition(":")
+    if not path or not fold.lstrip("-").isdigit():
+        raise UsageError(f"--exclude-subjects-of {spec}: expected FOLDS_FILE:FOLD, e.g. runs/x/folds.json:0")
+    if not os.path.isfile(path):
+        raise UsageError(f"--exclude-subjects-of {spec}: {path}: no such fold file")
+    try:
+        folds = Folds.load(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--exclude-subjects-of {spec}: {path}: not a fold file ({e})") from None
+    k = int(fold)
+    if not 0 <= k < folds.k:
+        raise UsageError(f"--exclude-subjects-of {spec}: fold {k} outside 0..{folds.k - 1}")
+    val = validation_subjects(folds.train_subjects(k), val_fraction, seed * 1000 + k)  # as split_fold draws
+    return folds.test_subjects(k), set(val), f"{path} fold {k}"
+
+
+def _names(subjects) -> str:
+    s = sorted(subjects)
+    return ", ".join(s[:8]) + (f" and {len(s) - 8} more" if len(s) > 8 else "")
+
+
+def check_init(flag: str, path: str, ckpt: dict, test: set[str], val: set[str], where: str) -> str | None:
+    """Refuse (:class:`CheckpointError`, one line) an initialisation whose weights have seen ``test`` or
+    ``val`` subjects (trained on them), or whose model selection used ``test`` subjects; returns a warning
+    line when the checkpoint cannot be fully checked (no record), else None."""
+    rec = recorded_subjects(ckpt)
+    if rec is None:
+        return (f"fer-train: warning: {flag} {path} does not record the subjects it trained on (a checkpoint "
+                "from before fer-train recorded them): not checked against the test and validation subjects "
+                "(--allow-unrecorded-init: no warning)")
+    leaks = []
+    if rec["train"] & test:
+        leaks.append(f"trained on {where}'s test subjects {_names(rec['train'] & test)}")
+    if rec["train"] & val:
+        leaks.append(f"trained on {where}'s validation subjects {_names(rec['train'] & val)}")
+    if (rec["val"] - rec["train"]) & test:
+        leaks.append(f"selected on {where}'s test subjects {_names((rec['val'] - rec['train']) & test)}")
+    if leaks:
+        raise CheckpointError(
+            f"{flag} {path}: {'; '.join(leaks)}: refusing a leaking initialisation (pre-train without them, "
+            "e.g. --exclude-subjects-of FOLDS_FILE:FOLD)"
+        )
+    if rec["unrecorded_init"]:
+        return (f"fer-train: warning: {flag} {path} was itself initialised from checkpoint(s) without a "
+                f"subject record ({', '.join(rec['unrecorded_init'][:3])}): checked on its own subjects only")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -291,6 +592,8 @@ def train_fold(
     resize: int,
     crop: int,
     channels: int,
+    inits: dict,
+    vgg16: dict | None,
 ) -> dict:
     train, val, test = parts
     pos = {id(s): i for i, s in enumerate(dataset.samples)}
@@ -317,7 +620,7 @@ def train_fold(
 
     torch.manual_seed(epoch_seed(args.seed, fold, -1))
     n_ids = len(classes) if target == "identity" else len(id_subjects)
-    model, model_kwargs = build_model(args, len(classes), n_ids, d)
+    model, model_kwargs = build_model(args, len(classes), n_ids, d, inits, vgg16)
     model.to(d.device)
     wrapped = WithLoss(model, target)
     if d.enabled:
@@ -326,11 +629,9 @@ def train_fold(
             device_ids=[d.device.index] if d.device.type == "cuda" else None,
             find_unused_parameters=args.find_unused_parameters,
         )
-    lr = args.lr if args.lr is not None else (0.1 if args.stage == "pretrain" else 0.01)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    milestones = sorted({max(1, int(round(f * args.epochs))) for f in args.milestones if 0 < f < 1})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    opt = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=args.lr_milestones, gamma=0.1)
 
     ckpt_dir = os.path.join(fold_dir, "checkpoints")
     last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
@@ -348,6 +649,10 @@ def train_fold(
         "fold": fold,
         "seed": args.seed,
         "stage": args.stage,
+        "requested_model": args.requested_model,
+        "loss_weights": dict(args.loss_weights),
+        # whose faces these weights have seen (with the --init* checkpoints'): checked by later --init* runs
+        **subject_metadata(train.subjects, val.subjects, test.subjects, inits),
         "args": {k: v for k, v in vars(args).items() if k != "list_models"},
     }
     start, history, best = 0, [], {"epoch": None, "val_accuracy": -1.0}
@@ -475,6 +780,7 @@ def train_fold(
             "world_size": d.world,
             "test_subjects": test.subjects,
             "val_subjects": val.subjects,
+            "train_subjects": train.subjects,
             "history": history,
         }
     )
@@ -529,7 +835,7 @@ def main(argv=None) -> int:
     try:
         rc = _run(args, d)
         return rc
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, UsageError) as e:
         print(f"fer-train: {e}", file=sys.stderr)
         return 2
     finally:
@@ -543,21 +849,55 @@ def _run(args, d: Dist) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        dataset = open_dataset(args, d)
-    except DataError as e:
-        print(f"fer-train: {e}", file=sys.stderr)
-        return 2
     target = args.target or ("identity" if args.dataset == "identity" else "expression")
+    recipe, rows = resolve_settings(args, target)
+    # the model as configured (loss weights), built once before any data is read: a bad --lambdas, a
+    # --vgg16-weights file that does not fit, or a checkpoint that leaks are reported in seconds
+    try:
+        probe = create_model(args.model, num_expressions=7, num_identities=2, **args.loss_weights)
+    except (ValueError, TypeError) as e:
+        flag = f"--lambdas {args.lambdas}: " if args.lambdas is not None else ""
+        raise UsageError(f"{flag}{args.model}: {e}") from None
+    channels, side = input_spec(probe)
+    resize_given = args.resize is not None
+    if not resize_given:
+        args.resize = recipe.resize if recipe and recipe.input_size == side else (60 if side == 48 else side)
+    resize = args.resize
+    if resize < side:
+        raise UsageError(f"--resize {resize} is smaller than the model's input {side}")
+    vgg16 = None
+    if args.vgg16_weights is not None:
+        if not hasattr(probe, "load_vgg16_weights"):
+            raise UsageError(f"--vgg16-weights: {args.model} has no VGG-16 extractors to load it into")
+        try:
+            # read once, kept as a torchvision-format dict (features.N.*) for every fold's model
+            vgg16 = {f"features.{k}": v for k, v in load_vgg16_features(args.vgg16_weights).items()}
+            probe.load_vgg16_weights(vgg16)
+        except ValueError as e:
+            msg = str(e) if str(e).startswith(args.vgg16_weights) else f"{args.vgg16_weights}: {e}"
+            raise UsageError(f"--vgg16-weights {msg}") from None
+    del probe
+    if args.init_identity and not args.init_emotion:
+        raise SystemExit("fer-train: --init-identity needs --init-emotion (the emotion network)")
+    inits = {}
+    for flag, path in (("--init-emotion", args.init_emotion), ("--init-identity", args.init_identity),
+                       ("--init", args.init)):
+        if path:
+            inits[flag] = (path, load_checkpoint(path))
+    if d.main:
+        print_settings(args, recipe, rows, resize, side, resize_given)
+    excluded_test, excluded_val, excluded_from = set(), set(), None
+    if args.exclude_subjects_of:
+        excluded_test, excluded_val, excluded_from = parse_exclusion(
+            args.exclude_subjects_of, args.val_subjects, args.seed
+        )
+
+    dataset = open_dataset(args, d)
     if target == "expression" and not dataset.classes:
         print(f"fer-train: {args.dataset} has no expression labels; use --target identity", file=sys.stderr)
         return 2
-    classes = target_classes(dataset, target)
-    channels, side = input_spec(create_model(args.model, num_expressions=len(classes), num_identities=2))
-    resize = args.resize or (60 if side == 48 else side)
-    if resize < side:
-        print(f"fer-train: --resize {resize} is smaller than the model's input {side}", file=sys.stderr)
-        return 2
+    excluded = excluded_test | excluded_val
+    classes = target_classes(dataset.subset(lambda s: s.subject not in excluded), target)
     dataset, images = load_images(dataset, resize, strict=args.strict_data)
     if d.main:
         text = report_issues(dataset)
@@ -575,17 +915,11 @@ def _run(args, d: Dist) -> int:
     if protocol == "kfold":
         folds_path = args.folds_file or os.path.join(args.out, "folds.json")
         if d.main:
-            try:
-                folds, reused = load_or_make_folds(folds_path, dataset, args.folds, args.seed)
-            except DataError as e:
-                print(f"fer-train: {e}", file=sys.stderr)
-                return 2
+            folds, reused = load_or_make_folds(folds_path, dataset, args.folds, args.seed)
             print(f"folds: {'reused' if reused else 'wrote'} {folds_path}", flush=True)
             if os.path.abspath(folds_path) != os.path.abspath(os.path.join(args.out, "folds.json")):
                 folds.save(os.path.join(args.out, "folds.json"))
         d.barrier()
-        from fer_models.data.protocol import Folds
-
         folds = Folds.load(folds_path)
         todo = list(range(folds.k)) if args.fold == "all" else [int(args.fold)]
         if any(not 0 <= f < folds.k for f in todo):
@@ -604,6 +938,34 @@ def _run(args, d: Dist) -> int:
             parts_of = lambda f: split_by_usage(dataset)  # noqa: E731
         else:
             parts_of = lambda f: split_random(dataset, args.val_subjects, 0.1, args.seed)  # noqa: E731
+    parts = {f: parts_of(f) for f in todo}
+    if excluded:
+        keep = lambda s: s.subject not in excluded  # noqa: E731
+        parts = {f: tuple(p.subset(keep) for p in ps) for f, ps in parts.items()}
+        if d.main:
+            gone = [s for s in dataset.samples if s.subject in excluded]
+            print(f"--exclude-subjects-of {excluded_from}: left out {len(excluded_test)} test and "
+                  f"{len(excluded_val)} validation subjects ({len(gone)} images)", flush=True)
+    elif d.main and args.stage == "pretrain" and protocol == "random" and dataset.has_subjects:
+        print(f"fer-train: warning: pre-training on all {len(dataset.subjects)} subjects of {args.data}: "
+              "fer-train will refuse its checkpoint for fine-tuning any fold whose test subjects are among "
+              "them (--exclude-subjects-of FOLDS_FILE:FOLD leaves a fold's out)", file=sys.stderr, flush=True)
+    # no --init* checkpoint may have seen the test or validation subjects of a fold it initialises
+    warnings = {}
+    for f, (_, val, test) in parts.items():
+        protected_test, protected_val = set(excluded_test), set(excluded_val)
+        where = excluded_from or f"fold {f}"
+        if protocol != "random":
+            protected_test |= set(test.subjects)
+            protected_val |= set(val.subjects)
+            where = f"fold {f}" + (f" and {excluded_from}" if excluded_from else "")
+        if not (protected_test or protected_val):
+            continue
+        for flag, (path, ckpt) in inits.items():
+            warnings[flag] = check_init(flag, path, ckpt, protected_test, protected_val, where)
+    for warning in warnings.values():
+        if warning and d.main and not args.allow_unrecorded_init:
+            print(warning, file=sys.stderr, flush=True)
     if d.main:
         write_json(
             record(resize, side, channels, args.augment)
@@ -618,7 +980,7 @@ def _run(args, d: Dist) -> int:
             d,
             dataset,
             images,
-            parts_of(f),
+            parts[f],
             f,
             os.path.join(args.out, f"fold_{f}"),
             classes,
@@ -626,6 +988,8 @@ def _run(args, d: Dist) -> int:
             resize,
             side,
             channels,
+            inits,
+            vgg16,
         )
         if m.get("stopped"):
             return 0

@@ -427,3 +427,291 @@ def test_missing_truncated_and_foreign_checkpoints_get_one_line(tmp_path, capsys
     assert evaluate.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "trunc.pt" in err[0] and "none.pt" in err[1], err
+
+
+# ---- recipes, EIFN's flags, ID rate 0, leak-free two-stage protocol ----
+
+# EIFN and EFN at test size (narrow VGG stages, 64x64 input as the paper's) with EIFN's recipes; ID rate 0
+# maps tiny_eifn to tiny_efn as the real recipe maps eifn to efn.
+EIFN_PLUGIN = textwrap.dedent("""
+    from fer_models.eifn import EIFN, RECIPE
+    from fer_models.recipes import recipe_for, register_recipe, with_values
+    from fer_models.registry import list_models, register_model
+
+    WIDTHS = (4, 4, 8, 8, 8)
+    if "tiny_eifn" not in list_models():
+        register_model(lambda **kw: EIFN("EIFN", widths=WIDTHS, id_hidden=16, **kw), name="tiny_eifn")
+        register_model(lambda **kw: EIFN("EFN", widths=WIDTHS, id_hidden=16, **kw), name="tiny_efn")
+        register_recipe("tiny_eifn", with_values(RECIPE, id_rate_zero=lambda name: "tiny_efn"))
+        register_recipe("tiny_efn", recipe_for("efn"))
+""")
+TINY_VGG = (4, 4, 8, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def eifn_plugin(plugin):
+    with open(os.path.join(plugin, "tiny_eifn_plugin.py"), "w") as f:
+        f.write(EIFN_PLUGIN)
+    return plugin
+
+
+def _eifn(out, synth, *extra):
+    """fer-train on tiny_eifn: fold 0 of 4, one short epoch (64 images), no augmentation."""
+    return train.main(["--import", "tiny_eifn_plugin", "--model", "tiny_eifn", "--dataset", "synthfer",
+                       "--data", synth, "--out", str(out), "--folds", "4", "--fold", "0", "--no-progress",
+                       "--no-augment", "--epoch-images", "64", *extra])
+
+
+def _err_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_help_lists_the_recipe_flags_with_their_defaults():
+    text = train.build_parser().format_help()
+    for flag in ("--vgg16-weights", "--lambdas", "--lr-steps", "--milestones", "--exclude-subjects-of",
+                 "--allow-unrecorded-init", "--id-rate"):
+        assert flag in text, flag
+    flat = " ".join(text.split())
+    for default in ("EIFN/EFN 100; IDEnNet 128", "EIFN/EFN 0.0005; IDEnNet 0.0001",
+                    "IDEnNet 0.01 (pretrain 0.1)", "x0.1 every 20 epochs", "x0.1 at 0.5, 0.75 of the epochs",
+                    "lambda1,lambda2,lambda3 = 0.0001,1,6 (--dataset ckplus: 0.0001,2,1)",
+                    "id_alpha,id_gamma = 0.1,15", "idennet_original_<depth>"):
+        assert default in flat, default
+
+
+def _resolved(*argv, target="expression"):
+    args = train.build_parser().parse_args(list(argv))
+    recipe, rows = train.resolve_settings(args, target)
+    return args, recipe, dict((k, (v, w)) for k, v, w in rows)
+
+
+def test_recipes_fill_what_the_command_line_leaves_unset():
+    args, recipe, rows = _resolved("--model", "eifn", "--stage", "finetune", "--epochs", "50")
+    assert recipe.family == "EIFN"
+    assert (args.batch_size, args.lr, args.weight_decay, args.momentum) == (100, 0.01, 5e-4, 0.9)
+    assert args.lr_milestones == [20, 40] and args.loss_weights == {"lambda1": 1e-4, "lambda2": 1.0,
+                                                                   "lambda3": 6.0}
+    assert rows["batch size"][1].startswith("recipe") and rows["epochs"][1] == "command line"
+    # the paper's lambdas follow the database a stage trains on: CK+ (0.0001, 2, 1)
+    args, _, _ = _resolved("--model", "eifn", "--dataset", "ckplus")
+    assert args.loss_weights == {"lambda1": 1e-4, "lambda2": 2.0, "lambda3": 1.0}
+    args, _, _ = _resolved("--model", "efn", "--dataset", "ckplus")
+    assert args.loss_weights["lambda2"] == 0.0
+    args, _, _ = _resolved("--model", "eifn", "--stage", "pretrain")
+    assert args.lr_milestones == [] and args.lr == 0.01  # the paper gives pre-training no schedule
+    # IDEnNet: 0.1 pre-training / 0.01 fine-tuning, x0.1 at 50% and 75%, batch 128, wd 1e-4
+    args, recipe, rows = _resolved("--model", "densenet_bc_16", "--stage", "pretrain", "--epochs", "40",
+                                   "--batch-size", "64")
+    assert (args.lr, args.lr_milestones, args.batch_size, args.weight_decay) == (0.1, [20, 30], 64, 1e-4)
+    assert rows["batch size"][1] == "command line" and args.loss_weights == {}
+    args, _, _ = _resolved("--model", "idennet_if_16", "--lambdas", "0.2,10", "--lr-steps", "5,3")
+    assert args.loss_weights == {"id_alpha": 0.2, "id_gamma": 10.0} and args.lr_milestones == [3, 5]
+    args, _, _ = _resolved("--model", "idennet_if_16", "--milestones")  # no fractions: constant lr
+    assert args.lr_milestones == [] and args.lr == 0.01
+
+
+def test_id_rate_zero_trains_the_baseline_as_in_the_papers_figure():
+    for model, base in (("idennet_if_40", "idennet_original_40"), ("idennet_i_16", "idennet_original_16"),
+                        ("idennet_f_22", "idennet_original_22"), ("eifn", "efn"), ("eifn_star", "efn")):
+        args, recipe, rows = _resolved("--model", model, "--id-rate", "0")
+        assert args.model == base and args.requested_model == model and rows["model"][0] == base
+    args, _, _ = _resolved("--model", "idennet_if_40", "--id-rate", "0.2")
+    assert args.model == "idennet_if_40"
+    args, _, _ = _resolved("--model", "idennet_if_40", "--id-rate", "0", target="identity")
+    assert args.model == "idennet_if_40"  # identity pre-training: no ID-rate ablation
+    with pytest.raises(train.UsageError, match=r"--id-rate 1.5"):
+        _resolved("--model", "idennet_if_40", "--id-rate", "1.5")
+
+
+def test_bad_recipe_flags_get_one_line_and_status_2(tmp_path, synth, eifn_plugin, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a torch file")
+    nokeys = tmp_path / "nokeys.pth"
+    torch.save({"classifier.0.weight": torch.zeros(2, 2)}, nokeys)
+    wide = tmp_path / "vgg16_full.pth"
+    torch.save(_vgg16_state((5, 4, 8, 8, 8)), wide)  # conv1 wider than tiny_eifn's
+    cases = [
+        (("--lambdas", "1,2"),
+         r"--lambdas 1,2: tiny_eifn takes 3 loss weights \(lambda1,lambda2,lambda3\), got 2"),
+        (("--lambdas", "a,1,1"), r"--lambdas a,1,1: expected comma-separated floats"),
+        (("--lambdas", "0.1,-1,1"), r"-1 is not finite and >= 0"),
+        (("--lr-steps", "20,x"), r"--lr-steps 20,x: expected comma-separated ints"),
+        (("--lr-steps", "0"), r"--lr-steps 0: 0 is not an epoch >= 1"),
+        (("--lr-steps", "20", "--milestones", "0.5"), r"give one"),
+        (("--milestones", "1.5"), r"--milestones 1.5"),
+        (("--vgg16-weights", str(tmp_path / "none.pth")), r"--vgg16-weights .*none\.pth: no such file"),
+        (("--vgg16-weights", str(bad)), r"--vgg16-weights .*bad\.pth: not a torch-saved state dict"),
+        (("--vgg16-weights", str(nokeys)), r"--vgg16-weights .*nokeys\.pth: no 'features\.N\.weight' keys"),
+        (("--vgg16-weights", str(wide)),
+         r"--vgg16-weights .*vgg16_full\.pth: VGG-16 weights: features\.0\.weight has shape \(5, 3, 3, 3\)"),
+        (("--model", "tiny_efn", "--lambdas", "0.0001,1,6"), r"lambda2: EFN is EIFN with lambda2 = 0"),
+        (("--import", "tiny_fer_plugin", "--model", "tiny_test", "--lambdas", "1,1,1"),
+         r"tiny_test has no loss weights to set"),
+        (("--import", "tiny_fer_plugin", "--model", "tiny_test", "--vgg16-weights", str(nokeys)),
+         r"tiny_test has no VGG-16 extractors"),
+        (("--exclude-subjects-of", str(tmp_path / "folds.json")), r"expected FOLDS_FILE:FOLD"),
+        (("--exclude-subjects-of", f"{tmp_path / 'folds.json'}:0"), r"no such fold file"),
+    ]
+    for extra, match in cases:
+        assert _eifn(tmp_path / "run", synth, *extra) == 2, extra
+        line = _err_line(capsys)
+        assert line.startswith("fer-train: ") and re.search(match, line), (extra, line)
+    assert not (tmp_path / "run" / "fold_0").exists()  # every case stopped before training
+
+
+def _vgg16_state(widths, seed=3):
+    """A torchvision-format VGG-16 state dict (features.N.*, classifier.*) with the given stage widths."""
+    g = torch.Generator().manual_seed(seed)
+    sd, c, idx = {}, 3, 0
+    for width, convs in zip(widths, (2, 2, 3, 3, 3), strict=True):
+        for _ in range(convs):
+            sd[f"features.{idx}.weight"] = torch.randn(width, c, 3, 3, generator=g) * 0.1
+            sd[f"features.{idx}.bias"] = torch.randn(width, generator=g) * 0.01
+            c, idx = width, idx + 2
+        idx += 1  # the max-pool
+    sd["classifier.0.weight"] = torch.zeros(4, 4)
+    return sd
+
+
+def test_eifn_trains_with_its_recipe_vgg16_weights_and_lr_steps(tmp_path, synth, eifn_plugin, capsys):
+    sd = _vgg16_state(TINY_VGG)
+    path = tmp_path / "vgg16.pth"
+    torch.save(sd, path)
+    run = tmp_path / "run"
+    # lr 0: the extractors keep the loaded weights, so the checkpoint shows what was loaded
+    assert _eifn(run, synth, "--vgg16-weights", str(path), "--lr", "0", "--epochs", "1",
+                 "--batch-size", "32") == 0
+    out = capsys.readouterr().out
+    block = out[out.index("recipe EIFN"):]
+    rows = {line.split()[0]: line for line in block.splitlines()[1:10]}
+    assert "command line" in rows["batch"] and "32" in rows["batch"]
+    assert "0.0005" in rows["weight"] and "recipe, sec. 3.1" in rows["weight"]
+    assert "lambda1 0.0001, lambda2 1, lambda3 6" in rows["loss"] and "recipe" in rows["loss"]
+    assert "x0.1 every 20 epochs" in rows["lr"] or "x0.1 every 20 epochs" in block
+    assert "faces 64x64, no crop" in block and f"--vgg16-weights {path}: loaded" in out
+    ck = torch.load(run / "fold_0" / "checkpoints" / "last.pt", weights_only=True)
+    for ext in ("identity_extractor", "expression_extractor"):
+        assert torch.equal(ck["model"][f"{ext}.0.weight"], sd["features.0.weight"])
+        assert torch.equal(ck["model"][f"{ext}.28.bias"], sd["features.28.bias"])
+    assert ck["config"]["model_kwargs"]["lambda3"] == 6.0
+    assert ck["optimizer"]["param_groups"][0]["weight_decay"] == 5e-4
+    # --lr-steps 1 over two epochs: 0.01 then 0.001; --lambdas reaches the model
+    run2 = tmp_path / "run2"
+    assert _eifn(run2, synth, "--epochs", "2", "--lr-steps", "1", "--lambdas", "0.0001,2,1") == 0
+    m = _json(run2 / "fold_0" / "metrics.json")
+    assert [h["lr"] for h in m["history"]] == pytest.approx([0.01, 0.001])
+    cfg = torch.load(run2 / "fold_0" / "checkpoints" / "best.pt", weights_only=True)["config"]
+    assert cfg["loss_weights"] == {"lambda1": 1e-4, "lambda2": 2.0, "lambda3": 1.0}
+    assert cfg["args"]["lr_milestones"] == [1] and cfg["args"]["batch_size"] == 100
+
+
+def test_id_rate_zero_run_builds_the_baseline(tmp_path, synth, eifn_plugin, capsys):
+    assert _eifn(tmp_path, synth, "--epochs", "1", "--id-rate", "0") == 0
+    assert "tiny_efn" in capsys.readouterr().out
+    ck = torch.load(tmp_path / "fold_0" / "checkpoints" / "best.pt", weights_only=True)
+    assert ck["config"]["model"] == "tiny_efn" and ck["config"]["requested_model"] == "tiny_eifn"
+    assert not any(k.startswith("fc1.") for k in ck["model"])  # EFN: no identity branch
+    assert ck["config"]["loss_weights"]["lambda2"] == 0.0
+    assert _json(tmp_path / "fold_0" / "metrics.json")["model"] == "tiny_efn"
+
+
+def _folds(synth, path):
+    from fer_models.data import load_dataset
+    from fer_models.data.protocol import make_folds
+
+    folds = make_folds(load_dataset("synthfer", synth), 4, 0)
+    folds.save(str(path))
+    return folds
+
+
+def test_checkpoints_record_their_subjects(tmp_path, synth, plugin):
+    folds = _folds(synth, tmp_path / "folds.json")
+    assert _train(tmp_path / "r", synth, "--folds-file", str(tmp_path / "folds.json"), "--fold", "2",
+                  "--epochs", "1", "--no-augment") == 0
+    m = _json(tmp_path / "r" / "fold_2" / "metrics.json")
+    for name in ("best.pt", "last.pt"):
+        cfg = torch.load(tmp_path / "r" / "fold_2" / "checkpoints" / name, weights_only=True)["config"]
+        assert cfg["train_subjects"] == m["train_subjects"] and cfg["val_subjects"] == m["val_subjects"]
+        assert cfg["test_subjects"] == folds.folds[2] and cfg["unrecorded_init"] == []
+    everyone = sorted(m["train_subjects"] + m["val_subjects"] + m["test_subjects"])
+    assert everyone == [f"S{i:03d}" for i in range(12)]
+
+
+def test_identity_pretraining_excludes_the_fold_and_init_checks_refuse_leaks(tmp_path, synth, plugin, capsys):
+    folds = _folds(synth, tmp_path / "folds.json")
+    ff = str(tmp_path / "folds.json")
+    one = ("--epochs", "1", "--no-augment")
+    # identity pre-training on every subject (sample-level split): warned, and its record holds them all
+    assert _train(tmp_path / "idall", synth, "--stage", "pretrain", "--target", "identity", *one) == 0
+    assert "pre-training on all 12 subjects" in capsys.readouterr().err
+    leaky = str(tmp_path / "idall" / "fold_0" / "checkpoints" / "best.pt")
+    assert len(torch.load(leaky, weights_only=True)["config"]["train_subjects"]) == 12
+    # the same with fold 0's test and validation subjects left out
+    assert _train(tmp_path / "id0", synth, "--stage", "pretrain", "--target", "identity",
+                  "--exclude-subjects-of", f"{ff}:0", *one) == 0
+    clean = str(tmp_path / "id0" / "fold_0" / "checkpoints" / "best.pt")
+    held_test, held_val = set(folds.folds[0]), set(
+        train.validation_subjects(folds.train_subjects(0), 0.1, 0))
+    cfg = torch.load(clean, weights_only=True)["config"]
+    assert not set(cfg["train_subjects"]) & (held_test | held_val) and len(cfg["train_subjects"]) == 12 - len(
+        held_test | held_val)
+    assert cfg["classes"] == cfg["train_subjects"]  # identity classes: the subjects it may see
+    # fine-tuning fold 0: the clean checkpoint is accepted; the fine-tuned one inherits its subjects
+    emo_run = tmp_path / "emo"
+    assert _train(emo_run, synth, "--folds-file", ff, "--fold", "0", "--stage", "pretrain", *one) == 0
+    emo = str(emo_run / "fold_0" / "checkpoints" / "best.pt")
+    capsys.readouterr()
+    ft = tmp_path / "ft0"
+    assert _train(ft, synth, "--folds-file", ff, "--fold", "0", "--stage", "finetune", "--init-emotion", emo,
+                  "--init-identity", clean, *one) == 0
+    assert "warning" not in capsys.readouterr().err
+    fcfg = torch.load(ft / "fold_0" / "checkpoints" / "best.pt", weights_only=True)["config"]
+    assert set(cfg["train_subjects"]) <= set(fcfg["train_subjects"])
+    assert fcfg["init_checkpoints"]["--init-identity"] == os.path.abspath(clean)
+    # refused, status 2, one line naming the checkpoint and the overlapping subjects
+    for flags, ck, fold in ((("--init-emotion", emo, "--init-identity", leaky), leaky, "0"),
+                            (("--init", leaky), leaky, "0"),
+                            (("--init", clean), clean, "1"),  # it was pre-trained on fold 1's test subjects
+                            (("--init", str(ft / "fold_0" / "checkpoints" / "best.pt")), "ft0", "2")):
+        assert _train(tmp_path / "refused", synth, "--folds-file", ff, "--fold", fold, "--stage", "finetune",
+                      *flags, *one) == 2, flags
+        line = _err_line(capsys)
+        test_subjects = folds.folds[int(fold)]
+        assert ck in line and "refusing a leaking initialisation" in line and f"fold {fold}'s" in line, line
+        assert any(s in line for s in test_subjects), line
+    assert not (tmp_path / "refused" / "fold_0").exists() and not (tmp_path / "refused" / "fold_1").exists()
+    # a checkpoint trained on a validation subject of the fold is refused too
+    crafted = tmp_path / "valleak.pt"
+    state = torch.load(clean, weights_only=True)
+    state["config"]["train_subjects"] = sorted(held_val)
+    torch.save(state, crafted)
+    assert _train(tmp_path / "refused", synth, "--folds-file", ff, "--fold", "0", "--init", str(crafted),
+                  *one) == 2
+    line = _err_line(capsys)
+    assert "validation subjects" in line and sorted(held_val)[0] in line
+    # an identity pre-training that itself starts from a leaky checkpoint is refused as well
+    assert _train(tmp_path / "refused", synth, "--stage", "pretrain", "--target", "identity",
+                  "--exclude-subjects-of", f"{ff}:0", "--init", leaky, *one) == 2
+    assert f"{ff} fold 0's test subjects" in _err_line(capsys)
+
+
+def test_unrecorded_init_checkpoint_warns_once_unless_allowed(tmp_path, synth, plugin, capsys):
+    _folds(synth, tmp_path / "folds.json")
+    ff = str(tmp_path / "folds.json")
+    one = ("--folds-file", ff, "--fold", "0", "--epochs", "1", "--no-augment")
+    assert _train(tmp_path / "pre", synth, "--stage", "pretrain", *one) == 0
+    old = tmp_path / "old.pt"  # as written before fer-train recorded subjects
+    state = torch.load(tmp_path / "pre" / "fold_0" / "checkpoints" / "best.pt", weights_only=True)
+    for key in ("train_subjects", "val_subjects", "test_subjects", "init_checkpoints", "unrecorded_init"):
+        del state["config"][key]
+    torch.save(state, old)
+    capsys.readouterr()
+    assert _train(tmp_path / "ft", synth, "--init", str(old), *one) == 0
+    line = _err_line(capsys)
+    assert line.startswith("fer-train: warning: --init") and str(old) in line and "does not record" in line
+    cfg = torch.load(tmp_path / "ft" / "fold_0" / "checkpoints" / "best.pt", weights_only=True)["config"]
+    assert cfg["unrecorded_init"] == [str(old)]
+    assert _train(tmp_path / "ft2", synth, "--init", str(old), "--allow-unrecorded-init", *one) == 0
+    assert capsys.readouterr().err.strip() == ""
