@@ -336,8 +336,6 @@ def efn(**kw): return _create_eifn("EFN", **kw)  # noqa: E704
 RECIPE = Recipe(
     family="EIFN",
     paper="Zhang, Su, Wang, Expression-Identity Fusion Network, sec. 3.1",
-    optimizer="SGD",
-    momentum=0.9,
     lr=0.01,
     schedule=Schedule("every", (20,)),
     pretrain_schedule=Schedule("constant"),

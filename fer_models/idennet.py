@@ -492,8 +492,6 @@ def _original_of(name: str) -> str:
 RECIPE = Recipe(
     family="IDEnNet",
     paper="Li et al., IDEnNet, arXiv 1812.04207, sec. 4.3",
-    optimizer="SGD",
-    momentum=0.9,
     lr=0.01,
     pretrain_lr=0.1,
     schedule=Schedule("fractions", (0.5, 0.75)),

@@ -20,6 +20,7 @@ from fer_kernels.reference.dense_block import (
     dense_block_reference,
 )
 from tests.harness import assert_close, backend_params, make_input, requires_gpu, run_gradcheck, run_opcheck
+from tests.torchvision_style import _DenseBlock, _DenseLayer
 
 # Parity targets of issue 4: 2e-4 relative in float32, 1e-10 in float64, on every output and gradient.
 RTOL = {torch.float32: 2e-4, torch.float64: 1e-10}
@@ -44,37 +45,7 @@ def check(actual, expected, name):
     assert_close(actual, expected, name, rtol=RTOL[expected.dtype], atol=_atol(expected))
 
 
-# ---- the plain torchvision-style block: the parity oracle (no torchvision on this machine) ----
-
-
-class _DenseLayer(nn.Module):
-    def __init__(self, num_input_features, growth_rate, bn_size):
-        super().__init__()
-        self.norm1 = nn.BatchNorm2d(num_input_features)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False)
-
-    def forward(self, features):
-        prev = torch.cat(features, 1)
-        bottleneck = self.conv1(self.relu1(self.norm1(prev)))
-        return self.conv2(self.relu2(self.norm2(bottleneck)))
-
-
-class _DenseBlock(nn.ModuleDict):
-    def __init__(self, num_layers, num_input_features, bn_size, growth_rate):
-        super().__init__()
-        for i in range(num_layers):
-            self.add_module(f"denselayer{i + 1}",
-                            _DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size))
-
-    def forward(self, init_features):
-        features = [init_features]
-        for _, layer in self.items():
-            features.append(layer(features))
-        return torch.cat(features, 1)
+# ---- the plain torchvision-style block (tests/torchvision_style.py) is the parity oracle ----
 
 
 def _randomise(block: nn.Module, momentum=0.1):

@@ -8,6 +8,7 @@ from torch import nn
 import fer_kernels as fk
 from fer_kernels.reference import fusion_conv_backward_reference, fusion_conv_reference
 from tests.harness import assert_close, make_input, run_gradcheck
+from tests.torchvision_style import _Transition
 
 SHAPES = [  # (N, channels per input, H, W, C_out, pool)
     (1, (1,), 1, 1, 1, 1),
@@ -399,17 +400,6 @@ def test_transition_gradcheck(backend, training):
         return fk.transition(x, nw, nb, rm, rv, cw, None, training, 0.0, 1e-5, 2, backend=backend)
 
     run_gradcheck(f, [x, nw, nb, cw], **opts)
-
-
-class _Transition(nn.Sequential):
-    """Stand-in with torchvision's ``_Transition`` layout (torchvision is not a dependency)."""
-
-    def __init__(self, num_input_features, num_output_features):
-        super().__init__()
-        self.norm = nn.BatchNorm2d(num_input_features)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, stride=1, bias=False)
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + backend_params("cpp"))
