@@ -98,7 +98,7 @@ def evaluate(args) -> dict:
         print(text, file=sys.stderr)
     if not len(dataset):
         raise DataError(f"{data}: nothing to evaluate")
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, args.checkpoint)
     labels = torch.tensor(labels_of(dataset), dtype=torch.int64)
     cm, rate = confusion(
         model,

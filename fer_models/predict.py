@@ -50,6 +50,7 @@ from fer_kernels.extras import cli_entry, require
 from fer_models.data.base import IMAGE_EXTENSIONS, DataError
 from fer_models.runtime import (
     CheckpointError,
+    first_line,
     import_plugins,
     load_checkpoint,
     model_from_checkpoint,
@@ -76,20 +77,14 @@ def load_model(path: str, expression: bool = True, device="cpu") -> tuple[torch.
     cfg = ckpt["config"]
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: not a fer-train checkpoint (its config is not a dict)")
-    missing = [k for k in ("model", "model_kwargs", "classes", "resize", "crop", "channels") if k not in cfg]
+    missing = [k for k in ("classes", "resize", "crop", "channels") if k not in cfg]
     if missing:
         raise CheckpointError(f"{path}: not a fer-train checkpoint (its config lacks {', '.join(missing)})")
     if expression and cfg.get("target", "expression") != "expression":
         raise CheckpointError(
             f"{path}: a checkpoint of a model trained to recognise {cfg['target']}, not expressions"
         )
-    try:
-        model = model_from_checkpoint(ckpt)
-    except ValueError as exc:  # a model name the registry does not know
-        raise CheckpointError(f"{path}: {_first_line(exc)} (--import the module that registers it)") from None
-    except (RuntimeError, TypeError, KeyError) as exc:  # weights or arguments that do not fit the model
-        raise CheckpointError(f"{path}: its weights do not fit model {cfg['model']!r} ({_first_line(exc)})"
-                              ) from None
+    model = model_from_checkpoint(ckpt, path)
     model.to(device).eval()
     with torch.no_grad():  # one dry run: the head must give one logit per class
         x = torch.zeros(1, int(cfg["channels"]), int(cfg["crop"]), int(cfg["crop"]), device=device)
@@ -97,7 +92,7 @@ def load_model(path: str, expression: bool = True, device="cpu") -> tuple[torch.
             n = target_logits(model(x), cfg.get("target", "expression")).shape[-1]
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{path}: model {cfg['model']!r} does not run on its own input size "
-                                  f"({_first_line(exc)})") from None
+                                  f"({first_line(exc)})") from None
     if n != len(cfg["classes"]):
         raise CheckpointError(f"{path}: the model gives {n} logits for {len(cfg['classes'])} classes")
     return model, cfg
@@ -166,7 +161,7 @@ def read_image(path: str, color: bool) -> tuple[np.ndarray, np.ndarray | None]:
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image (no decoder recognises it)") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {first_line(exc)})") from None
     return gray, bgr
 
 
@@ -611,10 +606,6 @@ def main(argv=None) -> int:
             + (f"; annotated copies in {args.annotate}" if args.annotate else ""))
     return 1 if failed else 0
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -304,11 +304,10 @@ def load_checkpoint(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused: not plain data (weights_only load: {first})") from None
+        raise CheckpointError(f"{path}: refused: not plain data (weights_only load: {first_line(exc)})") from None
     except Exception as exc:  # truncated zip, not a torch file, ...
         raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                              f"{first_line(exc)})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path}: not a fer-train checkpoint (needs 'model' and 'config')")
     return ckpt
@@ -359,11 +358,31 @@ def recorded_subjects(ckpt: dict) -> dict | None:
     }
 
 
-def model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """Rebuild the registered model a checkpoint was made from and load its weights."""
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def model_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> nn.Module:
+    """Rebuild the registered model a checkpoint was made from and load its weights.
+
+    Raises:
+        CheckpointError: one line naming ``path`` when the config names no model, a model the registry does not
+            know, or weights that do not fit it.
+    """
     from fer_models.registry import create_model
 
     cfg = ckpt["config"]
-    model = create_model(cfg["model"], **cfg["model_kwargs"])
-    model.load_state_dict(ckpt["model"])
+    if not isinstance(cfg, dict) or "model" not in cfg or "model_kwargs" not in cfg:
+        raise CheckpointError(f"{path}: not a fer-train checkpoint (its config names no model)")
+    try:
+        model = create_model(cfg["model"], **cfg["model_kwargs"])
+    except ValueError as exc:  # a model name the registry does not know
+        raise CheckpointError(f"{path}: {first_line(exc)} (--import the module that registers it)") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, TypeError, KeyError) as exc:  # weights that do not fit the model
+        raise CheckpointError(f"{path}: its weights do not fit model {cfg['model']!r} ({first_line(exc)})"
+                              ) from None
     return model

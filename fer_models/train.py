@@ -386,8 +386,8 @@ def build_model(
         from_pretrained = getattr(type(proto), "from_pretrained", None)
         if from_pretrained is None:
             raise SystemExit(f"fer-train: {args.model} has no from_pretrained; use --init for this model")
-        emo = model_from_checkpoint(inits["--init-emotion"][1])
-        ident = model_from_checkpoint(inits["--init-identity"][1]) if args.init_identity else None
+        emo = model_from_checkpoint(inits["--init-emotion"][1], args.init_emotion)
+        ident = model_from_checkpoint(inits["--init-identity"][1], args.init_identity) if args.init_identity else None
         try:
             model = from_pretrained(emo, ident, variant=getattr(proto, "variant", None), **kwargs)
         except ValueError as e:

@@ -3,7 +3,6 @@ it calls ``F.batch_norm``."""
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -34,15 +33,3 @@ def bn_buffers(bn: nn.BatchNorm2d):
     """Running buffers passed to the op: None when they are not tracked or not updated (eval with batch stats)."""
     use = not bn.training or bn.track_running_stats
     return (bn.running_mean if use else None), (bn.running_var if use else None)
-
-
-def bn_affine(bn: nn.BatchNorm2d, like: torch.Tensor):
-    """Weight and bias passed to the op: ones and zeros for ``affine=False`` (gamma=1, beta=0 is exact),
-    in the dtype of the running buffers (else of ``like``, the layer's conv weight), on ``like``'s device."""
-    if bn.weight is not None and bn.bias is not None:
-        return bn.weight, bn.bias
-    ref = bn.running_mean if bn.running_mean is not None else like
-    opts = dict(dtype=ref.dtype, device=like.device)
-    weight = bn.weight if bn.weight is not None else torch.ones(bn.num_features, **opts)
-    bias = bn.bias if bn.bias is not None else torch.zeros(bn.num_features, **opts)
-    return weight, bias

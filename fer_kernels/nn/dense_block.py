@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_kernels.nn._bn import bn_affine, bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
+from fer_kernels.nn._bn import bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
 from fer_kernels.nn.convert import is_bn, is_conv, only_children, rebuild, register_converter, register_reference, same_place
 from fer_kernels.nn.plain import DenseBlockLayout, DenseBlockPlain, DenseLayerLayout, DenseLayerPlain
 from fer_kernels.ops.dense_block import dense_block
@@ -23,9 +23,9 @@ class DenseLayer(DenseLayerLayout):
     def params(self) -> DenseLayerParams:
         m1, v1 = bn_buffers(self.norm1)
         m2, v2 = bn_buffers(self.norm2)
-        g1, b1 = bn_affine(self.norm1, self.conv1.weight)
-        g2, b2 = bn_affine(self.norm2, self.conv2.weight)
-        return DenseLayerParams(g1, b1, m1, v1, self.conv1.weight, g2, b2, m2, v2, self.conv2.weight)
+        # affine=False BatchNorms pass None weight / bias: the op uses ones / zeros.
+        return DenseLayerParams(self.norm1.weight, self.norm1.bias, m1, v1, self.conv1.weight,
+                                self.norm2.weight, self.norm2.bias, m2, v2, self.conv2.weight)
 
     def forward(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
         if isinstance(x, (list, tuple)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fer_kernels.nn._bn import bn_affine, bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
+from fer_kernels.nn._bn import bn_buffers, bn_count_batch, bn_momentum, bn_uses_batch_stats
 from fer_kernels.nn.convert import (is_avg_pool, is_bn, is_conv, only_children, rebuild, register_converter,
                                    register_reference, same_place)
 from fer_kernels.nn.plain import FusionConvLayout, FusionConvPlain, TransitionLayout, TransitionPlain
@@ -50,9 +50,8 @@ class Transition(TransitionLayout):
 
     def forward(self, x: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
         mean, var = bn_buffers(self.norm)
-        weight, bias = bn_affine(self.norm, self.conv.weight)
         training = bn_uses_batch_stats(self.norm)
-        out = transition(x, weight, bias, mean, var, self.conv.weight, self.conv.bias,
+        out = transition(x, self.norm.weight, self.norm.bias, mean, var, self.conv.weight, self.conv.bias,
                          training, bn_momentum(self.norm), self.norm.eps, self.pool, backend=backend)
         bn_count_batch(self.norm)  # after the op accepted its inputs, so a rejected input changes nothing
         return out
