@@ -40,11 +40,11 @@ from fer_kernels.extras import cli_entry, require
 from fer_models.data import DATASETS, DataError, FaceDataset, load_dataset, load_images, report_issues
 from fer_models.data.protocol import (
     Folds,
+    held_out_subjects,
     load_or_make_folds,
     split_by_usage,
     split_fold,
     split_random,
-    validation_subjects,
 )
 from fer_models.data.transforms import augment14, record
 from fer_models.eifn import load_vgg16_features
@@ -66,8 +66,8 @@ from fer_models.runtime import (
     plot_confusion,
     recorded_subjects,
     shard,
-    subject_metadata,
     shutdown_distributed,
+    subject_metadata,
     write_json,
 )
 
@@ -538,8 +538,8 @@ def parse_exclusion(spec: str, val_fraction: float, seed: int) -> tuple[set[str]
     k = int(fold)
     if not 0 <= k < folds.k:
         raise UsageError(f"--exclude-subjects-of {spec}: fold {k} outside 0..{folds.k - 1}")
-    val = validation_subjects(folds.train_subjects(k), val_fraction, seed * 1000 + k)  # as split_fold draws
-    return folds.test_subjects(k), set(val), f"{path} fold {k}"
+    test, val = held_out_subjects(folds, k, val_fraction, seed)  # the subjects split_fold holds out
+    return test, val, f"{path} fold {k}"
 
 
 def _names(subjects) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from fer_models import demo, evaluate, predict, train
 from fer_models.data import write_synthfer
-from fer_models.data.protocol import Folds
+from fer_models.data.protocol import Folds, held_out_subjects
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -652,8 +652,8 @@ def test_identity_pretraining_excludes_the_fold_and_init_checks_refuse_leaks(tmp
     assert _train(tmp_path / "id0", synth, "--stage", "pretrain", "--target", "identity",
                   "--exclude-subjects-of", f"{ff}:0", *one) == 0
     clean = str(tmp_path / "id0" / "fold_0" / "checkpoints" / "best.pt")
-    held_test, held_val = set(folds.folds[0]), set(
-        train.validation_subjects(folds.train_subjects(0), 0.1, 0))
+    held_test, held_val = held_out_subjects(folds, 0, 0.1, 0)
+    assert held_test == set(folds.folds[0])
     cfg = torch.load(clean, weights_only=True)["config"]
     assert not set(cfg["train_subjects"]) & (held_test | held_val) and len(cfg["train_subjects"]) == 12 - len(
         held_test | held_val)

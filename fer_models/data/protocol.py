@@ -125,10 +125,16 @@ def validation_subjects(train_subjects: list[str], fraction: float, seed: int) -
     return sorted(train_subjects[i] for i in idx)
 
 
+def held_out_subjects(folds: Folds, fold: int, val_fraction: float = 0.1, seed: int = 0):
+    """``(test, val)`` subject sets of ``fold``: its test subjects, and the validation subjects drawn from the rest
+    (the same draw for a given fold, fraction and seed)."""
+    val = validation_subjects(folds.train_subjects(fold), val_fraction, seed * 1000 + fold)
+    return set(folds.test_subjects(fold)), set(val)
+
+
 def split_fold(dataset: FaceDataset, folds: Folds, fold: int, val_fraction: float = 0.1, seed: int = 0):
     """``(train, val, test)`` datasets for ``fold``: test = the fold's subjects, val = drawn from the rest."""
-    test = folds.test_subjects(fold)
-    val = set(validation_subjects(folds.train_subjects(fold), val_fraction, seed * 1000 + fold))
+    test, val = held_out_subjects(folds, fold, val_fraction, seed)
     return (
         dataset.subset(lambda s: s.subject not in test and s.subject not in val),
         dataset.subset(lambda s: s.subject in val),
