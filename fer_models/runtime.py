@@ -275,14 +275,14 @@ def plot_confusion(cm, classes: list[str], path: str, title: str = "") -> str:
 # ----------------------------------------------------------------------------------------------- files
 def atomic_save(obj, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # unique: parallel runs may write the same file
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
 def write_json(obj, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # unique: parallel runs may write the same file
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
     os.replace(tmp, path)

@@ -39,7 +39,7 @@ class Folds:
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
+        tmp = f"{path}.{os.getpid()}.tmp"  # unique: parallel runs may write the same file
         with open(tmp, "w") as f:
             json.dump(self.to_json(), f, indent=1)
         os.replace(tmp, path)
