@@ -30,7 +30,6 @@ from fer_models.losses import self_constrained_identity_loss
 from fer_models.summary import count_macs, format_table, main, summarize
 from tests.harness import assert_close
 
-
 # Tiny tensors: one intra-op thread is faster than fanning out (see tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -82,7 +81,7 @@ def test_registry_lists_every_variant():
     expected |= {f"densenet_bc_{d}" for d in (16, 22, 40)} | {
         f"densenet_bc_identity_{d}" for d in (16, 22, 40)
     }
-    expected |= {"eifn", "eifn_star", "efn"}
+    expected |= {"eifn", "eifn_star", "efn", "eifn_bn_slim", "eifn_star_bn_slim", "efn_bn_slim"}
     assert set(ALL) == expected
     assert list_models("idennet_if_*") == ["idennet_if_16", "idennet_if_22", "idennet_if_40"]
 
