@@ -8,6 +8,8 @@ the pre-training DenseNets ``densenet_bc_{16,22,40}`` (expressions) and ``densen
 from fer_models.registry import create_model, list_models, register_model  # noqa: I001  (first: the models register into it)
 from fer_models.eifn import EIFN, EIFNOutput
 from fer_models.idennet import DenseNetBC, IDEnNet, IDEnNetOutput
+from fer_models.ipd_fer import IPDFER, IPDFEROutput
+from fer_models.de_gan import DEGAN, DEGANOutput
 from fer_models.losses import (
     CenterLoss,
     SelfConstrainedIdentityLoss,
@@ -28,6 +30,10 @@ __all__ = [
     "DenseNetBC",
     "EIFN",
     "EIFNOutput",
+    "IPDFER",
+    "IPDFEROutput",
+    "DEGAN",
+    "DEGANOutput",
     "CenterLoss",
     "SelfConstrainedIdentityLoss",
     "center_loss",

@@ -56,6 +56,9 @@ def _describe(model: torch.nn.Module) -> tuple[str, int, int | None, int | None,
         return f"pre-train ({model.task})", model.depth, e, i, total
     if isinstance(model, EIFN):
         return model.variant, 16, model.num_expressions, model.num_identities, total
+    if getattr(model, "generative", False):  # IPD-FER, DE-GAN: what their optimizers train
+        trained = sum(p.numel() for ps in model.optimizer_groups().values() for p in ps if p.requires_grad)
+        return "generative", 0, getattr(model, "num_expressions", None), getattr(model, "num_identities", None), trained
     return "-", 0, None, None, total
 
 

@@ -56,6 +56,7 @@ from fer_models.runtime import (
     WithLoss,
     atomic_save,
     confusion,
+    first_line,
     import_plugins,
     init_distributed,
     input_spec,
@@ -300,7 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--synth-subjects", type=int, default=40)
     ap.add_argument("--synth-frames", type=int, default=6)
     ap.add_argument("--synth-size", type=int, default=64)
-    ap.add_argument("--synth-difficulty", type=float, default=None)
+    ap.add_argument("--synth-difficulty", type=float, default=None, help="default: the version's")
+    ap.add_argument(
+        "--synthfer-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="SynthFER generator version for a set generated here (2: identity-dependent expression, labelled "
+        "pose, neutral frames, identity population under DATA/identity; 1: the original set)",
+    )
+    ap.add_argument("--synth-identity-subjects", type=int, default=100, help="SynthFER v2 identity population")
     return ap
 
 
@@ -308,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 def open_dataset(args, d: Dist) -> FaceDataset:
     opts = {}
     if args.dataset == "synthfer":
-        from fer_models.data.synthfer import DEFAULT_DIFFICULTY, write_synthfer
+        from fer_models.data.synthfer import write_synthfer
 
         if d.main and not os.path.isfile(os.path.join(args.data, "manifest.csv")):
             t = time.perf_counter()
@@ -317,8 +327,10 @@ def open_dataset(args, d: Dist) -> FaceDataset:
                 args.synth_subjects,
                 args.synth_frames,
                 args.synth_size,
-                DEFAULT_DIFFICULTY if args.synth_difficulty is None else args.synth_difficulty,
+                args.synth_difficulty,
                 args.seed,
+                version=args.synthfer_version,
+                identity_subjects=args.synth_identity_subjects,
             )
             print(f"SynthFER written to {args.data} in {time.perf_counter() - t:.1f} s", flush=True)
         d.barrier()
@@ -327,6 +339,37 @@ def open_dataset(args, d: Dist) -> FaceDataset:
     if args.dataset == "ckplus":
         opts["classes"] = args.ck_classes
     return load_dataset(args.dataset, args.data, strict=args.strict_data, **opts)
+
+
+def neutral_frames(dataset: FaceDataset, size: int) -> dict:
+    """For a generative model: each sample's sequence neutral frame (uint8 (N, size, size); zeros where the
+    dataset names none, ``has_neutral`` False) and pose class (-1: unknown)."""
+    from fer_models.data.base import read_gray, resize_gray
+
+    cache: dict[str, np.ndarray] = {}
+    out = np.zeros((len(dataset), size, size), np.uint8)
+    has = np.zeros(len(dataset), bool)
+    for i, s in enumerate(dataset.samples):
+        if s.neutral:
+            if s.neutral not in cache:
+                cache[s.neutral] = resize_gray(read_gray(s.neutral), size)
+            out[i], has[i] = cache[s.neutral], True
+    pose = np.array([-1 if s.pose is None else s.pose for s in dataset.samples], np.int64)
+    return {"neutral": out, "has_neutral": has, "pose": pose}
+
+
+def make_optimizers(args, groups: dict) -> dict:
+    """One optimizer per parameter group: the recipe's SGD (momentum) or Adam (``--momentum`` is beta1)."""
+    out = {}
+    for name, params in groups.items():
+        params = [p for p in params if p.requires_grad]
+        if args.optimizer == "Adam":
+            out[name] = torch.optim.Adam(params, lr=args.lr, betas=(args.momentum, 0.999),
+                                         weight_decay=args.weight_decay)
+        else:
+            out[name] = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
+                                        weight_decay=args.weight_decay)
+    return out
 
 
 def target_classes(dataset: FaceDataset, target: str) -> list[str]:
@@ -375,11 +418,22 @@ def build_model(
     (``vgg16``: the loaded tensors), ``--init-emotion`` / ``--init-identity`` and ``--init`` (``inits``:
     ``{flag: (path, checkpoint)}``, already loaded and checked)."""
     kwargs = {"num_expressions": num_classes, "num_identities": max(1, num_identities), **args.loss_weights}
+    if args.generative:
+        kwargs["num_poses"] = args.num_poses
     if args.model not in list_models():
         raise SystemExit(
             f"fer-train: unknown model {args.model!r}; registered: {', '.join(list_models()) or 'none'}"
         )
-    if args.init_emotion or args.init_identity:
+    if args.init_identity and not args.init_emotion and args.identity_encoder_init:
+        model = create_model(args.model, **kwargs)
+        ident = model_from_checkpoint(inits["--init-identity"][1], args.init_identity)
+        try:
+            model.load_identity_encoder(ident)
+        except (ValueError, RuntimeError) as e:
+            raise SystemExit(f"fer-train: --init-identity {args.init_identity}: {first_line(e)}") from e
+        if d.main:
+            print(f"--init-identity {args.init_identity}: loaded into {args.model}'s identity encoder (frozen)")
+    elif args.init_emotion or args.init_identity:
         if not args.init_emotion:
             raise SystemExit("fer-train: --init-identity needs --init-emotion (the emotion network)")
         proto = create_model(args.model, **kwargs)
@@ -465,6 +519,7 @@ def resolve_settings(args, target: str) -> tuple[Recipe, list[tuple[str, str, st
                      cli if given else src(key)))
 
     rows.append(("optimizer", r.optimizer, src("optimizer")))
+    args.optimizer = r.optimizer
     pick("lr", r.stage_lr(args.stage), "lr", lambda v: f"{v:g}")
     pick("momentum", r.momentum, "momentum", lambda v: f"{v:g}")
     given_epochs = args.epochs is not None
@@ -594,11 +649,15 @@ def train_fold(
     channels: int,
     inits: dict,
     vgg16: dict | None,
+    extras: dict | None = None,
 ) -> dict:
     train, val, test = parts
     pos = {id(s): i for i, s in enumerate(dataset.samples)}
-    take = lambda ds: torch.from_numpy(images[[pos[id(s)] for s in ds.samples]])  # noqa: E731
+    take = lambda ds, a=images: torch.from_numpy(a[[pos[id(s)] for s in ds.samples]])  # noqa: E731
     train_x, val_x, test_x = take(train), take(val), take(test)
+    gen_data = None
+    if args.generative:  # the neutral frame and pose of each training image, carried through augmentation
+        gen_data = {k: take(train, extras[k]) for k in ("neutral", "has_neutral", "pose")}
     train_y, val_y, test_y = (labels_of(p, target, classes) for p in (train, val, test))
     id_subjects = train.subjects if (target == "expression" and train.has_subjects) else []
     if target == "identity":  # identity pre-training: the class is the identity, for either head of the model
@@ -610,6 +669,9 @@ def train_fold(
     if args.augment:
         aug, src = augment14(train_x.numpy())
         train_x, train_y, train_id = torch.from_numpy(aug), train_y[src], train_id[src]
+        if gen_data is not None:  # the same 14 transforms of each neutral frame, in the same order
+            gen_data["neutral"] = torch.from_numpy(augment14(gen_data["neutral"].numpy())[0])
+            gen_data["has_neutral"], gen_data["pose"] = gen_data["has_neutral"][src], gen_data["pose"][src]
     if d.main:
         print(
             f"fold {fold}: train {len(train)} images x{14 if args.augment else 1} = {len(train_x)}, "
@@ -623,15 +685,24 @@ def train_fold(
     model, model_kwargs = build_model(args, len(classes), n_ids, d, inits, vgg16)
     model.to(d.device)
     wrapped = WithLoss(model, target)
+    if args.generative:
+        opts = make_optimizers(args, model.optimizer_groups())
+    else:
+        opts = make_optimizers(args, {"model": model.parameters()})
     if d.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             wrapped,
             device_ids=[d.device.index] if d.device.type == "cuda" else None,
             find_unused_parameters=args.find_unused_parameters,
         )
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=args.lr_milestones, gamma=0.1)
+    scheds = {k: torch.optim.lr_scheduler.MultiStepLR(o, milestones=args.lr_milestones, gamma=0.1)
+              for k, o in opts.items()}
+    opt, sched = opts.get("model"), scheds.get("model")
+    # checkpoint form: one optimizer as it always was; several (a GAN) as {name: state}
+    opt_state = (lambda: opt.state_dict()) if list(opts) == ["model"] else (  # noqa: E731
+        lambda: {k: o.state_dict() for k, o in opts.items()})
+    sched_state = (lambda: sched.state_dict()) if list(opts) == ["model"] else (  # noqa: E731
+        lambda: {k: o.state_dict() for k, o in scheds.items()})
 
     ckpt_dir = os.path.join(fold_dir, "checkpoints")
     last_path, best_path = os.path.join(ckpt_dir, "last.pt"), os.path.join(ckpt_dir, "best.pt")
@@ -659,8 +730,13 @@ def train_fold(
     if args.resume and os.path.isfile(last_path):
         ck = load_checkpoint(last_path)
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+        if list(opts) == ["model"]:
+            opt.load_state_dict(ck["optimizer"])
+            sched.load_state_dict(ck["scheduler"])
+        else:
+            for k in opts:
+                opts[k].load_state_dict(ck["optimizer"][k])
+                scheds[k].load_state_dict(ck["scheduler"][k])
         start, history, best = ck["epoch"], ck["history"], ck["best"]
         if d.main:
             print(f"fold {fold}: resumed from {last_path} after epoch {start}", flush=True)
@@ -697,15 +773,31 @@ def train_fold(
             )
         for step in range(steps):
             idx = order[step * per_rank_batch : (step + 1) * per_rank_batch]
+            twin = torch.Generator().set_state(crop_gen.get_state()) if gen_data is not None else None
             x = make_batch(train_x, idx, crop, channels, d.device, crop_gen)
             y, yid = train_y[idx].to(d.device), train_id[idx].to(d.device)
-            logits, loss, parts_ = wrapped(x, y, yid)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if gen_data is not None:  # the model steps its own optimizers (e.g. discriminator, then generator)
+                has = gen_data["has_neutral"][idx]
+                batch = {
+                    "x": x,
+                    "expression": y,
+                    "identity": yid,
+                    "pose": gen_data["pose"][idx].to(d.device),
+                    # the same crops as x (a generator in the same state); None when no sample names one
+                    "neutral": make_batch(gen_data["neutral"], idx, crop, channels, d.device, twin)
+                    if bool(has.all()) else None,
+                }
+                logits, logged = model.training_step(batch, opts)
+                loss_value, id_value = logged["total"], logged.get("identity", 0.0)
+            else:
+                logits, loss, parts_ = wrapped(x, y, yid)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_value, id_value = float(loss.detach()), float(parts_[1])
             n = len(idx)
             sums += torch.tensor(
-                [float(loss.detach()) * n, float((logits.argmax(1) == y).sum()), n, float(parts_[1]) * n],
+                [loss_value * n, float((logits.argmax(1) == y).sum()), n, float(id_value) * n],
                 dtype=torch.float64,
             )
             if bar is not None:
@@ -718,8 +810,9 @@ def train_fold(
                 bar.update()
         if bar is not None:
             bar.close()
-        lr_used = opt.param_groups[0]["lr"]
-        sched.step()
+        lr_used = next(iter(opts.values())).param_groups[0]["lr"]
+        for sc in scheds.values():
+            sc.step()
         train_time = time.perf_counter() - t0
         sums = d.all_sum(sums)
         row = {
@@ -746,8 +839,8 @@ def train_fold(
             atomic_save(
                 {
                     **state,
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
+                    "optimizer": opt_state(),
+                    "scheduler": sched_state(),
                     "history": history,
                     "best": best,
                 },
@@ -759,6 +852,18 @@ def train_fold(
             )
             if "val_accuracy" in row:
                 msg += f" | val acc {row['val_accuracy']:.4f}"
+            if gen_data is not None and hasattr(model, "save_sample_grid"):
+                grid = os.path.join(fold_dir, "samples", f"epoch_{epoch + 1:03d}.png")
+                show = torch.arange(min(8, len(test_x)))
+                show_n = take(test, extras["neutral"])[show] if len(test_x) else None
+                with torch.no_grad():
+                    model.save_sample_grid(
+                        make_batch(test_x, show, crop, channels, d.device, None),
+                        make_batch(show_n, torch.arange(len(show)), crop, channels, d.device, None)
+                        if show_n is not None and bool(take(test, extras["has_neutral"])[show].all()) else None,
+                        grid,
+                    )
+                msg += f" | {grid}"
             print(msg, flush=True)
         d.barrier()
 
@@ -859,6 +964,10 @@ def _run(args, d: Dist) -> int:
         flag = f"--lambdas {args.lambdas}: " if args.lambdas is not None else ""
         raise UsageError(f"{flag}{args.model}: {e}") from None
     channels, side = input_spec(probe)
+    args.generative = bool(getattr(probe, "generative", False))  # trains itself: training_step(batch, optimizers)
+    args.identity_encoder_init = hasattr(probe, "load_identity_encoder")
+    if args.generative and d.enabled:
+        raise UsageError(f"{args.model} trains with its own training_step: run it in one process (no torchrun)")
     resize_given = args.resize is not None
     if not resize_given:
         args.resize = recipe.resize if recipe and recipe.input_size == side else (60 if side == 48 else side)
@@ -877,7 +986,7 @@ def _run(args, d: Dist) -> int:
             msg = str(e) if str(e).startswith(args.vgg16_weights) else f"{args.vgg16_weights}: {e}"
             raise UsageError(f"--vgg16-weights {msg}") from None
     del probe
-    if args.init_identity and not args.init_emotion:
+    if args.init_identity and not args.init_emotion and not args.identity_encoder_init:
         raise SystemExit("fer-train: --init-identity needs --init-emotion (the emotion network)")
     inits = {}
     for flag, path in (("--init-emotion", args.init_emotion), ("--init-identity", args.init_identity),
@@ -899,6 +1008,8 @@ def _run(args, d: Dist) -> int:
     excluded = excluded_test | excluded_val
     classes = target_classes(dataset.subset(lambda s: s.subject not in excluded), target)
     dataset, images = load_images(dataset, resize, strict=args.strict_data)
+    extras = neutral_frames(dataset, resize) if args.generative else {}
+    args.num_poses = max([s.pose for s in dataset.samples if s.pose is not None], default=4) + 1
     if d.main:
         text = report_issues(dataset)
         if text:
@@ -990,6 +1101,7 @@ def _run(args, d: Dist) -> int:
             channels,
             inits,
             vgg16,
+            extras,
         )
         if m.get("stopped"):
             return 0

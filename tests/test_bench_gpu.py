@@ -155,7 +155,7 @@ def test_suites_ship_in_the_packages_and_models_comes_from_its_entry_point():
     assert fer_bench.module_file("fer_models.benchmarks.no_such_suite") is None
     assert fer_bench.module_file("no_such_package_xyz.bench") is None
     left = [p.name for p in (ROOT / "benchmarks").iterdir() if p.name != "__pycache__" and p.name[0] != "."]
-    assert sorted(left) == ["RESULTS.md", "results"]
+    assert sorted(left) == ["RESULTS.md", "experiments", "results"]  # experiments: fer-experiment configs
 
 
 def test_the_wheel_carries_the_suites():

@@ -406,7 +406,7 @@ def test_fer_prep_detects_crops_and_reports_misses(tmp_path, capsys):
 
     from fer_models import prep
 
-    faces, rows = generate(n_subjects=2, n_frames=2, size=128, difficulty=0.0, seed=0)
+    faces, rows = generate(n_subjects=2, n_frames=2, size=128, difficulty=0.0, seed=0, version=1)  # frontal
     entries = []
     for i in (1, 3, 13):  # apex frames
         big = cv2.copyMakeBorder(faces[i], 64, 64, 64, 64, cv2.BORDER_REPLICATE)

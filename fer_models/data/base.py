@@ -87,7 +87,9 @@ class Sample:
     ``expression`` indexes ``FaceDataset.classes`` (-1 where unknown, e.g. identity folders); ``subject`` is
     the dataset's subject id or None; ``pixels`` holds the image for in-file datasets (FER2013 CSV) and is
     None when the image lives at ``path``; ``split`` is the dataset's own split name where it has one (FER2013
-    Usage).
+    Usage); ``pose`` is a head-pose class where the dataset labels one (SynthFER v2: the yaw bin; None:
+    unknown); ``neutral`` is the path of the neutral frame of the sample's sequence, where the dataset names
+    one (IPD-FER's neutral-face target).
     """
 
     path: str
@@ -97,6 +99,8 @@ class Sample:
     frame: int | None = None
     pixels: np.ndarray | None = field(default=None, compare=False, repr=False)
     split: str | None = None
+    pose: int | None = None
+    neutral: str | None = None
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The generic manifest CSV: one row per image, ``path,expression,subject,sequence,frame``
-(+ optional ``split``).
+(+ optional ``split``, ``pose`` (a head-pose class, an integer >= 0; empty or -1: unknown) and ``neutral`` (the
+path of the sequence's neutral frame, relative like ``path``)).
 
 ``path`` is relative to the manifest's folder (or absolute); ``expression`` is an expression name (any
 spelling :func:`~fer_models.data.base.canonical_expression` knows); ``subject``, ``sequence`` and ``frame``
@@ -32,12 +33,14 @@ from fer_models.data.base import (
 )
 
 COLUMNS = ("path", "expression", "subject", "sequence", "frame")
+OPTIONAL_COLUMNS = ("split", "pose", "neutral")
 CANONICAL_ORDER = (ANGER, CONTEMPT, DISGUST, FEAR, HAPPINESS, SADNESS, SURPRISE, NEUTRAL)
 
 
 def write_manifest(path: str, rows: list[dict]) -> None:
-    """Write ``rows`` (dicts with the :data:`COLUMNS` keys, ``split`` optional) as a manifest CSV."""
-    cols = list(COLUMNS) + (["split"] if any(r.get("split") for r in rows) else [])
+    """Write ``rows`` (dicts with the :data:`COLUMNS` keys; the :data:`OPTIONAL_COLUMNS` are written when some row
+    has them) as a manifest CSV."""
+    cols = list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -105,6 +108,14 @@ def read_manifest(
             if not p:
                 issues(where, "empty path")
                 continue
+            pose = get("pose")
+            try:
+                pose = int(pose) if pose else None
+            except ValueError:
+                issues(where, f"pose {pose!r} is not an integer")
+                continue
+            pose = None if pose is not None and pose < 0 else pose
+            neutral = get("neutral")
             rows.append(
                 (
                     os.path.join(root, p),
@@ -113,12 +124,16 @@ def read_manifest(
                     get("sequence") or None,
                     frame,
                     get("split") or None,
+                    pose,
+                    os.path.join(root, neutral) if neutral else None,
                 )
             )
     if classes is None:
         present = {r[1] for r in rows}
         classes = [c for c in CANONICAL_ORDER if c in present]
     classes = list(classes)
-    samples = [Sample(p, classes.index(e), s, q, fr, split=sp) for p, e, s, q, fr, sp in rows]
+    samples = [
+        Sample(p, classes.index(e), s, q, fr, split=sp, pose=po, neutral=ne) for p, e, s, q, fr, sp, po, ne in rows
+    ]
     samples = group_sequences(samples, frames, k)
     return FaceDataset(name, classes, samples, issues.issues, root)

@@ -1,0 +1,172 @@
+"""Calibrate SynthFER: how much does knowing who the subject is help, on subjects never seen in training?
+
+A small CNN (three conv-BN-ReLU-pool stages, global average pooling, a two-layer head) is trained on each of
+k subject folds twice, from the same initial weights and the same batches: once plain, and once with the
+*oracle* identity code (the generator's hidden geometry code of the subject, ``subjects.json``) concatenated
+to its pooled features before the head (zeros for the plain CNN). The oracle gap (oracle minus plain test accuracy, paired by fold) is
+what an identity-aware model could gain at most from perfect identity features; the plain accuracy shows
+how far the task is from saturation.
+
+    python tools/calibrate_synthfer.py --data runs/data/synthfer2 --folds 5 --epochs 30 --out calib.json
+
+SynthFER v2 writes ``subjects.json``; v1 has no oracle code there (``--version 1`` recomputes v1's codes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fer_models.data import load_images, make_folds, write_synthfer
+from fer_models.data.protocol import split_fold
+from fer_models.data.synthfer import read_synthfer
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes: int, code_dim: int):
+        super().__init__()
+        chans = (1, 32, 64, 128)
+        layers = []
+        for a, b in zip(chans[:-1], chans[1:], strict=True):
+            layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.code_dim = code_dim
+        self.head = nn.Sequential(nn.Linear(128 + code_dim, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, classes))
+
+    def forward(self, x, code):
+        f = self.features(x).mean((2, 3))
+        return self.head(torch.cat([f, code], 1))
+
+
+def _batch(images, idx, gen, train):
+    x = images[idx].float().div(255.0).sub(0.5).div(0.25).unsqueeze(1)
+    if train:  # random shifts of up to 3 pixels and horizontal flips
+        pad = F.pad(x, (3, 3, 3, 3), mode="replicate")
+        dx, dy = torch.randint(0, 7, (2,), generator=gen).tolist()
+        x = pad[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]]
+        if torch.rand((), generator=gen) < 0.5:
+            x = x.flip(3)
+    return x
+
+
+def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, classes, batch=32):
+    torch.manual_seed(seed)
+    model = SmallCNN(classes, codes.shape[1])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    steps = epochs * int(np.ceil(len(train_idx) / batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=steps, pct_start=0.2)
+    gen = torch.Generator().manual_seed(seed)
+    code_in = codes if oracle else torch.zeros_like(codes)
+    correct = seen = 0
+    for _ in range(epochs):
+        model.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        correct = seen = 0
+        for i in range(0, len(order), batch):
+            idx = order[i : i + batch]
+            logits = model(_batch(images, idx, gen, True), code_in[idx])
+            loss = F.cross_entropy(logits, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            correct += int((logits.argmax(1) == labels[idx]).sum())
+            seen += len(idx)
+    model.eval()
+    with torch.no_grad():
+        pred = model(_batch(images, test_idx, None, False), code_in[test_idx]).argmax(1)
+    return float((pred == labels[test_idx]).float().mean()), correct / max(seen, 1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="SynthFER folder (generated there if absent)")
+    ap.add_argument("--version", type=int, choices=(1, 2), default=2)
+    ap.add_argument("--subjects", type=int, default=40)
+    ap.add_argument("--difficulty", type=float, default=None)
+    ap.add_argument("--size", type=int, default=48, help="image side the CNN sees")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write the results here (JSON)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    write_synthfer(a.data, a.subjects, 6, 64, a.difficulty, a.seed, version=a.version)
+    if a.version == 2:
+        with open(os.path.join(a.data, "subjects.json")) as f:
+            truth = json.load(f)
+    else:  # v1: the same draw generate() makes
+        from fer_models.data.synthfer import _subject_params
+
+        with open(os.path.join(a.data, "synthfer.json")) as f:
+            p = json.load(f)["params"]
+        rng = np.random.default_rng([p["seed"], 1])
+        u = rng.random((p["n_subjects"], 16))
+        truth = {f"S{s:03d}": {"code": ((u[s] - 0.5) * np.sqrt(12)).tolist()} for s in range(p["n_subjects"])}
+        del _subject_params
+    ds = read_synthfer(a.data)
+    ds, imgs = load_images(ds, a.size)
+    images = torch.from_numpy(imgs)
+    labels = torch.tensor([s.expression for s in ds.samples])
+    codes = torch.tensor([truth[s.subject]["code"] for s in ds.samples], dtype=torch.float32)
+    folds = make_folds(ds, a.folds, a.seed)
+    pos = {id(s): i for i, s in enumerate(ds.samples)}
+    rows = []
+    t0 = time.perf_counter()
+    for k in range(folds.k):
+        train, _, test = split_fold(ds, folds, k, 0.0, a.seed)
+        tr = torch.tensor([pos[id(s)] for s in train.samples])
+        te = torch.tensor([pos[id(s)] for s in test.samples])
+        res = {}
+        for oracle in (False, True):
+            acc, train_acc = run_fold(images, labels, codes, tr, te, oracle, a.epochs, a.seed * 100 + k, 6)
+            res["oracle" if oracle else "plain"] = acc
+            res[("oracle" if oracle else "plain") + "_train"] = train_acc
+        rows.append(res)
+        print(f"fold {k}: plain {res['plain']:.3f} (train {res['plain_train']:.3f})  oracle {res['oracle']:.3f} "
+              f"(train {res['oracle_train']:.3f})  [{time.perf_counter() - t0:.0f} s]", flush=True)
+    from scipy import stats
+
+    plain = np.array([r["plain"] for r in rows])
+    oracle = np.array([r["oracle"] for r in rows])
+    diff = oracle - plain
+    half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+    summary = {
+        "data": a.data,
+        "version": a.version,
+        "folds": a.folds,
+        "epochs": a.epochs,
+        "plain_mean": plain.mean(),
+        "plain_std": plain.std(ddof=1),
+        "plain_train_mean": float(np.mean([r["plain_train"] for r in rows])),
+        "oracle_mean": oracle.mean(),
+        "oracle_std": oracle.std(ddof=1),
+        "gap_mean": diff.mean(),
+        "gap_ci95": [diff.mean() - half, diff.mean() + half],
+        "paired_t_p": float(stats.ttest_rel(oracle, plain).pvalue) if len(diff) > 1 else None,
+        "folds_detail": rows,
+        "seconds": time.perf_counter() - t0,
+        "command": " ".join(sys.argv),
+    }
+    print(
+        f"plain {100 * plain.mean():.1f} +- {100 * plain.std(ddof=1):.1f}  oracle {100 * oracle.mean():.1f} +- "
+        f"{100 * oracle.std(ddof=1):.1f}  gap {100 * diff.mean():.1f} points, 95% CI "
+        f"[{100 * summary['gap_ci95'][0]:.1f}, {100 * summary['gap_ci95'][1]:.1f}]"
+    )
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(summary, f, indent=1, default=float)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
