@@ -60,9 +60,10 @@ from torch import nn
 
 import fer_kernels.nn as fnn
 from fer_models.idennet import _init_weights
+from fer_models.ipd_fer import RECIPE as IPD_FER_RECIPE
 from fer_models.ipd_fer import ConvDecoder, DenseEncoder, _check_input, save_image_grid
 from fer_models.losses import masked_cross_entropy
-from fer_models.recipes import Recipe, Schedule, register_recipe
+from fer_models.recipes import register_recipe, with_values
 from fer_models.registry import register_model
 
 __all__ = ["DEGANOutput", "DiscriminatorOutput", "DEGANGenerator", "DEGANDiscriminator", "DEGAN", "RECIPE"]
@@ -470,26 +471,16 @@ def de_gan(**kw): return _create_de_gan(**kw)  # noqa: E704
 # fmt: on
 
 
-#: DE-GAN's training recipe, applied by fer-train to every option not given.
-RECIPE = Recipe(
+#: DE-GAN's training recipe, applied by fer-train to every option not given: IPD-FER's optimiser, schedule,
+#: batch and input (the same DeRL / pix2pix choices, none stated in either paper), its own loss weights.
+RECIPE = with_values(
+    IPD_FER_RECIPE,
     family="DE-GAN",
     paper="Ali & Hughes, DE-GAN, arXiv 1909.13135 / 1912.01456 (abstracts); unstated values: DR-GAN, DeRL",
-    lr=2e-4,
-    batch_size=32,
-    weight_decay=0.0,
-    schedule=Schedule("constant"),
-    input_size=64,
-    resize=64,
-    optimizer="Adam",
-    momentum=0.5,
     loss_weight_names=("lambda_rec", "lambda_adv", "lambda_cls"),
     loss_weights=(10.0, 1.0, 1.0),
     sources={
-        "optimizer": "not in the abstracts: Adam, betas (0.5, 0.999) (momentum = beta1), as DR-GAN / DCGAN",
-        "lr": "not in the abstracts: 2e-4 (DR-GAN / DCGAN, DeRL)",
-        "schedule": "not in the abstracts: constant",
-        "batch_size": "not in the abstracts: 32 (CPU-sized)",
-        "weight_decay": "not in the abstracts: 0 (GAN training)",
+        **IPD_FER_RECIPE.sources,
         "loss_weights": "abstracts: reconstruction, adversarial, expression and identity classification in "
         "the discriminator; weights not given: L1 10 (DeRL / pix2pix weight L1 far above the adversarial "
         "term), adversarial 1, classification 1",

@@ -854,15 +854,12 @@ def train_fold(
                 msg += f" | val acc {row['val_accuracy']:.4f}"
             if gen_data is not None and hasattr(model, "save_sample_grid"):
                 grid = os.path.join(fold_dir, "samples", f"epoch_{epoch + 1:03d}.png")
-                show = torch.arange(min(8, len(test_x)))
-                show_n = take(test, extras["neutral"])[show] if len(test_x) else None
+                show = torch.arange(min(8, len(test_x)))  # the first test faces (pictures only, no selection)
+                neutral = None
+                if len(show) and bool(take(test, extras["has_neutral"])[show].all()):
+                    neutral = make_batch(take(test, extras["neutral"]), show, crop, channels, d.device, None)
                 with torch.no_grad():
-                    model.save_sample_grid(
-                        make_batch(test_x, show, crop, channels, d.device, None),
-                        make_batch(show_n, torch.arange(len(show)), crop, channels, d.device, None)
-                        if show_n is not None and bool(take(test, extras["has_neutral"])[show].all()) else None,
-                        grid,
-                    )
+                    model.save_sample_grid(make_batch(test_x, show, crop, channels, d.device, None), neutral, grid)
                 msg += f" | {grid}"
             print(msg, flush=True)
         d.barrier()

@@ -9,7 +9,7 @@ how far the task is from saturation.
 
     python tools/calibrate_synthfer.py --data runs/data/synthfer2 --folds 5 --epochs 30 --out calib.json
 
-SynthFER v2 writes ``subjects.json``; v1 has no oracle code there (``--version 1`` recomputes v1's codes).
+It calibrates SynthFER v2, the version that writes the oracle codes (``subjects.json``).
 """
 
 from __future__ import annotations
@@ -89,7 +89,6 @@ def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, c
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="SynthFER folder (generated there if absent)")
-    ap.add_argument("--version", type=int, choices=(1, 2), default=2)
     ap.add_argument("--subjects", type=int, default=40)
     ap.add_argument("--difficulty", type=float, default=None)
     ap.add_argument("--size", type=int, default=48, help="image side the CNN sees")
@@ -100,19 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the results here (JSON)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    write_synthfer(a.data, a.subjects, 6, 64, a.difficulty, a.seed, version=a.version)
-    if a.version == 2:
-        with open(os.path.join(a.data, "subjects.json")) as f:
-            truth = json.load(f)
-    else:  # v1: the same draw generate() makes
-        from fer_models.data.synthfer import _subject_params
-
-        with open(os.path.join(a.data, "synthfer.json")) as f:
-            p = json.load(f)["params"]
-        rng = np.random.default_rng([p["seed"], 1])
-        u = rng.random((p["n_subjects"], 16))
-        truth = {f"S{s:03d}": {"code": ((u[s] - 0.5) * np.sqrt(12)).tolist()} for s in range(p["n_subjects"])}
-        del _subject_params
+    write_synthfer(a.data, a.subjects, 6, 64, a.difficulty, a.seed, version=2)
+    with open(os.path.join(a.data, "subjects.json")) as f:  # written by SynthFER v2 only
+        truth = json.load(f)
     ds = read_synthfer(a.data)
     ds, imgs = load_images(ds, a.size)
     images = torch.from_numpy(imgs)
@@ -142,7 +131,6 @@ def main(argv=None) -> int:
     half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
     summary = {
         "data": a.data,
-        "version": a.version,
         "folds": a.folds,
         "epochs": a.epochs,
         "plain_mean": plain.mean(),

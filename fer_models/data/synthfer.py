@@ -364,6 +364,22 @@ def _subject_params_v2(rng: np.random.Generator, n_subjects: int, d: float) -> d
     return {"geom": _geometry(u), "code": code, "baseline": baseline, "apex": apex}
 
 
+def _scene(p: dict, rng, sp, wob, seq, s_idx, n_subjects: int, n_seq: int, d: float) -> None:
+    """Per-sequence placement (roll, shift, scale), illumination and background, with a per-frame wobble, into
+    ``p``: columns 0-7 of ``sp`` (per sequence), 0-2 of ``wob`` (per image); then two draws from ``rng`` (v1 and
+    v2 draw in this order)."""
+    p["rot"] = np.deg2rad((sp[seq, 0] * 2 - 1) * (3 + 10 * d) + wob[:, 0] * (0.2 + 0.8 * d))
+    p["tx"] = (sp[seq, 1] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 1] * (0.002 + 0.006 * d)
+    p["ty"] = (sp[seq, 2] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 2] * (0.002 + 0.006 * d)
+    p["scale"] = 1.0 + (sp[seq, 3] * 2 - 1) * (0.03 + 0.08 * d)
+    p["gain"] = 1.0 + (sp[seq, 4] * 2 - 1) * (0.05 + 0.3 * d)
+    p["grad"] = sp[seq, 5] * (0.05 + 0.45 * d)
+    p["grad_dir"] = sp[seq, 6] * 2 * np.pi
+    p["bg"] = 0.1 + 0.35 * sp[seq, 7]
+    p["bg_tex"] = rng.random(n_subjects)[s_idx]
+    p["bg_phase"] = rng.random(n_seq)[seq] * 2 * np.pi
+
+
 YAW_BINS = (-30.0, -15.0, 0.0, 15.0, 30.0)
 PITCH_BINS = (-12.0, 0.0, 12.0)
 
@@ -381,16 +397,7 @@ def _image_params_v2(rng, sub, s_idx, e_idx, intensity, seq, n_seq, d):
     yaw = np.asarray(YAW_BINS)[yaw_bin[seq]] + (sp[seq, 8] * 2 - 1) * 6.0 + wob[:, 3] * 0.5
     pitch = np.asarray(PITCH_BINS)[pitch_bin[seq]] + (sp[seq, 9] * 2 - 1) * 5.0 + wob[:, 4] * 0.5
     p["yaw"], p["pitch"] = np.deg2rad(yaw), np.deg2rad(pitch)
-    p["rot"] = np.deg2rad((sp[seq, 0] * 2 - 1) * (3 + 10 * d) + wob[:, 0] * (0.2 + 0.8 * d))
-    p["tx"] = (sp[seq, 1] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 1] * (0.002 + 0.006 * d)
-    p["ty"] = (sp[seq, 2] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 2] * (0.002 + 0.006 * d)
-    p["scale"] = 1.0 + (sp[seq, 3] * 2 - 1) * (0.03 + 0.08 * d)
-    p["gain"] = 1.0 + (sp[seq, 4] * 2 - 1) * (0.05 + 0.3 * d)
-    p["grad"] = sp[seq, 5] * (0.05 + 0.45 * d)
-    p["grad_dir"] = sp[seq, 6] * 2 * np.pi
-    p["bg"] = 0.1 + 0.35 * sp[seq, 7]
-    p["bg_tex"] = rng.random(len(sub["code"]))[s_idx]
-    p["bg_phase"] = rng.random(n_seq)[seq] * 2 * np.pi
+    _scene(p, rng, sp, wob, seq, s_idx, len(sub["code"]), n_seq, d)
     pose = {
         "yaw": np.round(yaw, 2).tolist(),
         "pitch": np.round(pitch, 2).tolist(),
@@ -436,16 +443,7 @@ def _generate_v1(n_subjects, n_frames, size, difficulty, seed, chunk):
     n_seq = n_subjects * n_expr
     sp = rng.random((n_seq, 8))
     wob = rng.standard_normal((n, 3))
-    p["rot"] = np.deg2rad((sp[seq, 0] * 2 - 1) * (3 + 10 * d) + wob[:, 0] * (0.2 + 0.8 * d))
-    p["tx"] = (sp[seq, 1] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 1] * (0.002 + 0.006 * d)
-    p["ty"] = (sp[seq, 2] * 2 - 1) * (0.02 + 0.06 * d) + wob[:, 2] * (0.002 + 0.006 * d)
-    p["scale"] = 1.0 + (sp[seq, 3] * 2 - 1) * (0.03 + 0.08 * d)
-    p["gain"] = 1.0 + (sp[seq, 4] * 2 - 1) * (0.05 + 0.3 * d)
-    p["grad"] = sp[seq, 5] * (0.05 + 0.45 * d)
-    p["grad_dir"] = sp[seq, 6] * 2 * np.pi
-    p["bg"] = 0.1 + 0.35 * sp[seq, 7]
-    p["bg_tex"] = rng.random(n_subjects)[s_idx]
-    p["bg_phase"] = rng.random(n_seq)[seq] * 2 * np.pi
+    _scene(p, rng, sp, wob, seq, s_idx, n_subjects, n_seq, d)
     noise_sigma = 0.01 + 0.06 * d
     images = np.empty((n, size, size), np.uint8)
     for start in range(0, n, chunk):
