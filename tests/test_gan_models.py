@@ -105,6 +105,48 @@ def test_ipd_fer_contract_shapes():
     assert any(isinstance(mod, FUSED) for mod in m.modules())
 
 
+def test_conv_decoder_upsamples_and_takes_the_finer_grid():
+    from fer_models.ipd_fer import ConvDecoder
+
+    torch.manual_seed(0)
+    plain = ConvDecoder(8, (8, 6, 4), out_chans=1)
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in plain.modules())
+    z = torch.randn(2, 8, 4, 4)
+    assert plain(z).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="skip"):
+        plain(z, torch.randn(2, 5, 8, 8))
+    dec = ConvDecoder(8, (8, 6, 4), out_chans=1, skip_channels=5)
+    skip = torch.randn(2, 5, 8, 8)
+    y = dec(z, skip)
+    assert y.shape == (2, 1, 32, 32) and y.abs().max() <= 1.0
+    with pytest.raises(ValueError, match="skip"):
+        dec(z)
+    # the finer grid reaches the image: changing it changes the output, and its gradient is non-zero
+    dec.eval()
+    skip.requires_grad_(True)
+    out = dec(z, skip)
+    assert not torch.equal(out, dec(z, skip + 1))
+    out.sum().backward()
+    assert skip.grad.abs().sum() > 0
+    two = ConvDecoder(8, (8, 4), out_chans=3, skip_channels=5)  # the finer grid joins the output step
+    assert two(z, skip.detach()).shape == (2, 3, 16, 16)
+
+
+def test_ipd_fer_fine_grid_is_optional():
+    torch.manual_seed(0)
+    with_skip, without = ipd(), ipd(skip_channels=0)
+    assert with_skip.decoder.skip_channels == 32 and without.decoder.skip_channels == 0
+    assert not hasattr(without, "fuse_neutral_fine")
+    x = images()
+    for m in (with_skip, without):
+        out = m(x)
+        assert out.neutral.shape == out.reconstruction.shape == (4, 1, 64, 64)
+    # the fine identity grid is the frozen identity features area-resampled to 16x16
+    coarse, fine = with_skip._identity_features(x)
+    assert coarse.shape[-1] == 8 and fine.shape[-1] == 16
+    assert_close(coarse, with_skip.identity_code(x))
+
+
 def test_de_gan_contract_shapes():
     g = gan()
     assert isinstance(g, DEGAN) and type(g).generative is True

@@ -477,10 +477,11 @@ def test_help_lists_the_recipe_flags_with_their_defaults():
     flat = flat.replace("- ", "-")  # argparse wraps at hyphens: EIFN-BN- slim
     for default in ("EIFN/EFN/EIFN-BN-slim/EFN-BN-slim 100; IDEnNet 128; IPD-FER/DE-GAN 32",
                     "EIFN/EFN/EIFN-BN-slim/EFN-BN-slim 0.0005; IDEnNet 0.0001; IPD-FER/DE-GAN 0;",
-                    "EIFN-BN-slim/EFN-BN-slim 0.05", "IPD-FER/DE-GAN 0.0002",
+                    "EIFN-BN-slim/EFN-BN-slim 0.05", "IPD-FER/DE-GAN 0.001",
                     "IDEnNet 0.01 (pretrain 0.1)", "x0.1 every 20 epochs", "x0.1 at 0.5, 0.75 of the epochs",
                     "lambda1,lambda2,lambda3 = 0.0001,1,6 (--dataset ckplus: 0.0001,2,1)",
-                    "id_alpha,id_gamma = 0.1,15", "idennet_original_<depth>"):
+                    "id_alpha,id_gamma = 0.1,15", "idennet_original_<depth>",
+                    "DE-GAN lambda_rec,lambda_adv,lambda_cls = 1,0.1,0.1"):
         assert default in flat, default
 
 

@@ -2,12 +2,14 @@
 
 A small CNN (three conv-BN-ReLU-pool stages, global average pooling, a two-layer head) is trained on each of
 k subject folds twice, from the same initial weights and the same batches: once plain, and once with the
-*oracle* identity code (the generator's hidden geometry code of the subject, ``subjects.json``) concatenated
-to its pooled features before the head (zeros for the plain CNN). The oracle gap (oracle minus plain test accuracy, paired by fold) is
-what an identity-aware model could gain at most from perfect identity features; the plain accuracy shows
-how far the task is from saturation.
+*oracle* identity code (the generator's hidden geometry code of the subject, ``subjects.json``; zeros for the
+plain CNN). ``--fusion concat`` (default) joins the code to the pooled features before the head; ``film``
+scales and shifts each pooled feature by a linear function of the code. ``--code-noise S`` adds Gaussian
+noise of std S to the oracle's code in training, so the head cannot memorise the few training subjects'
+codes. The oracle gap (oracle minus plain test accuracy, paired by fold) is what an identity-aware model
+could gain from perfect identity features; the plain accuracy shows how far the task is from saturation.
 
-    python tools/calibrate_synthfer.py --data runs/data/synthfer2 --folds 5 --epochs 30 --out calib.json
+    python tools/calibrate_synthfer.py --data runs/data/synthfer2 --folds 5 --epochs 30 --jobs 2 --out calib.json
 
 It calibrates SynthFER v2, the version that writes the oracle codes (``subjects.json``).
 """
@@ -31,7 +33,11 @@ from fer_models.data.synthfer import read_synthfer
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, classes: int, code_dim: int):
+    """``fusion`` says how the oracle's code enters: ``concat`` (joined to the pooled features before the
+    two-layer head) or ``film`` (the code scales and shifts each pooled feature linearly, then the same head):
+    the plain CNN gets a zero code, which makes both fusions the identity."""
+
+    def __init__(self, classes: int, code_dim: int, fusion: str = "concat"):
         super().__init__()
         chans = (1, 32, 64, 128)
         layers = []
@@ -39,10 +45,17 @@ class SmallCNN(nn.Module):
             layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
         self.features = nn.Sequential(*layers)
         self.code_dim = code_dim
-        self.head = nn.Sequential(nn.Linear(128 + code_dim, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, classes))
+        self.fusion = fusion
+        extra = code_dim if fusion == "concat" else 0
+        if fusion == "film":
+            self.film = nn.Linear(code_dim, 2 * 128, bias=False)
+        self.head = nn.Sequential(nn.Linear(128 + extra, 128), nn.ReLU(), nn.Dropout(0.3), nn.Linear(128, classes))
 
     def forward(self, x, code):
         f = self.features(x).mean((2, 3))
+        if self.fusion == "film":
+            scale, shift = self.film(code).chunk(2, 1)
+            return self.head(f * (1 + scale) + shift)
         return self.head(torch.cat([f, code], 1))
 
 
@@ -57,9 +70,10 @@ def _batch(images, idx, gen, train):
     return x
 
 
-def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, classes, batch=32):
+def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, classes, batch=32, fusion="concat",
+             code_noise=0.0):
     torch.manual_seed(seed)
-    model = SmallCNN(classes, codes.shape[1])
+    model = SmallCNN(classes, codes.shape[1], fusion)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     steps = epochs * int(np.ceil(len(train_idx) / batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=steps, pct_start=0.2)
@@ -72,7 +86,10 @@ def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, c
         correct = seen = 0
         for i in range(0, len(order), batch):
             idx = order[i : i + batch]
-            logits = model(_batch(images, idx, gen, True), code_in[idx])
+            code = code_in[idx]
+            if oracle and code_noise > 0:  # so the head cannot memorise the few training subjects' codes
+                code = code + code_noise * torch.randn(code.shape, generator=gen)
+            logits = model(_batch(images, idx, gen, True), code)
             loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad()
             loss.backward()
@@ -86,6 +103,33 @@ def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, c
     return float((pred == labels[test_idx]).float().mean()), correct / max(seen, 1)
 
 
+def _fold_job(a, k: int) -> dict:
+    """Train the plain and the oracle CNN on fold ``k`` of ``a.data``; their test and training accuracies."""
+    torch.set_num_threads(a.threads)
+    with open(os.path.join(a.data, "subjects.json")) as f:  # written by SynthFER v2 only
+        truth = json.load(f)
+    ds = read_synthfer(a.data)
+    ds, imgs = load_images(ds, a.size)
+    images = torch.from_numpy(imgs)
+    labels = torch.tensor([s.expression for s in ds.samples])
+    codes = torch.tensor([truth[s.subject]["code"] for s in ds.samples], dtype=torch.float32)
+    folds = make_folds(ds, a.folds, a.seed)
+    pos = {id(s): i for i, s in enumerate(ds.samples)}
+    t0 = time.perf_counter()
+    train, _, test = split_fold(ds, folds, k, 0.0, a.seed)
+    tr = torch.tensor([pos[id(s)] for s in train.samples])
+    te = torch.tensor([pos[id(s)] for s in test.samples])
+    res = {"fold": k}
+    for oracle in (False, True):
+        acc, train_acc = run_fold(images, labels, codes, tr, te, oracle, a.epochs, a.seed * 100 + k, 6,
+                                  fusion=a.fusion, code_noise=a.code_noise)
+        res["oracle" if oracle else "plain"] = acc
+        res[("oracle" if oracle else "plain") + "_train"] = train_acc
+    print(f"fold {k}: plain {res['plain']:.3f} (train {res['plain_train']:.3f})  oracle {res['oracle']:.3f} "
+          f"(train {res['oracle_train']:.3f})  [{time.perf_counter() - t0:.0f} s]", flush=True)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="SynthFER folder (generated there if absent)")
@@ -96,33 +140,24 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--fusion", choices=("concat", "film"), default="concat", help="how the oracle's code enters")
+    ap.add_argument("--code-noise", type=float, default=0.0, help="std of noise added to the code in training")
+    ap.add_argument("--jobs", type=int, default=1, help="folds trained at once, one process each")
+    ap.add_argument("--only-folds", default=None, help="comma-separated folds to run (default: all)")
     ap.add_argument("--out", default=None, help="write the results here (JSON)")
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
     write_synthfer(a.data, a.subjects, 6, 64, a.difficulty, a.seed, version=2)
-    with open(os.path.join(a.data, "subjects.json")) as f:  # written by SynthFER v2 only
-        truth = json.load(f)
-    ds = read_synthfer(a.data)
-    ds, imgs = load_images(ds, a.size)
-    images = torch.from_numpy(imgs)
-    labels = torch.tensor([s.expression for s in ds.samples])
-    codes = torch.tensor([truth[s.subject]["code"] for s in ds.samples], dtype=torch.float32)
-    folds = make_folds(ds, a.folds, a.seed)
-    pos = {id(s): i for i, s in enumerate(ds.samples)}
-    rows = []
+    n_folds = make_folds(read_synthfer(a.data), a.folds, a.seed).k
+    only = list(range(n_folds)) if a.only_folds is None else [int(k) for k in a.only_folds.split(",")]
     t0 = time.perf_counter()
-    for k in range(folds.k):
-        train, _, test = split_fold(ds, folds, k, 0.0, a.seed)
-        tr = torch.tensor([pos[id(s)] for s in train.samples])
-        te = torch.tensor([pos[id(s)] for s in test.samples])
-        res = {}
-        for oracle in (False, True):
-            acc, train_acc = run_fold(images, labels, codes, tr, te, oracle, a.epochs, a.seed * 100 + k, 6)
-            res["oracle" if oracle else "plain"] = acc
-            res[("oracle" if oracle else "plain") + "_train"] = train_acc
-        rows.append(res)
-        print(f"fold {k}: plain {res['plain']:.3f} (train {res['plain_train']:.3f})  oracle {res['oracle']:.3f} "
-              f"(train {res['oracle_train']:.3f})  [{time.perf_counter() - t0:.0f} s]", flush=True)
+    if a.jobs > 1:  # one process per fold (spawned: each loads the data itself), a.jobs at a time
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
+            rows = list(pool.map(_fold_job, [a] * len(only), only))
+    else:
+        rows = [_fold_job(a, k) for k in only]
     from scipy import stats
 
     plain = np.array([r["plain"] for r in rows])
@@ -133,11 +168,14 @@ def main(argv=None) -> int:
         "data": a.data,
         "folds": a.folds,
         "epochs": a.epochs,
+        "fusion": a.fusion,
+        "code_noise": a.code_noise,
         "plain_mean": plain.mean(),
         "plain_std": plain.std(ddof=1),
         "plain_train_mean": float(np.mean([r["plain_train"] for r in rows])),
         "oracle_mean": oracle.mean(),
         "oracle_std": oracle.std(ddof=1),
+        "oracle_train_mean": float(np.mean([r["oracle_train"] for r in rows])),
         "gap_mean": diff.mean(),
         "gap_ci95": [diff.mean() - half, diff.mean() + half],
         "paired_t_p": float(stats.ttest_rel(oracle, plain).pvalue) if len(diff) > 1 else None,
