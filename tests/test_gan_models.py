@@ -499,7 +499,7 @@ def synth2(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model", ["ipd_fer", "de_gan"])
-def test_generative_models_train_resume_exactly_and_draw_grids(tmp_path, synth2, model):
+def test_generative_models_train_resume_exactly_and_draw_grids(tmp_path, synth2, model, capsys):
     base = ["--model", model, "--dataset", "synthfer", "--data", synth2, "--folds", "4", "--fold", "0",
             "--epochs", "2", "--epoch-images", "32", "--batch-size", "16", "--val-subjects", "0", "--no-progress"]
     assert train.main(base + ["--out", str(tmp_path / "full")]) == 0
@@ -518,3 +518,17 @@ def test_generative_models_train_resume_exactly_and_draw_grids(tmp_path, synth2,
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     m = json.loads((tmp_path / "full" / "fold_0" / "metrics.json").read_text())
     assert m["model"] == model and 0 <= m["accuracy"] <= 1 and len(m["history"]) == 2
+    # fer-eval on the fold's test subjects gives the run's own test accuracy; fer-predict reads the checkpoint
+    from fer_models import evaluate, predict
+
+    ckpt = tmp_path / "full" / "fold_0" / "checkpoints" / "last.pt"
+    assert evaluate.main(["--checkpoint", str(ckpt), "--fold", "0", "--folds-file",
+                          str(tmp_path / "full" / "folds.json"), "--out", str(tmp_path / "eval")]) == 0
+    e = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert e["num_samples"] == m["num_samples"] and e["accuracy"] == pytest.approx(m["accuracy"], abs=1e-9)
+    face = tmp_path / "face.png"  # a pre-cropped grey face: --no-detect
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(face)
+    capsys.readouterr()
+    assert predict.main(["--checkpoint", str(ckpt), "--no-detect", str(face)]) == 0
+    rec = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert rec["expression"] in rec["probabilities"] and len(rec["probabilities"]) == NUM_E
