@@ -163,7 +163,10 @@ def main(argv=None) -> int:
     plain = np.array([r["plain"] for r in rows])
     oracle = np.array([r["oracle"] for r in rows])
     diff = oracle - plain
-    half = stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+    def sd(v):  # sample std; nan for one fold (no spread to estimate), without numpy's warning
+        return float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+    half = stats.t.ppf(0.975, len(diff) - 1) * sd(diff) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
     summary = {
         "data": a.data,
         "folds": a.folds,
@@ -171,10 +174,10 @@ def main(argv=None) -> int:
         "fusion": a.fusion,
         "code_noise": a.code_noise,
         "plain_mean": plain.mean(),
-        "plain_std": plain.std(ddof=1),
+        "plain_std": sd(plain),
         "plain_train_mean": float(np.mean([r["plain_train"] for r in rows])),
         "oracle_mean": oracle.mean(),
-        "oracle_std": oracle.std(ddof=1),
+        "oracle_std": sd(oracle),
         "oracle_train_mean": float(np.mean([r["oracle_train"] for r in rows])),
         "gap_mean": diff.mean(),
         "gap_ci95": [diff.mean() - half, diff.mean() + half],
@@ -184,8 +187,8 @@ def main(argv=None) -> int:
         "command": " ".join(sys.argv),
     }
     print(
-        f"plain {100 * plain.mean():.1f} +- {100 * plain.std(ddof=1):.1f}  oracle {100 * oracle.mean():.1f} +- "
-        f"{100 * oracle.std(ddof=1):.1f}  gap {100 * diff.mean():.1f} points, 95% CI "
+        f"plain {100 * plain.mean():.1f} +- {100 * sd(plain):.1f}  oracle {100 * oracle.mean():.1f} +- "
+        f"{100 * sd(oracle):.1f}  gap {100 * diff.mean():.1f} points, 95% CI "
         f"[{100 * summary['gap_ci95'][0]:.1f}, {100 * summary['gap_ci95'][1]:.1f}]"
     )
     if a.out:
