@@ -168,30 +168,20 @@ class ConvDecoder(nn.Module):
         self.norm0 = nn.BatchNorm2d(widths[0])
         self.skip_channels = skip_channels
         self.skip_norm = nn.BatchNorm2d(skip_channels) if skip_channels else None
-        self.stages = nn.ModuleList()
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
-            extra = skip_channels if i == 1 else 0
-            self.stages.append(
-                nn.Sequential(
-                    OrderedDict(
-                        [
-                            ("up", nn.Upsample(scale_factor=2, mode="nearest")),
-                            ("conv", nn.Conv2d(a + extra, b, 3, padding=1, bias=False)),
-                            ("norm", nn.BatchNorm2d(b)),
-                            ("relu", nn.ReLU(inplace=True)),
-                        ]
-                    )
+        # step i upsamples and convolves ins[i] -> widths[i + 1] channels; the finer grid joins step 1's input
+        ins = [w + (skip_channels if i == 1 else 0) for i, w in enumerate(widths)]
+        up = lambda: ("up", nn.Upsample(scale_factor=2, mode="nearest"))  # noqa: E731
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                OrderedDict(
+                    [up(), ("conv", nn.Conv2d(a, b, 3, padding=1, bias=False)), ("norm", nn.BatchNorm2d(b)),
+                     ("relu", nn.ReLU(inplace=True))]
                 )
             )
+            for a, b in zip(ins[:-1], widths[1:], strict=True)
+        )
         self.out = nn.Sequential(
-            OrderedDict(
-                [
-                    ("up", nn.Upsample(scale_factor=2, mode="nearest")),
-                    ("conv", nn.Conv2d(widths[-1] + (skip_channels if len(widths) == 2 else 0), out_chans, 3,
-                                       padding=1)),
-                    ("tanh", nn.Tanh()),
-                ]
-            )
+            OrderedDict([up(), ("conv", nn.Conv2d(ins[-1], out_chans, 3, padding=1)), ("tanh", nn.Tanh())])
         )
         self.upscale = 2 ** len(widths)
 

@@ -19,7 +19,7 @@ from PIL import Image
 import fer_kernels
 import fer_kernels.nn as fnn
 from fer_kernels.nn import to_reference
-from fer_models import DEGAN, IPDFER, create_model, list_models, train
+from fer_models import DEGAN, IPDFER, create_model, evaluate, list_models, predict, train
 from fer_models.data import write_synthfer
 from fer_models.idennet import DenseNetBC
 from fer_models.ipd_fer import LABEL_WIDTH
@@ -519,8 +519,6 @@ def test_generative_models_train_resume_exactly_and_draw_grids(tmp_path, synth2,
     m = json.loads((tmp_path / "full" / "fold_0" / "metrics.json").read_text())
     assert m["model"] == model and 0 <= m["accuracy"] <= 1 and len(m["history"]) == 2
     # fer-eval on the fold's test subjects gives the run's own test accuracy; fer-predict reads the checkpoint
-    from fer_models import evaluate, predict
-
     ckpt = tmp_path / "full" / "fold_0" / "checkpoints" / "last.pt"
     assert evaluate.main(["--checkpoint", str(ckpt), "--fold", "0", "--folds-file",
                           str(tmp_path / "full" / "folds.json"), "--out", str(tmp_path / "eval")]) == 0

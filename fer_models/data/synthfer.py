@@ -444,13 +444,7 @@ def _generate_v1(n_subjects, n_frames, size, difficulty, seed, chunk):
     sp = rng.random((n_seq, 8))
     wob = rng.standard_normal((n, 3))
     _scene(p, rng, sp, wob, seq, s_idx, n_subjects, n_seq, d)
-    noise_sigma = 0.01 + 0.06 * d
-    images = np.empty((n, size, size), np.uint8)
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        img = _render({k: v[sl] for k, v in p.items()}, size)
-        img += noise_sigma * rng.standard_normal(img.shape, dtype=np.float32)
-        images[sl] = np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    images = _render_all(p, size, d, rng, chunk)
     rows = [
         {
             "expression": BASIC6[e],
