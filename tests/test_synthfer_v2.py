@@ -14,6 +14,8 @@ from fer_models.data.synthfer import (
     IDENTITY_BASELINE,
     PITCH_BINS,
     PROTOTYPES,
+    RESTING_PRIVATE,
+    V2_REVISION,
     YAW_BINS,
     _image_params_v2,
     _render_all,
@@ -54,16 +56,23 @@ def test_v2_rows_pose_labels_and_neutral_frames():
 
 
 def test_v2_how_a_subject_shows_an_expression_follows_its_visible_geometry():
-    # difficulty 0: no private part, gain 1; the resting face and the apex style are linear in the code
+    # difficulty 0: gain 1, and apart from the private resting face, the resting face and the apex style are
+    # linear in the code
     sub = _subject_params_v2(np.random.default_rng(0), 200, 0.0)
     g = np.c_[sub["code"], np.ones(200)]
-    base = sub["baseline"]
+    base = sub["baseline"] - sub["rest_private"]
     style = (sub["apex"] - PROTOTYPES[None]).reshape(200, -1)
     for y in (base, style):
         resid = y - g @ np.linalg.lstsq(g, y, rcond=None)[0]
         assert y.std() > 0.05 and np.abs(resid).max() < 1e-9
-    assert np.allclose(sub["baseline"], IDENTITY_BASELINE * sub["code"] @ np.linalg.lstsq(
-        sub["code"], sub["baseline"] / IDENTITY_BASELINE, rcond=None)[0])
+    assert np.allclose(base, IDENTITY_BASELINE * sub["code"] @ np.linalg.lstsq(
+        sub["code"], base / IDENTITY_BASELINE, rcond=None)[0])
+    # the private resting face: nothing about the face predicts it (the code explains little of it), and it is
+    # large against the linear part, at every difficulty
+    rest = sub["rest_private"]
+    resid = rest - g @ np.linalg.lstsq(g, rest, rcond=None)[0]
+    assert resid.var() > 0.8 * rest.var() and abs(rest.std() - RESTING_PRIVATE) < 0.05
+    assert rest.std() > base.std()
     # with difficulty, a private part appears, but the code still explains most of the style
     sub = _subject_params_v2(np.random.default_rng(0), 200, 1.0)
     style = (sub["apex"] - sub["apex"].mean(0)).reshape(200, -1)
@@ -71,6 +80,7 @@ def test_v2_how_a_subject_shows_an_expression_follows_its_visible_geometry():
     assert resid.var() < 0.5 * style.var()
     codes = subject_codes(30, seed=4)
     assert np.array_equal(codes["code"], subject_codes(30, seed=4)["code"]) and codes["code"].shape == (30, 16)
+    assert codes["resting"].shape == (30, len(PROTOTYPES[0]))
 
 
 def test_v2_yaw_moves_the_inner_features():
@@ -112,9 +122,11 @@ def test_write_synthfer_v2_layout(tmp_path):
     with open(root / "subjects.json") as f:
         truth = json.load(f)
     codes = subject_codes(4, seed=0)
-    assert np.allclose([truth[f"S{i:03d}"]["code"] for i in range(4)], codes["code"], atol=1e-6)
+    for key in ("code", "resting"):
+        assert np.allclose([truth[f"S{i:03d}"][key] for i in range(4)], codes[key], atol=1e-6)
     info = json.loads((root / "synthfer.json").read_text())
     assert info["params"]["version"] == 2 and info["identity_images"] == 12
+    assert info["params"]["revision"] == V2_REVISION
     # the neutral file is the sequence's frame 0 as generated
     imgs, rows = generate(n_subjects=4, n_frames=4, size=48, seed=0)
     _, loaded = load_images(ds.subset(lambda s: s.subject == "S001"), 48)
@@ -142,3 +154,20 @@ def test_manifest_pose_and_neutral_columns(tmp_path):
     assert [s.pose for s in ds.samples] == [3, None, None]
     assert ds.samples[0].neutral == str(tmp_path / "n.png") and ds.samples[1].neutral is None
     assert len(ds.issues) == 1 and "pose 'left' is not an integer" in ds.issues[0].reason
+
+
+def test_a_set_of_an_older_v2_revision_is_regenerated(tmp_path):
+    root = tmp_path / "sf"
+    write_synthfer(str(root), n_subjects=2, n_frames=2, size=32, seed=0, identity_subjects=2, identity_images=2)
+    png = root / "images" / "S000" / "anger" / "01.png"
+    good = png.read_bytes()
+    info = json.loads((root / "synthfer.json").read_text())
+    write_synthfer(str(root), n_subjects=2, n_frames=2, size=32, seed=0, identity_subjects=2, identity_images=2)
+    assert png.read_bytes() == good  # same parameters: reused as it is
+    png.write_bytes(b"stale")
+    write_synthfer(str(root), n_subjects=2, n_frames=2, size=32, seed=0, identity_subjects=2, identity_images=2)
+    assert png.read_bytes() == b"stale"  # still reused: only the parameters are compared
+    del info["params"]["revision"]  # as revision 1 wrote it
+    (root / "synthfer.json").write_text(json.dumps(info))
+    write_synthfer(str(root), n_subjects=2, n_frames=2, size=32, seed=0, identity_subjects=2, identity_images=2)
+    assert png.read_bytes() == good

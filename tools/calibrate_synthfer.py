@@ -2,14 +2,16 @@
 
 A small CNN (three conv-BN-ReLU-pool stages, global average pooling, a two-layer head) is trained on each of
 k subject folds twice, from the same initial weights and the same batches: once plain, and once with the
-*oracle* identity code (the generator's hidden geometry code of the subject, ``subjects.json``; zeros for the
-plain CNN). ``--fusion concat`` (default) joins the code to the pooled features before the head; ``film``
+*oracle* identity code from ``subjects.json`` (zeros for the plain CNN): ``--code resting`` (default) the
+subject's resting face (the seven action values its neutral face shows), ``geometry`` its hidden 16-d geometry
+code, ``both`` the two joined; each dimension standardised over the subjects. ``--fusion concat`` (default) joins the code to the pooled features before the head; ``film``
 scales and shifts each pooled feature by a linear function of the code. ``--code-noise S`` adds Gaussian
 noise of std S to the oracle's code in training, so the head cannot memorise the few training subjects'
 codes. The oracle gap (oracle minus plain test accuracy, paired by fold) is what an identity-aware model
 could gain from perfect identity features; the plain accuracy shows how far the task is from saturation.
 
-    python tools/calibrate_synthfer.py --data runs/data/synthfer2 --folds 5 --epochs 30 --jobs 2 --out calib.json
+    python tools/calibrate_synthfer.py --data runs/data/synthfer_v2 --subjects 200 --epochs 30 --code-noise 0.3 \
+        --jobs 2 --out calib.json
 
 It calibrates SynthFER v2, the version that writes the oracle codes (``subjects.json``).
 """
@@ -112,7 +114,12 @@ def _fold_job(a, k: int) -> dict:
     ds, imgs = load_images(ds, a.size)
     images = torch.from_numpy(imgs)
     labels = torch.tensor([s.expression for s in ds.samples])
-    codes = torch.tensor([truth[s.subject]["code"] for s in ds.samples], dtype=torch.float32)
+    keys = {"resting": ("resting",), "geometry": ("code",), "both": ("code", "resting")}[a.code]
+    subjects = sorted(truth)
+    table = np.array([sum((list(truth[s][key]) for key in keys), []) for s in subjects])
+    table = (table - table.mean(0)) / np.maximum(table.std(0), 1e-12)  # each dimension standardised
+    row = {s: i for i, s in enumerate(subjects)}
+    codes = torch.tensor(table[[row[s.subject] for s in ds.samples]], dtype=torch.float32)
     folds = make_folds(ds, a.folds, a.seed)
     pos = {id(s): i for i, s in enumerate(ds.samples)}
     t0 = time.perf_counter()
@@ -133,7 +140,7 @@ def _fold_job(a, k: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="SynthFER folder (generated there if absent)")
-    ap.add_argument("--subjects", type=int, default=40)
+    ap.add_argument("--subjects", type=int, default=200)
     ap.add_argument("--difficulty", type=float, default=None)
     ap.add_argument("--size", type=int, default=48, help="image side the CNN sees")
     ap.add_argument("--folds", type=int, default=5)
@@ -141,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fusion", choices=("concat", "film"), default="concat", help="how the oracle's code enters")
+    ap.add_argument("--code", choices=("resting", "geometry", "both"), default="resting",
+                    help="what the oracle knows about the subject (subjects.json)")
     ap.add_argument("--code-noise", type=float, default=0.0, help="std of noise added to the code in training")
     ap.add_argument("--jobs", type=int, default=1, help="folds trained at once, one process each")
     ap.add_argument("--only-folds", default=None, help="comma-separated folds to run (default: all)")
@@ -172,6 +181,7 @@ def main(argv=None) -> int:
         "folds": a.folds,
         "epochs": a.epochs,
         "fusion": a.fusion,
+        "code": a.code,
         "code_noise": a.code_noise,
         "plain_mean": plain.mean(),
         "plain_std": sd(plain),

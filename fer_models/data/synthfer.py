@@ -11,12 +11,16 @@ description of the face: the 2,160 images (64x64) of a 60-subject set take a few
 **Version 2** (the default) is built so that identity information can be learned and transferred to unseen
 subjects, which is what identity-aware models (IDEnNet, EIFN, IPD-FER, DE-GAN) claim to exploit:
 
-- *Identity decides how expressions look.* Most of a subject's resting face (the neutral baseline of every
-  facial action: a resting frown, a resting smile, raised brows) and of its way of showing each expression
-  (an apex style added to the expression's prototype) is a fixed linear function of its geometry code,
-  i.e. of what its neutral face looks like; only a small part, scaled by ``difficulty``, is its own. An
-  identity network can therefore learn, from other people, what a given face's neutral and expressions
-  look like, and transfer it to unseen subjects.
+- *Identity decides how expressions look.* A subject's way of showing each expression (an apex style added
+  to the expression's prototype) and part of its resting face (the neutral baseline of every facial action:
+  a resting frown, a resting smile, raised brows) are a fixed linear function of its geometry code, i.e. of
+  what its face looks like; a small part, scaled by ``difficulty``, is its own. An identity network can
+  therefore learn, from other people, how a given face shows expressions, and transfer it to unseen subjects.
+- *A private resting face* (revision 2): on top, every subject's resting face has its own part (std
+  ``RESTING_PRIVATE`` per action) that nothing else about the face predicts. Its neutral frame shows it; one
+  expressive frame does not (a resting frown plus a smile looks like a weaker smile), so a model that knows
+  the subject's neutral face can read the expression as the change from it. Actions are drawn
+  ``ACTION_GAIN`` times as strongly as in revision 1.
 - *Head pose*, labelled: per sequence a yaw in five bins (-30, -15, 0, 15, 30 degrees, +-6) and a pitch in
   three (-12, 0, 12, +-5); the inner features are drawn shifted and foreshortened. The manifest's ``pose``
   column is the yaw bin (IPD-FER's pose class); ``yaw`` / ``pitch`` in degrees and both bins are in the rows
@@ -24,8 +28,11 @@ subjects, which is what identity-aware models (IDEnNet, EIFN, IPD-FER, DE-GAN) c
 - *Neutral frames*: the manifest's ``neutral`` column names each sequence's frame 0.
 - *An identity population* (``I000``..: other people from the same face distribution, random expressions,
   intensities and poses) under ``identity/``, for identity pre-training that never sees an expression subject.
-- ``subjects.json``: each subject's hidden geometry code (the calibration's oracle,
+- ``subjects.json``: each subject's hidden geometry code and resting face (the calibration's oracles,
   ``tools/calibrate_synthfer.py``; its result is in ``benchmarks/RESULTS.md``).
+
+Revision 1 of v2 (sessions 10-11, no private resting face, gain 1) is not kept: it is in the git history
+(fer-kernels fac5241); sets written by it carry no ``revision`` and are regenerated.
 
 **Version 1** (``version=1``, ``fer-train --synthfer-version 1``) is kept bit for bit: there the apex is
 ``gain * PROTOTYPES[e] + style`` with a style partly linear in the geometry and partly the subject's own noise,
@@ -323,11 +330,13 @@ def generate_identity_population(
 
 def subject_codes(n_subjects: int = 40, difficulty: float | None = None, seed: int = 0) -> dict:
     """SynthFER v2's hidden per-subject truth, as :func:`generate` draws it: ``code`` (S, 16), the normalised
-    geometry code (what the face looks like, which decides most of the resting face and of the way of showing
-    each expression). The oracle of the calibration reads it."""
+    geometry code (what the face looks like, which decides the way of showing each expression and part of the
+    resting face), and ``resting`` (S, 7), the resting face: the action values of the subject's neutral face
+    (before ``ACTION_GAIN``), which its neutral frame shows and an expressive frame does not. The calibration's
+    oracle reads them."""
     difficulty = _check(n_subjects, 1, 16, difficulty, 2)
     sub = _subject_params_v2(np.random.default_rng([seed, 2]), n_subjects, difficulty)
-    return {"code": sub["code"]}
+    return {"code": sub["code"], "resting": sub["baseline"]}
 
 
 def _check(n_subjects, n_frames, size, difficulty, version) -> float:
@@ -347,10 +356,18 @@ def _check(n_subjects, n_frames, size, difficulty, version) -> float:
 # looks like; the subject's private part is small and scaled by the difficulty.
 IDENTITY_BASELINE = 0.3
 IDENTITY_STYLE = 0.35
+# v2 revision 2 (session 12): every subject also has a private resting face (std RESTING_PRIVATE per action, at
+# every difficulty), which only its neutral face shows: one expressive image cannot tell a resting frown from a
+# frown, its neutral frame can (benchmarks/RESULTS.md, the calibration). Actions are drawn ACTION_GAIN times as
+# strongly as in revision 1, so that a small CNN reads them from 48-pixel faces.
+RESTING_PRIVATE = 0.45
+ACTION_GAIN = 2.0
+V2_REVISION = 2
 
 
 def _subject_params_v2(rng: np.random.Generator, n_subjects: int, d: float) -> dict:
-    """v2 subjects: geometry, code (S, 16), neutral baseline (S, K) and apex (S, E, K)."""
+    """v2 subjects: geometry, code (S, 16), resting face (neutral baseline, S x K: a part linear in the code, a
+    small part scaled by the difficulty, and the private part ``rest_private``) and apex (S, E, K)."""
     u = rng.random((n_subjects, _N_GEOM))
     code = (u - 0.5) * np.sqrt(12.0)
     e, k = PROTOTYPES.shape
@@ -361,7 +378,8 @@ def _subject_params_v2(rng: np.random.Generator, n_subjects: int, d: float) -> d
     gain = 1.0 - d * 0.4 * rng.random((n_subjects, e, 1))
     private = d * 0.12 * rng.standard_normal((n_subjects, e, k))
     apex = gain * PROTOTYPES[None] + style + private
-    return {"geom": _geometry(u), "code": code, "baseline": baseline, "apex": apex}
+    rest = RESTING_PRIVATE * rng.standard_normal((n_subjects, k))
+    return {"geom": _geometry(u), "code": code, "baseline": baseline + rest, "rest_private": rest, "apex": apex}
 
 
 def _scene(p: dict, rng, sp, wob, seq, s_idx, n_subjects: int, n_seq: int, d: float) -> None:
@@ -387,7 +405,7 @@ PITCH_BINS = (-12.0, 0.0, 12.0)
 def _image_params_v2(rng, sub, s_idx, e_idx, intensity, seq, n_seq, d):
     """Per-image render parameters of v2 (pose per sequence ``seq``) and the pose labels."""
     n = s_idx.size
-    actions = sub["baseline"][s_idx] + intensity[:, None] * sub["apex"][s_idx, e_idx]
+    actions = ACTION_GAIN * (sub["baseline"][s_idx] + intensity[:, None] * sub["apex"][s_idx, e_idx])
     p = {key: v[s_idx] for key, v in sub["geom"].items()}
     p.update({key: actions[:, i] for i, key in enumerate(ACTIONS)})
     yaw_bin = rng.integers(0, len(YAW_BINS), n_seq)
@@ -474,7 +492,7 @@ def write_synthfer(
     Version 2 also writes the identity population (``identity_subjects`` people x ``identity_images`` images,
     ``out_dir/identity/Ixxx/NN.png``: ``--dataset identity``), the manifest's ``pose`` column (yaw bin) and
     ``neutral`` column (the sequence's neutral frame), and ``subjects.json`` (each subject's hidden geometry
-    code: the calibration's oracle). If ``out_dir`` already holds a SynthFER set made with
+    code and resting face: the calibration's oracles). If ``out_dir`` already holds a SynthFER set made with
     the same parameters it is reused as it is.
     """
     from PIL import Image
@@ -489,7 +507,8 @@ def write_synthfer(
         "seed": seed,
     }
     if version >= 2:
-        params |= {"identity_subjects": identity_subjects, "identity_images": identity_images}
+        params |= {"identity_subjects": identity_subjects, "identity_images": identity_images,
+                   "revision": V2_REVISION}
     manifest = os.path.join(out_dir, "manifest.csv")
     info = os.path.join(out_dir, "synthfer.json")
     if os.path.isfile(manifest) and os.path.isfile(info):
@@ -516,7 +535,8 @@ def write_synthfer(
         codes = subject_codes(n_subjects, difficulty, seed)
         with open(os.path.join(out_dir, "subjects.json"), "w") as f:
             json.dump(
-                {f"S{s:03d}": {"code": codes["code"][s].round(6).tolist()} for s in range(n_subjects)},
+                {f"S{s:03d}": {key: codes[key][s].round(6).tolist() for key in ("code", "resting")}
+                 for s in range(n_subjects)},
                 f,
             )
         extra = {"identity_images": len(id_rows), "yaw_bins": list(YAW_BINS), "pitch_bins": list(PITCH_BINS),
