@@ -23,6 +23,7 @@ from fer_models.data.synthfer import (
     generate,
     generate_identity_population,
     subject_codes,
+    true_actions,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -171,3 +172,17 @@ def test_a_set_of_an_older_v2_revision_is_regenerated(tmp_path):
     (root / "synthfer.json").write_text(json.dumps(info))
     write_synthfer(str(root), n_subjects=2, n_frames=2, size=32, seed=0, identity_subjects=2, identity_images=2)
     assert png.read_bytes() == good
+
+
+def test_true_actions_follow_the_generated_images():
+    t = true_actions(5, 4, seed=3)
+    _, rows = generate(n_subjects=5, n_frames=4, size=16, seed=3)
+    assert [r["subject"] for r in rows] == [f"S{s:03d}" for s in t["subject"]]
+    assert [r["expression"] for r in rows] == [BASIC6[e] for e in t["expression"]]
+    assert [r["frame"] for r in rows] == t["frame"].tolist()
+    neutral = t["frame"] == 0  # a neutral frame shows the resting face, an apex frame something else
+    assert np.allclose(t["actions"][neutral], t["resting"][neutral])
+    assert not np.allclose(t["actions"][~neutral], t["resting"][~neutral])
+    codes = subject_codes(5, seed=3)
+    assert np.allclose(t["resting"], codes["resting"][t["subject"]])
+    assert np.allclose(t["code"], codes["code"][t["subject"]])

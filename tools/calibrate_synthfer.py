@@ -137,6 +137,43 @@ def _fold_job(a, k: int) -> dict:
     return res
 
 
+def action_ceiling(a, folds, noise: float = 0.1, steps: int = 1500) -> dict:
+    """The same subject folds in action space: a one-hidden-layer MLP on the true facial actions and geometry
+    code of the images the CNN sees (everything one image shows: the last three frames of each sequence, plus
+    reading noise of std ``noise`` on the actions), without and with the subject's resting face. What perfect
+    perception of one expressive image could reach, and what knowing the subject's neutral face adds to it."""
+    from fer_models.data.synthfer import true_actions
+
+    t = true_actions(a.subjects, 6, a.difficulty, a.seed)
+    keep = t["frame"] >= 3
+    gen = torch.Generator().manual_seed(a.seed)
+    x = torch.tensor(t["actions"][keep], dtype=torch.float32)
+    x = x + noise * torch.randn(x.shape, generator=gen)
+    x = torch.cat([x, torch.tensor(t["code"][keep], dtype=torch.float32)], 1)
+    rest = torch.tensor(t["resting"][keep], dtype=torch.float32)
+    y = torch.tensor(t["expression"][keep])
+    names = np.array([f"S{s:03d}" for s in t["subject"][keep]])
+
+    def fit(xs, tr, te):
+        torch.manual_seed(a.seed)
+        mlp = nn.Sequential(nn.Linear(xs.shape[1], 64), nn.ReLU(), nn.Linear(64, 6))
+        opt = torch.optim.Adam(mlp.parameters(), 1e-2, weight_decay=1e-4)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(mlp(xs[tr]), y[tr]).backward()
+            opt.step()
+        with torch.no_grad():
+            return float((mlp(xs[te]).argmax(1) == y[te]).float().mean())
+
+    rows = []
+    for k, test_subjects in enumerate(folds.folds):
+        te = torch.from_numpy(np.isin(names, test_subjects))
+        rows.append({"fold": k, "one_image": fit(x, ~te, te), "with_resting": fit(torch.cat([x, rest], 1), ~te, te)})
+    return {"noise": noise, "folds": rows,
+            "one_image_mean": float(np.mean([r["one_image"] for r in rows])),
+            "with_resting_mean": float(np.mean([r["with_resting"] for r in rows]))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="SynthFER folder (generated there if absent)")
@@ -154,9 +191,26 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="folds trained at once, one process each")
     ap.add_argument("--only-folds", default=None, help="comma-separated folds to run (default: all)")
     ap.add_argument("--out", default=None, help="write the results here (JSON)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also the action-space ceiling: an MLP on the true actions and geometry, without and with "
+                         "the resting face (about a minute)")
+    ap.add_argument("--ceiling-only", action="store_true", help="the action-space ceiling alone, no CNN")
     a = ap.parse_args(argv)
     write_synthfer(a.data, a.subjects, 6, 64, a.difficulty, a.seed, version=2)
-    n_folds = make_folds(read_synthfer(a.data), a.folds, a.seed).k
+    folds = make_folds(read_synthfer(a.data), a.folds, a.seed)
+    n_folds = folds.k
+    if a.ceiling_only:
+        torch.set_num_threads(a.threads)
+        c = action_ceiling(a, folds)
+        for r in c["folds"]:
+            print(f"fold {r['fold']}: one image {100 * r['one_image']:.1f}%  with the resting face "
+                  f"{100 * r['with_resting']:.1f}%")
+        print(f"action-space ceiling: {100 * c['one_image_mean']:.1f}% from one image (actions and geometry), "
+              f"{100 * c['with_resting_mean']:.1f}% with the resting face")
+        if a.out:
+            with open(a.out, "w") as f:
+                json.dump({"data": a.data, "ceiling": c, "command": " ".join(sys.argv)}, f, indent=1)
+        return 0
     only = list(range(n_folds)) if a.only_folds is None else [int(k) for k in a.only_folds.split(",")]
     t0 = time.perf_counter()
     if a.jobs > 1:  # one process per fold (spawned: each loads the data itself), a.jobs at a time
@@ -201,6 +255,11 @@ def main(argv=None) -> int:
         f"{100 * sd(oracle):.1f}  gap {100 * diff.mean():.1f} points, 95% CI "
         f"[{100 * summary['gap_ci95'][0]:.1f}, {100 * summary['gap_ci95'][1]:.1f}]"
     )
+    if a.ceiling:
+        torch.set_num_threads(a.threads)
+        summary["ceiling"] = c = action_ceiling(a, folds)
+        print(f"action-space ceiling: {100 * c['one_image_mean']:.1f}% from one image (actions and geometry), "
+              f"{100 * c['with_resting_mean']:.1f}% with the resting face")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(summary, f, indent=1, default=float)

@@ -262,16 +262,8 @@ def generate(
     if version == 1:
         return _generate_v1(n_subjects, n_frames, size, difficulty, seed, chunk)
     rng = np.random.default_rng([seed, 2])
-    sub = _subject_params_v2(rng, n_subjects, difficulty)
+    sub, s_idx, e_idx, f_idx, intensity = _sequences_v2(rng, n_subjects, n_frames, difficulty)
     n_expr = len(BASIC6)
-    s_idx, e_idx, f_idx = (
-        a.ravel()
-        for a in np.meshgrid(np.arange(n_subjects), np.arange(n_expr), np.arange(n_frames), indexing="ij")
-    )
-    n = s_idx.size
-    peak = 0.8 + 0.2 * rng.random((n_subjects, n_expr))
-    ramp = (f_idx / max(n_frames - 1, 1)) ** 1.4
-    intensity = np.clip(ramp * peak[s_idx, e_idx] + 0.03 * rng.standard_normal(n) * (f_idx > 0), 0.0, 1.0)
     seq = s_idx * n_expr + e_idx
     p, pose = _image_params_v2(rng, sub, s_idx, e_idx, intensity, seq, n_subjects * n_expr, difficulty)
     images = _render_all(p, size, difficulty, rng, chunk)
@@ -287,6 +279,39 @@ def generate(
         for i, (s, e, f, t) in enumerate(zip(s_idx, e_idx, f_idx, intensity, strict=True))
     ]
     return images, rows
+
+
+def _sequences_v2(rng, n_subjects: int, n_frames: int, d: float):
+    """v2's subjects and, per image (subject-major, then expression, then frame), subject, expression and frame
+    indices and expression intensity: the draws :func:`generate` makes before the scene."""
+    sub = _subject_params_v2(rng, n_subjects, d)
+    n_expr = len(BASIC6)
+    s_idx, e_idx, f_idx = (
+        a.ravel()
+        for a in np.meshgrid(np.arange(n_subjects), np.arange(n_expr), np.arange(n_frames), indexing="ij")
+    )
+    peak = 0.8 + 0.2 * rng.random((n_subjects, n_expr))
+    ramp = (f_idx / max(n_frames - 1, 1)) ** 1.4
+    intensity = np.clip(ramp * peak[s_idx, e_idx] + 0.03 * rng.standard_normal(s_idx.size) * (f_idx > 0), 0.0, 1.0)
+    return sub, s_idx, e_idx, f_idx, intensity
+
+
+def true_actions(n_subjects: int = 40, n_frames: int = 6, difficulty: float | None = None, seed: int = 0) -> dict:
+    """The facial actions behind every image :func:`generate` (version 2) draws, without drawing it: ``actions``
+    (N, 7, before ``ACTION_GAIN``), ``resting`` (N, 7: the subject's resting face), ``code`` (N, 16: the
+    subject's geometry code), ``subject``, ``expression`` and ``frame`` (N,), in :func:`generate`'s image order. What a perfect reader of the face would see; the
+    calibration's action-space ceiling reads it."""
+    difficulty = _check(n_subjects, n_frames, 16, difficulty, 2)
+    sub, s_idx, e_idx, f_idx, intensity = _sequences_v2(np.random.default_rng([seed, 2]), n_subjects, n_frames,
+                                                        difficulty)
+    return {
+        "actions": sub["baseline"][s_idx] + intensity[:, None] * sub["apex"][s_idx, e_idx],
+        "resting": sub["baseline"][s_idx],
+        "code": sub["code"][s_idx],
+        "subject": s_idx,
+        "expression": e_idx,
+        "frame": f_idx,
+    }
 
 
 def generate_identity_population(
