@@ -4,7 +4,9 @@ A small CNN (three conv-BN-ReLU-pool stages, global average pooling, a two-layer
 k subject folds twice, from the same initial weights and the same batches: once plain, and once with the
 *oracle* identity code from ``subjects.json`` (zeros for the plain CNN): ``--code resting`` (default) the
 subject's resting face (the seven action values its neutral face shows), ``geometry`` its hidden 16-d geometry
-code, ``both`` the two joined; each dimension standardised over the subjects. ``--fusion concat`` (default) joins the code to the pooled features before the head; ``film``
+code, ``both`` the two joined; each dimension standardised over the subjects; or ``neutral``, no code but each
+image's neutral frame as a second input channel (zeros for the plain CNN): can a network learn from pixels
+what the code says? ``--fusion concat`` (default) joins the code to the pooled features before the head; ``film``
 scales and shifts each pooled feature by a linear function of the code. ``--code-noise S`` adds Gaussian
 noise of std S to the oracle's code in training, so the head cannot memorise the few training subjects'
 codes. The oracle gap (oracle minus plain test accuracy, paired by fold) is what an identity-aware model
@@ -19,6 +21,7 @@ It calibrates SynthFER v2, the version that writes the oracle codes (``subjects.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -29,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fer_models.data import load_images, make_folds, write_synthfer
+from fer_models.data import FaceDataset, load_images, make_folds, write_synthfer
 from fer_models.data.protocol import split_fold
 from fer_models.data.synthfer import read_synthfer
 
@@ -39,9 +42,9 @@ class SmallCNN(nn.Module):
     two-layer head) or ``film`` (the code scales and shifts each pooled feature linearly, then the same head):
     the plain CNN gets a zero code, which makes both fusions the identity."""
 
-    def __init__(self, classes: int, code_dim: int, fusion: str = "concat"):
+    def __init__(self, classes: int, code_dim: int, fusion: str = "concat", in_channels: int = 1):
         super().__init__()
-        chans = (1, 32, 64, 128)
+        chans = (in_channels, 32, 64, 128)
         layers = []
         for a, b in zip(chans[:-1], chans[1:], strict=True):
             layers += [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(), nn.MaxPool2d(2)]
@@ -61,8 +64,13 @@ class SmallCNN(nn.Module):
         return self.head(torch.cat([f, code], 1))
 
 
-def _batch(images, idx, gen, train):
-    x = images[idx].float().div(255.0).sub(0.5).div(0.25).unsqueeze(1)
+def _batch(images, idx, gen, train, see_neutral=True):
+    """Images (N, H, W), or (N, 2, H, W) with the neutral frame second (zeroed unless ``see_neutral``)."""
+    x = images[idx].float().div(255.0).sub(0.5).div(0.25)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    elif not see_neutral:
+        x[:, 1:] = 0.0
     if train:  # random shifts of up to 3 pixels and horizontal flips
         pad = F.pad(x, (3, 3, 3, 3), mode="replicate")
         dx, dy = torch.randint(0, 7, (2,), generator=gen).tolist()
@@ -75,7 +83,7 @@ def _batch(images, idx, gen, train):
 def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, classes, batch=32, fusion="concat",
              code_noise=0.0):
     torch.manual_seed(seed)
-    model = SmallCNN(classes, codes.shape[1], fusion)
+    model = SmallCNN(classes, codes.shape[1], fusion, 1 if images.dim() == 3 else images.shape[1])
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     steps = epochs * int(np.ceil(len(train_idx) / batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.05, total_steps=steps, pct_start=0.2)
@@ -91,7 +99,7 @@ def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, c
             code = code_in[idx]
             if oracle and code_noise > 0:  # so the head cannot memorise the few training subjects' codes
                 code = code + code_noise * torch.randn(code.shape, generator=gen)
-            logits = model(_batch(images, idx, gen, True), code)
+            logits = model(_batch(images, idx, gen, True, oracle), code)
             loss = F.cross_entropy(logits, labels[idx])
             opt.zero_grad()
             loss.backward()
@@ -101,7 +109,7 @@ def run_fold(images, labels, codes, train_idx, test_idx, oracle, epochs, seed, c
             seen += len(idx)
     model.eval()
     with torch.no_grad():
-        pred = model(_batch(images, test_idx, None, False), code_in[test_idx]).argmax(1)
+        pred = model(_batch(images, test_idx, None, False, oracle), code_in[test_idx]).argmax(1)
     return float((pred == labels[test_idx]).float().mean()), correct / max(seen, 1)
 
 
@@ -114,9 +122,13 @@ def _fold_job(a, k: int) -> dict:
     ds, imgs = load_images(ds, a.size)
     images = torch.from_numpy(imgs)
     labels = torch.tensor([s.expression for s in ds.samples])
-    keys = {"resting": ("resting",), "geometry": ("code",), "both": ("code", "resting")}[a.code]
+    if a.code == "neutral":  # the oracle sees each image's neutral frame (second channel); no code
+        _, neutral = load_images(FaceDataset(ds.name, ds.classes, [
+            dataclasses.replace(s, path=s.neutral, pixels=None) for s in ds.samples]), a.size, strict=True)
+        images = torch.from_numpy(np.stack([imgs, neutral], 1))
+    keys = {"resting": ("resting",), "geometry": ("code",), "both": ("code", "resting"), "neutral": ()}[a.code]
     subjects = sorted(truth)
-    table = np.array([sum((list(truth[s][key]) for key in keys), []) for s in subjects])
+    table = np.array([sum((list(truth[s][key]) for key in keys), []) for s in subjects]).reshape(len(subjects), -1)
     table = (table - table.mean(0)) / np.maximum(table.std(0), 1e-12)  # each dimension standardised
     row = {s: i for i, s in enumerate(subjects)}
     codes = torch.tensor(table[[row[s.subject] for s in ds.samples]], dtype=torch.float32)
@@ -185,8 +197,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--fusion", choices=("concat", "film"), default="concat", help="how the oracle's code enters")
-    ap.add_argument("--code", choices=("resting", "geometry", "both"), default="resting",
-                    help="what the oracle knows about the subject (subjects.json)")
+    ap.add_argument("--code", choices=("resting", "geometry", "both", "neutral"), default="resting",
+                    help="what the oracle knows about the subject: its resting face, geometry code or both "
+                         "(subjects.json), or, with neutral, each image's neutral frame as a second channel")
     ap.add_argument("--code-noise", type=float, default=0.0, help="std of noise added to the code in training")
     ap.add_argument("--jobs", type=int, default=1, help="folds trained at once, one process each")
     ap.add_argument("--only-folds", default=None, help="comma-separated folds to run (default: all)")
