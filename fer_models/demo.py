@@ -94,11 +94,11 @@ def main(argv=None) -> int:
         )
         return 2
     from fer_models import train
-    from fer_models.data.synthfer import DEFAULT_DIFFICULTY, write_synthfer
+    from fer_models.data.synthfer import default_difficulty, write_synthfer
 
     t_all = time.perf_counter()
     data = args.data or os.path.join(args.out, "synthfer")
-    difficulty = DEFAULT_DIFFICULTY if args.difficulty is None else args.difficulty
+    difficulty = default_difficulty() if args.difficulty is None else args.difficulty  # the current version's
     t = time.perf_counter()
     write_synthfer(data, args.subjects, 6, 64, difficulty, args.seed)
     print(

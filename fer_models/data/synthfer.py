@@ -364,6 +364,11 @@ def subject_codes(n_subjects: int = 40, difficulty: float | None = None, seed: i
     return {"code": sub["code"], "resting": sub["baseline"]}
 
 
+def default_difficulty(version: int = VERSION) -> float:
+    """The difficulty a version's sets get when none is given (v1 0.5, v2 0.25)."""
+    return _DEFAULT_DIFFICULTY[version]
+
+
 def _check(n_subjects, n_frames, size, difficulty, version) -> float:
     if version not in (1, 2):
         raise ValueError(f"version: expected 1 or 2, got {version!r}")
