@@ -149,15 +149,18 @@ def _fold_job(a, k: int) -> dict:
     return res
 
 
-def action_ceiling(a, folds, noise: float = 0.1, steps: int = 1500) -> dict:
+def action_ceiling(a, ds, folds, noise: float = 0.1, steps: int = 1500) -> dict:
     """The same subject folds in action space: a one-hidden-layer MLP on the true facial actions and geometry
-    code of the images the CNN sees (everything one image shows: the last three frames of each sequence, plus
-    reading noise of std ``noise`` on the actions), without and with the subject's resting face. What perfect
+    code of the images the CNN sees (the samples of ``ds``: everything one image shows, plus reading noise of
+    std ``noise`` on the actions), without and with the subject's resting face; prints each fold. What perfect
     perception of one expressive image could reach, and what knowing the subject's neutral face adds to it."""
+    from fer_models.data.base import BASIC6
     from fer_models.data.synthfer import true_actions
 
     t = true_actions(a.subjects, 6, a.difficulty, a.seed)
-    keep = t["frame"] >= 3
+    seen = {(s.sequence, s.frame) for s in ds.samples}
+    keep = np.array([(f"S{s:03d}_{BASIC6[e]}", int(f)) in seen
+                     for s, e, f in zip(t["subject"], t["expression"], t["frame"], strict=True)])
     gen = torch.Generator().manual_seed(a.seed)
     x = torch.tensor(t["actions"][keep], dtype=torch.float32)
     x = x + noise * torch.randn(x.shape, generator=gen)
@@ -181,9 +184,14 @@ def action_ceiling(a, folds, noise: float = 0.1, steps: int = 1500) -> dict:
     for k, test_subjects in enumerate(folds.folds):
         te = torch.from_numpy(np.isin(names, test_subjects))
         rows.append({"fold": k, "one_image": fit(x, ~te, te), "with_resting": fit(torch.cat([x, rest], 1), ~te, te)})
-    return {"noise": noise, "folds": rows,
-            "one_image_mean": float(np.mean([r["one_image"] for r in rows])),
-            "with_resting_mean": float(np.mean([r["with_resting"] for r in rows]))}
+        print(f"fold {k}: one image {100 * rows[-1]['one_image']:.1f}%  with the resting face "
+              f"{100 * rows[-1]['with_resting']:.1f}%", flush=True)
+    c = {"noise": noise, "folds": rows,
+         "one_image_mean": float(np.mean([r["one_image"] for r in rows])),
+         "with_resting_mean": float(np.mean([r["with_resting"] for r in rows]))}
+    print(f"action-space ceiling: {100 * c['one_image_mean']:.1f}% from one image (actions and geometry), "
+          f"{100 * c['with_resting_mean']:.1f}% with the resting face")
+    return c
 
 
 def main(argv=None) -> int:
@@ -210,16 +218,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ceiling-only", action="store_true", help="the action-space ceiling alone, no CNN")
     a = ap.parse_args(argv)
     write_synthfer(a.data, a.subjects, 6, 64, a.difficulty, a.seed, version=2)
-    folds = make_folds(read_synthfer(a.data), a.folds, a.seed)
+    ds = read_synthfer(a.data)
+    folds = make_folds(ds, a.folds, a.seed)
     n_folds = folds.k
     if a.ceiling_only:
         torch.set_num_threads(a.threads)
-        c = action_ceiling(a, folds)
-        for r in c["folds"]:
-            print(f"fold {r['fold']}: one image {100 * r['one_image']:.1f}%  with the resting face "
-                  f"{100 * r['with_resting']:.1f}%")
-        print(f"action-space ceiling: {100 * c['one_image_mean']:.1f}% from one image (actions and geometry), "
-              f"{100 * c['with_resting_mean']:.1f}% with the resting face")
+        c = action_ceiling(a, ds, folds)
         if a.out:
             with open(a.out, "w") as f:
                 json.dump({"data": a.data, "ceiling": c, "command": " ".join(sys.argv)}, f, indent=1)
@@ -270,9 +274,7 @@ def main(argv=None) -> int:
     )
     if a.ceiling:
         torch.set_num_threads(a.threads)
-        summary["ceiling"] = c = action_ceiling(a, folds)
-        print(f"action-space ceiling: {100 * c['one_image_mean']:.1f}% from one image (actions and geometry), "
-              f"{100 * c['with_resting_mean']:.1f}% with the resting face")
+        summary["ceiling"] = action_ceiling(a, ds, folds)
     if a.out:
         with open(a.out, "w") as f:
             json.dump(summary, f, indent=1, default=float)

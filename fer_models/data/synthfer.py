@@ -54,6 +54,7 @@ from fer_models.data.manifest import read_manifest, write_manifest
 
 # v1's default difficulty (its earlier calibration comment, "65% after 10 epochs at 0.5", did not reproduce and is
 # withdrawn: benchmarks/RESULTS.md); v2's default is 0.25, its pose range and identity effects being hard enough.
+# For the default of any version use default_difficulty(version) (the demo once gave v2 sets this v1 value).
 DEFAULT_DIFFICULTY = 0.5
 VERSION = 2
 _DEFAULT_DIFFICULTY = {1: 0.5, 2: 0.25}
@@ -299,8 +300,8 @@ def _sequences_v2(rng, n_subjects: int, n_frames: int, d: float):
 def true_actions(n_subjects: int = 40, n_frames: int = 6, difficulty: float | None = None, seed: int = 0) -> dict:
     """The facial actions behind every image :func:`generate` (version 2) draws, without drawing it: ``actions``
     (N, 7, before ``ACTION_GAIN``), ``resting`` (N, 7: the subject's resting face), ``code`` (N, 16: the
-    subject's geometry code), ``subject``, ``expression`` and ``frame`` (N,), in :func:`generate`'s image order. What a perfect reader of the face would see; the
-    calibration's action-space ceiling reads it."""
+    subject's geometry code), ``subject``, ``expression`` and ``frame`` (N,), in :func:`generate`'s image
+    order. What a perfect reader of the face would see; the calibration's action-space ceiling reads it."""
     difficulty = _check(n_subjects, n_frames, 16, difficulty, 2)
     sub, s_idx, e_idx, f_idx, intensity = _sequences_v2(np.random.default_rng([seed, 2]), n_subjects, n_frames,
                                                         difficulty)
