@@ -167,8 +167,11 @@ inline idx tile1x1_ld(idx HW) {
 // out[o][q] = sum_c w[o][c] * in[c][q] for q in [0, P); in (Cin, ld) has zero columns in [P, round_strip(P)).
 // float32: conv1x1_direct, kRows output channels x kStrip pixels in registers (a Block, one broadcast weight
 // feeding two FMAs, as conv3x3_direct), weights packed [group of kRows][c][kRows] by pack1x1; each finished block
-// goes to an epilogue epi(o0, nj, q, blk) (nj <= kRows valid channels from o0; columns past P are 0).
-// The pixel strip (Cin x kStrip) stays in L1 while every group of output channels reads it.
+// is spilled to r (kRows x kStrip, row j at r + j * kStrip) and goes to an epilogue epi(o0, nj, q, r) (nj <= kRows
+// valid channels from o0; columns past P are 0).
+// Pixels outermost (RowsOuter false): the pixel strip (Cin x kStrip) stays in L1 while every group of output
+// channels reads it. Groups outermost (true): an epilogue that streams rows of its own, one per channel, meets kRows
+// rows at a time, which the hardware prefetchers follow, instead of Cout.
 // pack1x1: w (rows, cols) row-major; Cout = rows, Cin = cols, or with transpose Cout = cols, Cin = rows.
 template <typename T>
 std::vector<T> pack1x1(const T* w, idx rows, idx cols, bool transpose) {
@@ -180,18 +183,19 @@ std::vector<T> pack1x1(const T* w, idx rows, idx cols, bool transpose) {
   return out;
 }
 
-template <typename Epi>
+template <bool RowsOuter, typename Epi>
 inline void conv1x1_direct(const float* in, idx ld, idx Cin, idx Cout, const float* wp, idx P, const Epi& epi) {
-  const idx G = (Cout + kRows - 1) / kRows;
-  for (idx q = 0; q < P; q += kStrip) {
-    for (idx g = 0; g < G; ++g) {
-      const float* wc = wp + g * Cin * kRows;
-      const float* sc = in + q;
-      Block blk;
+  const idx G = (Cout + kRows - 1) / kRows, NQ = (P + kStrip - 1) / kStrip;
+  alignas(64) float r[kRows * kStrip];
+  for (idx i = 0; i < G * NQ; ++i) {
+    const idx g = RowsOuter ? i / NQ : i % G, q = (RowsOuter ? i % NQ : i / G) * kStrip;
+    const float* wc = wp + g * Cin * kRows;
+    const float* sc = in + q;
+    Block blk;
 #pragma GCC unroll 4
-      for (idx c = 0; c < Cin; ++c, sc += ld, wc += kRows) blk.step(sc, wc);
-      epi(g * kRows, std::min<idx>(kRows, Cout - g * kRows), q, blk);
-    }
+    for (idx c = 0; c < Cin; ++c, sc += ld, wc += kRows) blk.step(sc, wc);
+    blk.spill(r);
+    epi(g * kRows, std::min<idx>(kRows, Cout - g * kRows), q, (const float*)r);
   }
 }
 
@@ -203,11 +207,12 @@ void conv1x1_forward_tile(const T* a, idx lda, idx C, idx P, idx B, const T* w1,
   if constexpr (use_direct<T>()) {
     // The tile's sums in float, a vector per channel for sum and one for the sum of squares.
     VecBuffer<float> st(acc ? (size_t)(2 * B) : 0);
-    conv1x1_direct(a, lda, C, B, w1p, P, [&](idx o0, idx nj, idx q, const Block& r) {
-      r.store((int)nj, std::min<idx>(kStrip, P - q), out + o0 * ldo + q, ldo);
+    conv1x1_direct<false>(a, lda, C, B, w1p, P, [&](idx o0, idx nj, idx q, const float* r) {
+      const idx nq = std::min<idx>(kStrip, P - q);
+      for (idx j = 0; j < nj; ++j) std::memcpy(out + (o0 + j) * ldo + q, r + j * kStrip, sizeof(float) * nq);
       if (acc)
         for (idx j = 0; j < nj; ++j) {  // columns past P are 0 and add nothing
-          const vec<float> x0 = r.acc[j][0], x1 = r.acc[j][1];
+          const vec<float> x0 = vload(r + j * kStrip), x1 = vload(r + j * kStrip + kLanes);
           st[2 * (o0 + j)] += x0 + x1;
           st[2 * (o0 + j) + 1] += x0 * x0 + x1 * x1;
         }
@@ -407,14 +412,15 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 
 // Weight gradient of the 3x3 convolution on a tile: dw[o][c][tap] += sum_q g[o][q] * in[c][q + dy*Wp + dx],
 // q in [0, Qr), g (Cout rows, ld ldg) zero at every q that is not an output pixel of the tile (junk columns
-// and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight. float32: kWgRows output channels x 3 taps of one
-// kernel row in vector accumulators (4 + 3 loads per 12 FMAs on AVX2), g's rows padded to a multiple of kWgRows
-// with zero rows; float64: one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
+// and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight, times wgrad_lanes<T>(). float32: kWgRows output
+// channels x 3 taps of one kernel row in vector accumulators (4 + 3 loads per 12 FMAs on AVX2), g's rows padded to a
+// multiple of kWgRows with zero rows, each accumulator added to its weight's vector of lane partials (a horizontal
+// sum per weight and tile cost about as much as the FMAs); float64: one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
 // kWgRows output channels x 3 taps in registers: 12 accumulators, which with the 3 shifted input rows and a gradient
 // vector fill AVX2's 16 vector registers; the AVX-512 build keeps the same tile.
 constexpr int kWgRows = 4;
 inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
-                                 idx Qr, float* dw) {
+                                 idx Qr, float* dwv) {
   const idx G = (Cout + kWgRows - 1) / kWgRows;
   for (idx c = 0; c < Cin; ++c) {
     for (idx dy = 0; dy < 3; ++dy) {
@@ -441,10 +447,20 @@ inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const
           }
         }
         for (idx j = 0; j < kWgRows && og * kWgRows + j < Cout; ++j)
-          for (int x = 0; x < 3; ++x) dw[((og * kWgRows + j) * Cin + c) * 9 + dy * 3 + x] += hsum<float>(acc[j][x]);
+          for (int x = 0; x < 3; ++x) {
+            float* d = dwv + (((og * kWgRows + j) * Cin + c) * 9 + dy * 3 + x) * kLanes;
+            vstore(d, vload(d) + acc[j][x]);
+          }
       }
     }
   }
+}
+
+// Values per weight in conv3x3_wgrad's dw: a vector of lane partials for float32 (conv3x3_wgrad_direct adds its
+// accumulators to them, no horizontal sum per tile), one value for float64.
+template <typename T>
+constexpr idx wgrad_lanes() {
+  return use_direct<T>() ? kLanes : 1;
 }
 
 template <typename T>
@@ -808,8 +824,8 @@ std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& n
   const std::vector<T> &s2 = nm.s2, &t2 = nm.t2, &hmeanT = nm.hmeanT, &hisT = nm.hisT;
   const at::TensorOptions& opts = bw.opts;
   const auto w2g = pack3x3<T>(w2, true);  // the data gradient: Cout = B, Cin = k, taps flipped
-  const idx KB = 9 * S.k * S.B;
-  std::vector<T> dw2_acc((size_t)(nt * KB), T(0));  // per thread, (k, B, 9)
+  const idx KB = 9 * S.k * S.B, lanes = wgrad_lanes<T>();
+  std::vector<T> dw2_acc((size_t)(nt * KB * lanes), T(0));  // per thread, (k, B, 9) x lanes
   ThreadAcc acc2(2 * S.B);
   const idx total3 = S.N * ntile3;
   dynamic_for(total3, [&](auto next) {
@@ -820,7 +836,7 @@ std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& n
     T* dcp = gtile.out.data();
     std::vector<T> pad((size_t)(S.B * (R + 2) * Wp + kSlack), T(0));  // c, read by the weight gradient
     std::vector<T> gz((size_t)(k4 * ldd), T(0)), tmp((size_t)(S.k * S.B));
-    T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB;
+    T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB * lanes;
     double* acc = acc2.mine();
     for (idx it; (it = next()) < total3;) {
       const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0);
@@ -870,6 +886,12 @@ std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& n
       }
     }
   });
+  if (lanes > 1)  // each weight's lanes added up, in place (value i moves down from i * lanes)
+    for (idx i = 0; i < nt * KB; ++i) {
+      T v = 0;
+      for (idx l = 0; l < lanes; ++l) v += dw2_acc[i * lanes + l];
+      dw2_acc[i] = v;
+    }
   gw2 = sum_thread_partials<T>(dw2_acc, nt, KB, {S.k, S.B, 3, 3}, opts);  // already in the weight's layout
   return acc2.sum();
 }
@@ -959,7 +981,7 @@ std::vector<double> conv1_backward(const Backward<T>& bw, const LayerNorms<T>& n
         // da = W1^T dh, a Block of channels x pixels at a time, finished in registers: v = da * [a > 0],
         // gbuf += A1 * v, and v's sums (columns past P: da = 0, so v = 0 there).
         st1.zero();
-        conv1x1_direct(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const Block& r) {
+        conv1x1_direct<true>(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const float* r) {
           const idx nq = std::min<idx>(kStrip, P - q);
           for (idx j = 0; j < nj; ++j) {
             const idx c = c0 + j;
@@ -976,7 +998,7 @@ std::vector<double> conv1_backward(const Backward<T>& bw, const LayerNorms<T>& n
             const vec<float> A = vbroadcast(A1[c]), mu = vbroadcast(xmeanT[c]), is = vbroadcast(xisT[c]);
             vec<float> sv = st1[2 * c], sx = st1[2 * c + 1];
             for (int h = 0; h < 2; ++h) {
-              const vec<float> v = vload(aa + kLanes * h) > vec<float>{} ? r.acc[j][h] : vec<float>{};
+              const vec<float> v = vload(aa + kLanes * h) > vec<float>{} ? vload(r + j * kStrip + kLanes * h) : vec<float>{};
               const vec<float> xh = (vload(xx + kLanes * h) - mu) * is;
               sv += v;
               sx += v * xh;

@@ -167,6 +167,14 @@ struct Tile {
       for (int v = 0; v < NV; ++v) acc[r][v] += b * x[v];
     }
   }
+  // Every accumulator to out, row r at out + r * cols. An epilogue that picks rows at run-time indices reads this
+  // copy: indexing acc itself at run time puts the accumulators in memory, a load and a store around every FMA.
+  FER_INLINE void spill(T* out) const {
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) vstore(out + r * cols + v * n, acc[r][v]);
+  }
   // Row r (r < rows) to out + r * ld, its first m <= cols columns.
   FER_INLINE void store(int rows, idx m, T* out, idx ld) const {
     for (int r = 0; r < rows; ++r, out += ld) {
