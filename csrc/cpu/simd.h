@@ -70,6 +70,23 @@ template <typename T>
 FER_INLINE void vstore(T* p, vec<T> x) {
   *reinterpret_cast<vec<T>*>(p) = x;
 }
+// A non-temporal store to p, which must be aligned to the vector's size: the line is written without being read in
+// first (output written once and not read back soon). Plain store off x86. Fence before another thread reads p.
+template <typename T>
+FER_INLINE void vstream(T* p, vec<T> x) {
+#if FER_X86 && FER_VEC_BYTES == 64
+  if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(p, x);
+  else _mm512_stream_pd(p, x);
+#elif FER_X86 && FER_VEC_BYTES == 32
+  if constexpr (std::is_same_v<T, float>) _mm256_stream_ps(p, x);
+  else _mm256_stream_pd(p, x);
+#elif FER_X86
+  if constexpr (std::is_same_v<T, float>) _mm_stream_ps(p, x);
+  else _mm_stream_pd(p, x);
+#else
+  vstore(p, x);
+#endif
+}
 template <typename T>
 FER_INLINE vec<T> vbroadcast(T x) {
   return vec<T>{} + x;
