@@ -415,7 +415,8 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 // and q >= Pp). dw is (Cout, Cin, 9), the layout of the weight, times wgrad_lanes<T>(). float32: kWgRows output
 // channels x 3 taps of one kernel row in vector accumulators (4 + 3 loads per 12 FMAs on AVX2), g's rows padded to a
 // multiple of kWgRows with zero rows, each accumulator added to its weight's vector of lane partials (a horizontal
-// sum per weight and tile cost about as much as the FMAs); float64: one GEMM per tap. in needs kSlack floats of finite slack past its last channel.
+// sum per weight and tile cost about as much as the FMAs); float64: one GEMM per tap. in needs kSlack floats of
+// finite slack past its last channel.
 // kWgRows output channels x 3 taps in registers: 12 accumulators, which with the 3 shifted input rows and a gradient
 // vector fill AVX2's 16 vector registers; the AVX-512 build keeps the same tile.
 constexpr int kWgRows = 4;
@@ -998,7 +999,8 @@ std::vector<double> conv1_backward(const Backward<T>& bw, const LayerNorms<T>& n
             const vec<float> A = vbroadcast(A1[c]), mu = vbroadcast(xmeanT[c]), is = vbroadcast(xisT[c]);
             vec<float> sv = st1[2 * c], sx = st1[2 * c + 1];
             for (int h = 0; h < 2; ++h) {
-              const vec<float> v = vload(aa + kLanes * h) > vec<float>{} ? vload(r + j * kStrip + kLanes * h) : vec<float>{};
+              const vec<float> rv = vload(r + j * kStrip + kLanes * h);
+              const vec<float> v = vload(aa + kLanes * h) > vec<float>{} ? rv : vec<float>{};
               const vec<float> xh = (vload(xx + kLanes * h) - mu) * is;
               sv += v;
               sx += v * xh;
