@@ -207,6 +207,36 @@ def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
         close_grad(x, y, p, name)
 
 
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpp_classifier_several_column_tiles(backend, dtype):
+    """The C++ classifier's tiles, which the backward sizes from the L2 cache: 2,000 columns of Y make at least two
+    column tiles of the register path (the last partial) with an L2 of up to 4 MiB, 30 rows at least two row
+    blocks (the last partial); 2 threads; every instruction set."""
+    torch.manual_seed(11)
+    a, b = make_ab(3, 30, 2000, 4, 4, "relu", dtype)
+    weight = torch.randn(7, 30 * 2000, dtype=dtype) / 245.0
+    bias = torch.randn(7, dtype=dtype)
+    ins = [a, b, weight, bias]
+    mine = [t.clone().requires_grad_() for t in ins]
+    ref = [t.double().requires_grad_() for t in ins]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = fk.bilinear_classifier(*mine, backend=backend)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad(out, mine, g)
+    finally:
+        torch.set_num_threads(threads)
+    expected = plain_classifier(*ref)
+    close(out, expected.detach(), "logits")
+    want = torch.autograd.grad(expected, ref, g.double())
+    same = [t.clone().requires_grad_() for t in ins]
+    plain = torch.autograd.grad(plain_classifier(*same), same, g)
+    for name, x, y, p in zip(("grad_a", "grad_b", "grad_weight", "grad_bias"), got, want, plain):
+        close_grad(x, y, p, name)
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
 def test_classifier_forward_and_backward_match_plain_composition(backend, has_bias):
