@@ -175,48 +175,8 @@ def test_cpp_pool_forward_schedules(dtype, n):
 
 
 @requires_cpp
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("classes", [5, 11])
-@pytest.mark.parametrize("hw", [(3, 3), (12, 11)], ids=["3x3", "12x11"])
-def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
-    """The C++ classifier's paths: up to 8 classes and 8x8 locations, register tiles (the class products in
-    registers, dW summed over chunks of 8 samples, 4 classes at a time: 5 classes make groups of 4 and 1); past 8
-    classes (11) or 64 locations (a 12x11 map), the C++ pool (a batched GEMM and a fused pass) and a linear layer.
-    35 samples make chunks of 8 (x4) and 3; 2 threads (per-thread dB sums)."""
-    torch.manual_seed(7)
-    a, b = make_ab(35, 13, 10, *hw, "relu", dtype)
-    weight = torch.randn(classes, 130, dtype=dtype) / 130 ** 0.5
-    bias = torch.randn(classes, dtype=dtype)
-    ins = [a, b, weight, bias]
-    mine = [t.clone().requires_grad_() for t in ins]
-    ref = [t.double().requires_grad_() for t in ins]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        out = fk.bilinear_classifier(*mine, backend="cpp")
-        g = torch.randn_like(out)
-        got = torch.autograd.grad(out, mine, g)
-    finally:
-        torch.set_num_threads(threads)
-    expected = plain_classifier(*ref)
-    close(out, expected.detach(), "logits")
-    want = torch.autograd.grad(expected, ref, g.double())
-    same = [t.clone().requires_grad_() for t in ins]
-    plain = torch.autograd.grad(plain_classifier(*same), same, g)
-    for name, x, y, p in zip(("grad_a", "grad_b", "grad_weight", "grad_bias"), got, want, plain):
-        close_grad(x, y, p, name)
-
-
-@pytest.mark.parametrize("backend", backend_params("cpp"))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_cpp_classifier_several_column_tiles(backend, dtype):
-    """The C++ classifier's tiles, which the backward sizes from the L2 cache: 2,000 columns of Y make at least two
-    column tiles of the register path (the last partial) with an L2 of up to 4 MiB, 30 rows at least two row
-    blocks (the last partial); 2 threads; every instruction set."""
-    torch.manual_seed(11)
-    a, b = make_ab(3, 30, 2000, 4, 4, "relu", dtype)
-    weight = torch.randn(7, 30 * 2000, dtype=dtype) / 245.0
-    bias = torch.randn(7, dtype=dtype)
+def _check_classifier_two_threads(a, b, weight, bias, backend):
+    """fer_kernels.bilinear_classifier on 2 threads against the float64 composition, forward and backward."""
     ins = [a, b, weight, bias]
     mine = [t.clone().requires_grad_() for t in ins]
     ref = [t.double().requires_grad_() for t in ins]
@@ -235,6 +195,32 @@ def test_cpp_classifier_several_column_tiles(backend, dtype):
     plain = torch.autograd.grad(plain_classifier(*same), same, g)
     for name, x, y, p in zip(("grad_a", "grad_b", "grad_weight", "grad_bias"), got, want, plain):
         close_grad(x, y, p, name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("classes", [5, 11])
+@pytest.mark.parametrize("hw", [(3, 3), (12, 11)], ids=["3x3", "12x11"])
+def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
+    """The C++ classifier's paths: up to 8 classes and 8x8 locations, register tiles (the class products in
+    registers, dW summed over chunks of 8 samples, 4 classes at a time: 5 classes make groups of 4 and 1); past 8
+    classes (11) or 64 locations (a 12x11 map), the C++ pool (a batched GEMM and a fused pass) and a linear layer.
+    35 samples make chunks of 8 (x4) and 3; 2 threads (per-thread dB sums)."""
+    torch.manual_seed(7)
+    a, b = make_ab(35, 13, 10, *hw, "relu", dtype)
+    weight = torch.randn(classes, 130, dtype=dtype) / 130 ** 0.5
+    _check_classifier_two_threads(a, b, weight, torch.randn(classes, dtype=dtype), "cpp")
+
+
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_cpp_classifier_several_column_tiles(backend, dtype):
+    """The C++ classifier's tiles, which the backward sizes from the L2 cache: 2,000 columns of Y make at least two
+    column tiles of the register path (the last partial) with an L2 of up to 4 MiB, 30 rows at least two row
+    blocks (the last partial); 2 threads; every instruction set."""
+    torch.manual_seed(11)
+    a, b = make_ab(3, 30, 2000, 4, 4, "relu", dtype)
+    weight = torch.randn(7, 30 * 2000, dtype=dtype) / 245.0
+    _check_classifier_two_threads(a, b, weight, torch.randn(7, dtype=dtype), backend)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
