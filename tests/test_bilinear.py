@@ -174,7 +174,6 @@ def test_cpp_pool_forward_schedules(dtype, n):
         torch.set_num_threads(threads)
 
 
-@requires_cpp
 def _check_classifier_two_threads(a, b, weight, bias, backend):
     """fer_kernels.bilinear_classifier on 2 threads against the float64 composition, forward and backward."""
     ins = [a, b, weight, bias]
@@ -197,6 +196,7 @@ def _check_classifier_two_threads(a, b, weight, bias, backend):
         close_grad(x, y, p, name)
 
 
+@requires_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("classes", [5, 11])
 @pytest.mark.parametrize("hw", [(3, 3), (12, 11)], ids=["3x3", "12x11"])
