@@ -31,9 +31,6 @@
 
 #include "bilinear_checks.h"
 #include "cpu/kernels.h"
-// 32-byte vectors in the AVX-512 build too: the tile kernels' loops are short (L <= 64 locations), too short to gain
-// from 64-byte vectors on CPUs that run 512-bit instructions on 256-bit units (simd.h). The GEMM paths are BLAS.
-#define FER_OP_MAX_VEC_BYTES 32
 #include "cpu/simd.h"
 
 FER_ISA_BEGIN
@@ -89,6 +86,47 @@ __attribute__((always_inline)) inline void micro_rows(int rows, const T* P, int6
   with_count<MR - 1>(rows, [&](auto R) { micro<T, R.value, ColP>(P, ps, Q, qs, kdim, acc); });
 }
 
+// Rows of the one-vector register tile (gemm_acc_narrow): twice MR, as many accumulators as the MR x 2 tile.
+constexpr int MR1 = 2 * MR;
+
+// gemm_acc for ncols <= n, one vector of columns (4x4 = 16 locations in the AVX-512 build): an MR x 2 tile would
+// spend half its FMAs on zero padding, so this one is MR1 rows x 1 vector. Columns past ncols come from a
+// zero-padded copy of Q, and only the first ncols of each row of C are written.
+template <typename T, bool ColP>
+void gemm_acc_narrow(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t ps, const T* Q, int64_t qs, T* C,
+                     int64_t cs) {
+  constexpr int n = Simd<T>::n;
+  thread_local AlignedBuffer<T> qpad;
+  if (ncols < n) {
+    qpad.resize((size_t)(kdim * n));
+    for (int64_t k = 0; k < kdim; ++k)
+      for (int64_t j = 0; j < n; ++j) qpad[k * n + j] = j < ncols ? Q[k * qs + j] : T(0);
+    Q = qpad.data();
+    qs = n;
+  }
+  for (int64_t m0 = 0; m0 < M; m0 += MR1) {
+    const T* Pm = ColP ? P + m0 : P + m0 * ps;
+    auto block = [&](auto R) FER_INLINE_LAMBDA {
+      Tile<T, R.value, 1> t;
+      for (int64_t k = 0; k < kdim; ++k) t.step(Q + k * qs, ColP ? Pm + k * ps : Pm + k, ColP ? 1 : ps);
+#pragma GCC unroll 32
+      for (int r = 0; r < R.value; ++r) {
+        T* c = C + (m0 + r) * cs;
+        if (ncols == n) {
+          vstore(c, vload(c) + t.acc[r][0]);
+        } else {
+          T buf[n];
+          vstore(buf, t.acc[r][0]);
+          for (int64_t j = 0; j < ncols; ++j) c[j] += buf[j];
+        }
+      }
+    };
+    const int rows = (int)std::min<int64_t>(MR1, M - m0);
+    if (rows == MR1) block(std::integral_constant<int, MR1>{});
+    else with_count<MR1 - 1>(rows, block);
+  }
+}
+
 // C[m * cs + j] += sum_k P(m, k) * Q[k * qs + j] for m < M, j < ncols (any sizes; P(m, k) as in micro). The vector
 // micro-kernel runs on full column blocks; the last, partial block goes through the same micro-kernel on a
 // zero-padded copy of its Q columns, so that it stays vectorised too.
@@ -96,10 +134,11 @@ template <typename T, bool ColP>
 __attribute__((always_inline)) inline void gemm_acc(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t ps,
                                                     const T* Q, int64_t qs, T* C, int64_t cs) {
   constexpr int n = Simd<T>::n, nr = NR<T>();
+  if (ncols <= n) return gemm_acc_narrow<T, ColP>(M, ncols, kdim, P, ps, Q, qs, C, cs);
   const int64_t full = ncols / nr * nr, tail = ncols - full;
-  thread_local std::vector<T> qtail;
+  thread_local AlignedBuffer<T> qtail;
   if (tail) {
-    qtail.assign((size_t)(kdim * nr), T(0));
+    qtail.resize((size_t)(kdim * nr));
     for (int64_t k = 0; k < kdim; ++k)
       for (int64_t j = 0; j < tail; ++j) qtail[k * nr + j] = Q[k * qs + full + j];
   }
@@ -379,9 +418,9 @@ std::tuple<at::Tensor, at::Tensor> pool_backward_impl(const at::Tensor& grad_z, 
 template <typename T>
 struct WeightSlab {
   int64_t ld, kst;  // row stride, class stride (elements)
-  std::vector<T> buf;
+  AlignedBuffer<T> buf;
   WeightSlab(int64_t K, int64_t rb, int64_t cbc) : ld(cbc + 2 * Simd<T>::n), kst(rb * (cbc + 2 * Simd<T>::n) + 3 * Simd<T>::n),
-                                                    buf((size_t)(K * kst), T(0)) {}
+                                                    buf((size_t)(K * kst)) {}
   T* at(int64_t k, int64_t r) { return buf.data() + k * kst + r * ld; }
   void load(const T* W, int64_t K, int64_t Ca, int64_t Cb, int64_t i_begin, int64_t rows, int64_t j_begin,
             int64_t cols) {
@@ -750,10 +789,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
     T* DB = tid == 0 ? db.data_ptr<T>() : db_extra.data_ptr<T>() + (int64_t)(tid - 1) * N * Cb * L;
     WeightSlab<T> slab(K, tl.rb, tl.cbc), gslab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
-    std::vector<T> dyt((size_t)(tl.rb * slab.ld));  // dz, then dY, of the tile, in the slab's row layout
+    AlignedBuffer<T> dyt((size_t)(tl.rb * slab.ld));  // dz, then dY, of the tile, in the slab's row layout
     constexpr int64_t kChunk = kChunkRegister;
     const int64_t zst = tl.rb * slab.ld;  // z (dz) of one sample of the tile, in the slab's row layout
-    std::vector<T> zbuf((size_t)(kChunk * zst), T(0));
+    AlignedBuffer<T> zbuf((size_t)(kChunk * zst));
     vec<T> acc[MR][2];
     for (int64_t blk; (blk = next_block()) < tl.n_rb;) {
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb), rows_blk = i_end - i_begin;
@@ -761,7 +800,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
         const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
         const int64_t cols = std::min(Cb, j_end) - j_begin;  // valid columns of this tile
         slab.load(W, K, Ca, Cb, i_begin, rows_blk, j_begin, cols);
-        std::fill(gslab.buf.begin(), gslab.buf.end(), T(0));
+        gslab.buf.zero();
         const T* ws = slab.buf.data();
         T* gs = gslab.buf.data();
         const int64_t ld = slab.ld, kst = slab.kst;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -25,14 +26,7 @@
 #endif
 
 #define FER_INLINE __attribute__((always_inline)) inline
-
-// An op file may cap its vector width below the ISA's (FER_OP_MAX_VEC_BYTES, defined before including this file):
-// on CPUs that run 512-bit instructions on 256-bit units (AMD Zen 4), a kernel with short loops can be faster with
-// 32-byte vectors, still with AVX-512's 32 registers and instructions.
-#if defined(FER_OP_MAX_VEC_BYTES) && FER_OP_MAX_VEC_BYTES < FER_VEC_BYTES
-#undef FER_VEC_BYTES
-#define FER_VEC_BYTES FER_OP_MAX_VEC_BYTES
-#endif
+#define FER_INLINE_LAMBDA __attribute__((always_inline))  // [&](...) FER_INLINE_LAMBDA { ... }
 
 FER_ISA_BEGIN
 
@@ -51,14 +45,52 @@ using vec = typename Simd<T>::v;
 
 inline idx round_up(idx x, idx m) { return (x + m - 1) / m * m; }
 
-// count vectors on the heap, zeroed (a std::vector<vec<T>> would drop vec's alignment attribute).
+// count elements of T on the heap, zeroed, starting on a cache line (64 bytes). malloc's 16-byte alignment makes
+// every other 32-byte vector access, and every 64-byte one, split across two cache lines. Not copyable.
+template <typename T>
+struct AlignedBuffer {
+  static constexpr size_t kAlign = 64;
+  T* p = nullptr;
+  size_t count = 0, capacity = 0;
+  AlignedBuffer() = default;
+  explicit AlignedBuffer(size_t count_) { resize(count_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  ~AlignedBuffer() { release(); }
+  // count_ zeroed elements (the old contents are dropped; the allocation is kept if it is large enough).
+  void resize(size_t count_) {
+    if (count_ > capacity) {
+      release();
+      p = static_cast<T*>(::operator new(count_ * sizeof(T), std::align_val_t(kAlign)));
+      capacity = count_;
+    }
+    count = count_;
+    zero();
+  }
+  void zero() { std::fill(p, p + count, T(0)); }
+  T* data() { return p; }
+  const T* data() const { return p; }
+  T* begin() { return p; }
+  T* end() { return p + count; }
+  size_t size() const { return count; }
+  T& operator[](size_t i) { return p[i]; }
+
+ private:
+  void release() {
+    if (p) ::operator delete(p, std::align_val_t(kAlign));
+    p = nullptr;
+    capacity = 0;
+  }
+};
+
+// count vectors on the heap, zeroed, cache-line aligned (a std::vector<vec<T>> would drop vec's alignment attribute).
 template <typename T>
 struct VecBuffer {
-  std::vector<T> mem;
-  explicit VecBuffer(size_t count) : mem(count * Simd<T>::n, T(0)) {}
+  AlignedBuffer<T> mem;
+  explicit VecBuffer(size_t count) : mem(count * Simd<T>::n) {}
   vec<T>* data() { return reinterpret_cast<vec<T>*>(mem.data()); }
   vec<T>& operator[](size_t i) { return data()[i]; }
-  void zero() { std::fill(mem.begin(), mem.end(), T(0)); }
+  void zero() { mem.zero(); }
 };
 
 // Unaligned loads and stores (vec is element-aligned and may alias T; a memcpy here went through the stack).
@@ -169,18 +201,26 @@ struct Tile {
   static constexpr int n = Simd<T>::n;
   static constexpr int cols = NV * n;
   vec<T> acc[R][NV];
+  // (The loops are unrolled by pragma: left to GCC's heuristics, a tile of 24 rows stayed a loop over r, with the
+  // accumulators in memory.)
   FER_INLINE Tile() {
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = vec<T>{};
   }
   FER_INLINE void step(const T* q, const T* p, idx ps = 1) {
     vec<T> x[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      x[v] = vload(q + v * n);
-      pin(x[v]);
+      vec<T> t = vload(q + v * n);  // pinned as a scalar: pin(x[v]) on the array element put the whole tile
+      pin(t);                       // (accumulators too) on the stack in bilinear's Y kernel (AVX-512 build)
+      x[v] = t;
     }
+#pragma GCC unroll 32
     for (int r = 0; r < R; ++r) {
       const vec<T> b = vbroadcast_load(p + r * ps);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] += b * x[v];
     }
   }
