@@ -36,14 +36,18 @@
 FER_ISA_BEGIN
 namespace {
 
+// 2 sign(y) sqrt(|y| + eps), with sign(0) = 0: twice the signed square root (root_pair's factor 2, for the caller
+// to fold into its own scale factors).
+template <typename T>
+FER_INLINE vec<T> signed_sqrt2_v(vec<T> y, T eps) {
+  vec<T> root2, unused;
+  root_pair(vabs<T>(y) + eps, root2, unused);  // at y = 0 with eps = 0, root2 is NaN but not selected
+  return y != vec<T>{} ? vwith_sign<T>(root2, y) : vec<T>{};
+}
 // sign(y) * sqrt(|y| + eps), with sign(0) = 0.
 template <typename T>
-inline vec<T> signed_sqrt_v(vec<T> y, T eps) {
-  const vec<T> zero{};
-  const vec<T> ay = y < zero ? -y : y;
-  vec<T> r, unused;
-  root_and_half_inv(ay + eps, r, unused);  // at y = 0 with eps = 0, r is NaN but not selected
-  return y > zero ? r : (y < zero ? -r : zero);
+FER_INLINE vec<T> signed_sqrt_v(vec<T> y, T eps) {
+  return signed_sqrt2_v(y, eps) * T(0.5);
 }
 // Micro-tile rows: 6 x 2 vectors = 12 accumulators, enough to hide the FMA latency; with AVX-512's 32 registers
 // 12 x 2, half the loads per FMA (EIFN's classifier fwd+bwd on an Intel Xeon: 20.4-21.0 -> 19.7-20.0 ms).
@@ -577,9 +581,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_g
     for (int64_t s_n = n0; s_n < n1; ++s_n) {
       const T* ys = Y + s_n * D;
       T* zs = Z + s_n * D;
-      const vec<T> iv = vbroadcast(invd[s_n]);
+      const vec<T> iv2 = vbroadcast(T(0.5) * invd[s_n]);
       int64_t i = 0;
-      for (; i + nl <= D; i += nl) vstore(zs + i, signed_sqrt_v(vload(ys + i), eps) * iv);
+      for (; i + nl <= D; i += nl) vstore(zs + i, signed_sqrt2_v(vload(ys + i), eps) * iv2);
       for (; i < D; ++i) {
         const T v = ys[i], r = std::sqrt(std::abs(v) + eps);
         zs[i] = (v > T(0) ? r : (v < T(0) ? -r : T(0))) * invd[s_n];
@@ -595,13 +599,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_g
       T* ys = Y + s_n * D;  // becomes dY
       const T* zs = Z + s_n * D;
       const T* dzs = DZ + s_n * D;
-      const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]);
+      // dY = (dz / d - z G / d) * 0.5 / sqrt(|Y| + eps), with rinv2 = 2 / sqrt(|Y| + eps)
+      const vec<T> iv4 = vbroadcast(T(0.25) * invd[s_n]), gf4 = vbroadcast(T(0.25) * gfac[s_n]);
       int64_t i = 0;
       for (; i + nl <= D; i += nl) {
         const vec<T> yv = vload(ys + i);
-        vec<T> root, hinv;
-        root_and_half_inv((yv < zero ? -yv : yv) + eps, root, hinv);
-        vstore(ys + i, yv != zero ? (vload(dzs + i) * iv - vload(zs + i) * gf) * hinv : zero);
+        vec<T> root2, rinv2;
+        root_pair(vabs<T>(yv) + eps, root2, rinv2);
+        vstore(ys + i, yv != zero ? (vload(dzs + i) * iv4 - vload(zs + i) * gf4) * rinv2 : zero);
       }
       for (; i < D; ++i) {
         const T v = ys[i];
@@ -629,7 +634,8 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_panels<T>(b3, cbp);
   const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR);
-  // Per row block: [N][K dots, ||s||^2], reduced in block order afterwards (deterministic for any schedule).
+  // Per row block: [N][K dots, ||s||^2], both of 2 s (signed_sqrt2_v), reduced in block order afterwards (deterministic
+  // for any schedule).
   std::vector<double> part((size_t)tl.n_rb * N * (K + 1), 0.0);
   const T eps = (T)eps_d;
   const T* A = a3.data_ptr<T>();
@@ -659,7 +665,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
               yt.get(i0, rows, j0, acc);
               for (int r = 0; r < rows; ++r)
                 for (int v = 0; v < 2; ++v) {
-                  sv[r][v] = signed_sqrt_v(acc[r][v], eps);  // padded columns: Y = 0 -> s = 0
+                  sv[r][v] = signed_sqrt2_v(acc[r][v], eps);  // 2 s; padded columns: Y = 0 -> s = 0
                   sq += sv[r][v] * sv[r][v];
                 }
               for (int r = rows; r < MR; ++r) sv[r][0] = sv[r][1] = vec<T>{};
@@ -702,11 +708,13 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   for (int64_t s_n = 0; s_n < N; ++s_n) {
     double sq = 0;
     for (int64_t r = 0; r < tl.n_rb; ++r) sq += part[((size_t)r * N + s_n) * (K + 1) + K];
+    sq *= 0.25;  // the partials are of 2 s: ||2 s||^2 and W_k . 2 s
     const double norm = std::sqrt(sq), inv = 1.0 / std::max(norm, 1e-12);
     NM[s_n] = (T)norm;
     for (int64_t k = 0; k < K; ++k) {
       double d = 0;
       for (int64_t r = 0; r < tl.n_rb; ++r) d += part[((size_t)r * N + s_n) * (K + 1) + k];
+      d *= 0.5;
       LG[s_n * K + k] = (T)(d * inv + (BI ? (double)BI[k] : 0.0));
     }
   }
@@ -806,7 +814,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
         const int64_t ld = slab.ld, kst = slab.kst;
         T* dy = dyt.data();
         for (int64_t s_n = 0; s_n < N; ++s_n) {
-          const vec<T> iv = vbroadcast(invd[s_n]), gf = vbroadcast(gfac[s_n]), zero{};
+          // z = s / d = 2 s * (0.5 / d); dY = (dz / d - z G / d) * 0.5 / sqrt(|Y| + eps) = (dz / 4d - z G / 4d) * rinv2
+          const vec<T> iv2 = vbroadcast(T(0.5) * invd[s_n]), iv4 = vbroadcast(T(0.25) * invd[s_n]),
+                       gf4 = vbroadcast(T(0.25) * gfac[s_n]), zero{};
           const T* gl_n = GL + s_n * K;
           const T* dzp = dy;  // dz of this sample's tile
           T* const zs = zbuf.data() + (s_n % kChunk) * zst;  // z of this sample's tile
@@ -823,15 +833,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
                 const int64_t toff = (i0 - i_begin + r) * ld + (j0 - j_begin);
                 for (int v = 0; v < 2; ++v) {
                   const vec<T> y = acc[r][v];
-                  vec<T> root, hinv;  // sqrt(|Y| + eps) and 0.5 / sqrt(|Y| + eps), shared by s and ds/dY
-                  root_and_half_inv((y < zero ? -y : y) + eps, root, hinv);
-                  const vec<T> z = (y > zero ? root : (y < zero ? -root : zero)) * iv;
-                  const vec<T> gsq = y != zero ? hinv : zero;
+                  vec<T> root2, rinv2;  // 2 sqrt(|Y| + eps) and 2 / sqrt(|Y| + eps), shared by s and ds/dY
+                  root_pair(vabs<T>(y) + eps, root2, rinv2);
+                  const auto nonzero = y != zero;
+                  const vec<T> z = nonzero ? vwith_sign<T>(root2, y) * iv2 : zero;
                   const int64_t o = toff + v * n;
-                  const vec<T> dz = vload(dzp + o);
                   vstore(zs + o, z);
                   // padded columns: W = 0 and Y = 0 there, so dz = z = dY = 0
-                  vstore(dy + o, (dz * iv - z * gf) * gsq);
+                  vstore(dy + o, nonzero ? (vload(dzp + o) * iv4 - z * gf4) * rinv2 : zero);
                 }
               }
             }

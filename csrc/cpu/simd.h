@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -38,10 +39,20 @@ using idx = int64_t;
 template <typename T>
 struct Simd {
   typedef T v __attribute__((vector_size(FER_VEC_BYTES), aligned(sizeof(T)), may_alias));
+  // the integer vector of the same lanes (bit operations: vabs, vwith_sign)
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> iv
+      __attribute__((vector_size(FER_VEC_BYTES), aligned(sizeof(T)), may_alias));
   static constexpr int n = FER_VEC_BYTES / (int)sizeof(T);  // lanes
 };
 template <typename T>
 using vec = typename Simd<T>::v;
+// The sign bit in every lane, as the integer vector of vec<T>'s width (Simd<T>::iv).
+template <typename T>
+FER_INLINE typename Simd<T>::iv sign_bits() {
+  using I = typename Simd<T>::iv;
+  using E = std::remove_reference_t<decltype(I{}[0])>;
+  return I{} + std::numeric_limits<E>::min();
+}
 
 inline idx round_up(idx x, idx m) { return (x + m - 1) / m * m; }
 
@@ -158,26 +169,43 @@ FER_INLINE T hsum(vec<T> x) {
   return r;
 }
 
-// root = sqrt(x) and half_inv = 0.5 / sqrt(x) for x > 0. float on AVX2 / AVX-512: a reciprocal square root
-// estimate refined by a Newton step (relative error a few 1e-7; no sqrt or divide, both slow); else exact.
-FER_INLINE void root_and_half_inv(vec<float> x, vec<float>& root, vec<float>& half_inv) {
+// |x|: the sign bit cleared (one AND).
+template <typename T>
+FER_INLINE vec<T> vabs(vec<T> x) {
+  using I = typename Simd<T>::iv;
+  return (vec<T>)((I)x & ~sign_bits<T>());
+}
+// mag (>= 0, sign bit clear) with the sign of s: copysign in one OR of bits.
+template <typename T>
+FER_INLINE vec<T> vwith_sign(vec<T> mag, vec<T> s) {
+  using I = typename Simd<T>::iv;
+  return (vec<T>)((I)mag | ((I)s & sign_bits<T>()));
+}
+
+// root2 = 2 sqrt(x) and rinv2 = 2 / sqrt(x) for x > 0; the factor 2 is for the caller to fold into its own scale
+// factors. float on AVX2 / AVX-512: a reciprocal square root estimate r refined by one Newton step,
+// 1/sqrt(x) ~ r (3 - x r^2) / 2 (relative error a few 1e-7; no sqrt or divide, both slow), in four operations:
+// t = x r, e = 3 - t r, root2 = t e, rinv2 = r e. Else exact.
+FER_INLINE void root_pair(vec<float> x, vec<float>& root2, vec<float>& rinv2) {
 #if FER_ISA_LEVEL >= 1
 #if FER_VEC_BYTES == 64
-  vec<float> r = _mm512_maskz_rsqrt14_ps((__mmask16)-1, x);
+  const vec<float> r = _mm512_maskz_rsqrt14_ps((__mmask16)-1, x);
 #else
-  vec<float> r = _mm256_rsqrt_ps(x);
+  const vec<float> r = _mm256_rsqrt_ps(x);
 #endif
-  r = r * (vbroadcast(1.5f) - vbroadcast(0.5f) * x * r * r);
-  root = x * r;
-  half_inv = vbroadcast(0.5f) * r;
+  const vec<float> t = x * r, e = vbroadcast(3.0f) - t * r;
+  root2 = t * e;
+  rinv2 = r * e;
 #else
-  root = vsqrt<float>(x);
-  half_inv = vbroadcast(0.5f) / root;
+  const vec<float> root = vsqrt<float>(x);
+  root2 = root + root;
+  rinv2 = vbroadcast(2.0f) / root;
 #endif
 }
-FER_INLINE void root_and_half_inv(vec<double> x, vec<double>& root, vec<double>& half_inv) {
-  root = vsqrt<double>(x);
-  half_inv = vbroadcast(0.5) / root;
+FER_INLINE void root_pair(vec<double> x, vec<double>& root2, vec<double>& rinv2) {
+  const vec<double> root = vsqrt<double>(x);
+  root2 = root + root;
+  rinv2 = vbroadcast(2.0) / root;
 }
 
 // Keeps v in a register: an empty asm that "modifies" it, so the compiler cannot fold its load into every use as
