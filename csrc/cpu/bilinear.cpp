@@ -63,10 +63,9 @@ template <typename T, int R, bool ColP>
 FER_INLINE void micro(const T* P, int64_t ps, const T* Q, int64_t qs, int64_t kdim, vec<T> acc[MR][2]) {
   Tile<T, R> t;
   for (int64_t k = 0; k < kdim; ++k) t.step(Q + k * qs, ColP ? P + k * ps : P + k, ColP ? 1 : ps);
-  for (int r = 0; r < R; ++r) {
-    acc[r][0] = t.acc[r][0];
-    acc[r][1] = t.acc[r][1];
-  }
+  // Through spill's vector stores: element-wise copies (acc[r][v] = t.acc[r][v]) made GCC 12 keep a copy of the tile
+  // on the stack, one store per FMA inside the k-loop (AVX2 build; half the Y kernel's speed).
+  t.spill(reinterpret_cast<T*>(acc));
 }
 
 // f(std::integral_constant<int, v>{}) for a runtime 1 <= v <= Max (v < 1 runs 1): a register-blocked kernel
