@@ -260,15 +260,22 @@ struct Tile {
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) vstore(out + r * cols + v * n, acc[r][v]);
   }
-  // Row r (r < rows) to out + r * ld, its first m <= cols columns.
+  // Row r (r < rows) to out + r * ld, its first m <= cols columns. The loop runs over all R rows, unrolled, with a
+  // run-time guard: a loop to `rows` indexed the tile at run time, which put it in memory for the whole k-loop
+  // (the 3x3 kernel's accumulators went through the stack once per input channel in the AVX2 build).
   FER_INLINE void store(int rows, idx m, T* out, idx ld) const {
-    for (int r = 0; r < rows; ++r, out += ld) {
+#pragma GCC unroll 32
+    for (int r = 0; r < R; ++r) {
+      if (r >= rows) break;
+      T* o = out + r * ld;
       if (m == cols) {
-        for (int v = 0; v < NV; ++v) vstore(out + v * n, acc[r][v]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) vstore(o + v * n, acc[r][v]);
       } else {
         T tmp[cols];
+#pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) vstore(tmp + v * n, acc[r][v]);
-        std::memcpy(out, tmp, sizeof(T) * (size_t)m);
+        std::memcpy(o, tmp, sizeof(T) * (size_t)m);
       }
     }
   }
