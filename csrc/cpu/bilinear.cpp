@@ -729,7 +729,9 @@ inline void wgrad_classes(const T* z, int64_t zst, int64_t ns, const T* g, int64
   vec<T> acc[KB][2];
   for (int k = 0; k < KB; ++k) acc[k][0] = acc[k][1] = vec<T>{};
   for (int64_t s = 0; s < ns; ++s) {
-    const vec<T> z0 = vload(z + s * zst), z1 = vload(z + s * zst + n);
+    vec<T> z0 = vload(z + s * zst), z1 = vload(z + s * zst + n);
+    pin(z0);  // else GCC 12 copied them to the stack and read every FMA's operand from there (avx512 build)
+    pin(z1);
     for (int k = 0; k < KB; ++k) {
       const vec<T> gk = vbroadcast_load(g + s * gst + k);
       acc[k][0] += gk * z0;
