@@ -151,3 +151,60 @@ def test_no_avx_outside_the_isa_namespaces():
             bad[fn] = bad.get(fn, 0) + 1
     assert counts["avx2"] > 50 and counts["avx512"] > 50 and counts["baseline"] > 50, counts
     assert not bad, f"{len(bad)} function(s) with instructions past their ISA, e.g. {sorted(bad)[:3]}"
+
+
+_INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S.*)$")
+_JUMP = re.compile(r"^j\w+\s+([0-9a-f]+)\b")
+_STACK_FMA = re.compile(r"^vfmadd\S*\s+-?0x[0-9a-f]+\(%r[sb]p\)")  # an FMA operand read from the stack
+_STACK_STORE = re.compile(r"^vmov[au]p[sd]\s+%[xyz]mm\d+,-?0x[0-9a-f]+\(%r[sb]p\)")  # a vector register to the stack
+
+
+def _compiled_by_gcc(so: str) -> bool:
+    out = subprocess.run(["objdump", "-s", "-j", ".comment", so], capture_output=True, text=True)
+    return out.returncode == 0 and "GCC" in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) is not installed")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64", reason="x86-64 Linux")
+def test_inner_loops_keep_their_accumulators_in_registers():
+    """No innermost loop of the avx2 / avx512 kernels moves its register tile through the stack.
+
+    Session 15 found GCC 12 keeping whole register tiles in memory (a load and a store around every FMA) from
+    harmless-looking source: an empty asm on an array element, an element-wise copy of a tile, a loop to a
+    run-time row count. The kernels stayed correct and ran at half speed. Here every innermost loop (a backward
+    jump with no other inside it) with at least 8 FMAs may hold at most 3 stack accesses (FMA operands read from
+    the stack, vector stores to it) per 4 FMAs; the faults measured 1 to 2.2 per FMA, a single spilled accumulator
+    (the AVX2 3x3 kernel, 16 registers) about 0.08. Heuristic and compiler-specific: checked on GCC builds only.
+    """
+    so = _extension._C.__file__
+    if not _compiled_by_gcc(so):
+        pytest.skip("the thresholds were set on GCC 12's code")
+    dis = subprocess.run(["objdump", "-d", "--no-show-raw-insn", so], capture_output=True, text=True, check=True)
+    funcs: list[tuple[str, list[tuple[int, str]]]] = []
+    for line in dis.stdout.splitlines():
+        m = _HEADER.match(line)
+        if m:
+            funcs.append((m.group(1), []))
+            continue
+        m = _INSN.match(line)
+        if m and funcs:
+            funcs[-1][1].append((int(m.group(1), 16), m.group(2)))
+    checked, bad = 0, []
+    for name, insns in funcs:
+        if not insns or not _ISA_FUNCTION.match(name):
+            continue
+        start = insns[0][0]
+        loops = [(int(j.group(1), 16), a) for a, t in insns if (j := _JUMP.match(t)) and start <= int(j.group(1), 16) < a]
+        for lo, hi in loops:
+            if any(o != (lo, hi) and lo <= o[0] and o[1] <= hi for o in loops):
+                continue  # not innermost
+            body = [t for a, t in insns if lo <= a <= hi]
+            fmas = sum(t.startswith("vfmadd") for t in body)
+            if fmas < 8:
+                continue
+            checked += 1
+            stack = sum(bool(_STACK_FMA.match(t) or _STACK_STORE.match(t)) for t in body)
+            if stack > 0.75 * fmas:
+                bad.append(f"{name[:100]} at {lo:#x}: {stack} stack accesses, {fmas} FMAs")
+    assert checked > 50, checked
+    assert not bad, f"{len(bad)} inner loop(s) with their tile on the stack:\n" + "\n".join(bad[:5])
