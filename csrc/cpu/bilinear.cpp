@@ -619,9 +619,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_g
 }
 
 // Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
-// Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all samples,
-// accumulating ||s||^2 and the K <= kRegisterClasses dot products in vector registers, folded into per-block double
-// partials. Saves (in Python): a, b, norms, logits.
+// Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all
+// samples, accumulating ||s||^2 and the K <= kRegisterClasses dot products in vector registers (a kernel per K), each
+// vector of s multiplied into them as soon as it is made, folded into per-block double partials. Saves (in Python):
+// a, b, norms, logits.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
@@ -643,8 +644,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   dynamic_for(tl.n_rb, [&](auto next_block) {  // row blocks, dynamically
     WeightSlab<T> slab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
-    VecBuffer<T> dots((size_t)K);
-    vec<T> acc[MR][2], sv[MR][2];
+    vec<T> acc[MR][2];
     for (int64_t blk; (blk = next_block()) < tl.n_rb;) {
       double* mine = part.data() + (size_t)blk * N * (K + 1);
       const int64_t i_begin = blk * tl.rb, i_end = std::min(Ca, i_begin + tl.rb);
@@ -653,43 +653,36 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
         slab.load(W, K, Ca, Cb, i_begin, i_end - i_begin, j_begin, std::min(Cb, j_end) - j_begin);
         const T* ws = slab.buf.data();
         const int64_t ld = slab.ld, kst = slab.kst;
-        for (int64_t s_n = 0; s_n < N; ++s_n) {
-          vec<T>* dk = dots.data();
-          for (int64_t k = 0; k < K; ++k) dk[k] = vec<T>{};
-          vec<T> sq{};
+        // One sample's tile with KB classes: the KB dot products and ||2 s||^2 stay in registers for the whole
+        // tile; each vector of s meets its KB weight vectors as soon as it is made (one weight load per FMA).
+        auto sample = [&](int64_t s_n, auto KB) FER_INLINE_LAMBDA {
+          constexpr int kb = KB.value;
+          vec<T> dk[kb > 0 ? kb : 1], sq{};
+#pragma GCC unroll 8
+          for (int k = 0; k < kb; ++k) dk[k] = vec<T>{};
           yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const int rows = (int)std::min<int64_t>(MR, i_end - i0);
             for (int64_t j0 = j_begin; j0 < j_end; j0 += nr) {
               yt.get(i0, rows, j0, acc);
+              const T* w0 = ws + (i0 - i_begin) * ld + (j0 - j_begin);
               for (int r = 0; r < rows; ++r)
                 for (int v = 0; v < 2; ++v) {
-                  sv[r][v] = signed_sqrt2_v(acc[r][v], eps);  // 2 s; padded columns: Y = 0 -> s = 0
-                  sq += sv[r][v] * sv[r][v];
-                }
-              for (int r = rows; r < MR; ++r) sv[r][0] = sv[r][1] = vec<T>{};
-              const T* w0 = ws + (i0 - i_begin) * ld + (j0 - j_begin);
-              if (rows == MR) {
-                for (int64_t k = 0; k < K; ++k) {
-                  const T* wk = w0 + k * kst;
-                  vec<T> d = vload(wk) * sv[0][0] + vload(wk + n) * sv[0][1];
+                  const vec<T> s2 = signed_sqrt2_v(acc[r][v], eps);  // 2 s; padded columns: Y = 0 -> s = 0
+                  sq += s2 * s2;
+                  const T* wv = w0 + r * ld + v * n;
 #pragma GCC unroll 8
-                  for (int r = 1; r < MR; ++r) d += vload(wk + r * ld) * sv[r][0] + vload(wk + r * ld + n) * sv[r][1];
-                  dk[k] += d;
+                  for (int k = 0; k < kb; ++k) dk[k] += vload(wv + k * kst) * s2;
                 }
-              } else {
-                for (int64_t k = 0; k < K; ++k) {
-                  const T* wk = w0 + k * kst;
-                  vec<T> d{};
-                  for (int r = 0; r < rows; ++r) d += vload(wk + r * ld) * sv[r][0] + vload(wk + r * ld + n) * sv[r][1];
-                  dk[k] += d;
-                }
-              }
             }
           }
           double* p = mine + s_n * (K + 1);
           p[K] += (double)hsum<T>(sq);
-          for (int64_t k = 0; k < K; ++k) p[k] += (double)hsum<T>(dk[k]);
+          for (int k = 0; k < kb; ++k) p[k] += (double)hsum<T>(dk[k]);
+        };
+        for (int64_t s_n = 0; s_n < N; ++s_n) {
+          if (K == 0) sample(s_n, std::integral_constant<int, 0>{});
+          else with_count<kRegisterClasses>((int)K, [&](auto KB) { sample(s_n, KB); });
         }
       }
     }
