@@ -92,6 +92,17 @@ __attribute__((always_inline)) inline void micro_rows(int rows, const T* P, int6
 // Rows of the one-vector register tile (gemm_acc_narrow): twice MR, as many accumulators as the MR x 2 tile.
 constexpr int MR1 = 2 * MR;
 
+// Columns [j0, j0 + count) of Q's kdim rows (row stride qs), zero-padded to width columns, in a thread-local buffer:
+// the partial column block of gemm_acc / gemm_acc_narrow, so that it runs through the vector kernels too.
+template <typename T>
+const T* padded_columns(const T* Q, int64_t qs, int64_t kdim, int64_t j0, int64_t count, int64_t width) {
+  thread_local AlignedBuffer<T> buf;
+  buf.resize((size_t)(kdim * width));
+  for (int64_t k = 0; k < kdim; ++k)
+    for (int64_t j = 0; j < count; ++j) buf[k * width + j] = Q[k * qs + j0 + j];
+  return buf.data();
+}
+
 // gemm_acc for ncols <= n, one vector of columns (4x4 = 16 locations in the AVX-512 build): an MR x 2 tile would
 // spend half its FMAs on zero padding, so this one is MR1 rows x 1 vector. Columns past ncols come from a
 // zero-padded copy of Q, and only the first ncols of each row of C are written.
@@ -99,12 +110,8 @@ template <typename T, bool ColP>
 void gemm_acc_narrow(int64_t M, int64_t ncols, int64_t kdim, const T* P, int64_t ps, const T* Q, int64_t qs, T* C,
                      int64_t cs) {
   constexpr int n = Simd<T>::n;
-  thread_local AlignedBuffer<T> qpad;
   if (ncols < n) {
-    qpad.resize((size_t)(kdim * n));
-    for (int64_t k = 0; k < kdim; ++k)
-      for (int64_t j = 0; j < n; ++j) qpad[k * n + j] = j < ncols ? Q[k * qs + j] : T(0);
-    Q = qpad.data();
+    Q = padded_columns(Q, qs, kdim, 0, ncols, n);
     qs = n;
   }
   for (int64_t m0 = 0; m0 < M; m0 += MR1) {
@@ -139,12 +146,7 @@ __attribute__((always_inline)) inline void gemm_acc(int64_t M, int64_t ncols, in
   constexpr int n = Simd<T>::n, nr = NR<T>();
   if (ncols <= n) return gemm_acc_narrow<T, ColP>(M, ncols, kdim, P, ps, Q, qs, C, cs);
   const int64_t full = ncols / nr * nr, tail = ncols - full;
-  thread_local AlignedBuffer<T> qtail;
-  if (tail) {
-    qtail.resize((size_t)(kdim * nr));
-    for (int64_t k = 0; k < kdim; ++k)
-      for (int64_t j = 0; j < tail; ++j) qtail[k * nr + j] = Q[k * qs + full + j];
-  }
+  const T* qtail = tail ? padded_columns(Q, qs, kdim, full, tail, nr) : nullptr;
   vec<T> acc[MR][2];
   T buf[nr];
   for (int64_t m0 = 0; m0 < M; m0 += MR) {
@@ -159,7 +161,7 @@ __attribute__((always_inline)) inline void gemm_acc(int64_t M, int64_t ncols, in
       }
     }
     if (tail) {
-      micro_rows<T, ColP>(rows, Pm, ps, qtail.data(), nr, kdim, acc);
+      micro_rows<T, ColP>(rows, Pm, ps, qtail, nr, kdim, acc);
       for (int r = 0; r < rows; ++r) {
         vstore(buf, acc[r][0]);
         vstore(buf + n, acc[r][1]);

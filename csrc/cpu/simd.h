@@ -80,10 +80,6 @@ struct AlignedBuffer {
   }
   void zero() { std::fill(p, p + count, T(0)); }
   T* data() { return p; }
-  const T* data() const { return p; }
-  T* begin() { return p; }
-  T* end() { return p + count; }
-  size_t size() const { return count; }
   T& operator[](size_t i) { return p[i]; }
 
  private:
