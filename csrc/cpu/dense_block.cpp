@@ -209,7 +209,15 @@ void conv1x1_forward_tile(const T* a, idx lda, idx C, idx P, idx B, const T* w1,
     VecBuffer<float> st(acc ? (size_t)(2 * B) : 0);
     conv1x1_direct<false>(a, lda, C, B, w1p, P, [&](idx o0, idx nj, idx q, const float* r) {
       const idx nq = std::min<idx>(kStrip, P - q);
-      for (idx j = 0; j < nj; ++j) std::memcpy(out + (o0 + j) * ldo + q, r + j * kStrip, sizeof(float) * nq);
+      if (nq == kStrip) {  // vector copies: a memcpy call per row cost up to a fifth of the 1x1 time (AVX2)
+        for (idx j = 0; j < nj; ++j) {
+          float* o = out + (o0 + j) * ldo + q;
+          vstore(o, vload(r + j * kStrip));
+          vstore(o + kLanes, vload(r + j * kStrip + kLanes));
+        }
+      } else {
+        for (idx j = 0; j < nj; ++j) std::memcpy(out + (o0 + j) * ldo + q, r + j * kStrip, sizeof(float) * nq);
+      }
       if (acc)
         for (idx j = 0; j < nj; ++j) {  // columns past P are 0 and add nothing
           const vec<float> x0 = vload(r + j * kStrip), x1 = vload(r + j * kStrip + kLanes);
