@@ -439,13 +439,13 @@ struct WeightSlab {
 };
 
 // dst[0, count) = src[0, count), through non-temporal stores where dst is vector-aligned: for output written once and
-// not read back soon, whose cache lines then need not be read in first (half the memory traffic). The caller fences
-// (std::atomic_thread_fence) before another thread reads dst.
+// not read back soon, whose cache lines then need not be read in first (half the memory traffic). The calling thread
+// runs stream_fence() before another thread reads dst.
 template <typename T>
 inline void copy_streaming(T* dst, const T* src, int64_t count) {
   constexpr int n = Simd<T>::n;
   int64_t i = 0;
-  for (; i < count && reinterpret_cast<uintptr_t>(dst + i) % (n * sizeof(T)) != 0; ++i) dst[i] = src[i];
+  for (; i < count && !valigned(dst + i); ++i) dst[i] = src[i];
   for (; i + n <= count; i += n) vstream(dst + i, vload(src + i));
   for (; i < count; ++i) dst[i] = src[i];
 }
@@ -862,8 +862,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
             copy_streaming(DW + k * Ca * Cb + (i_begin + r) * Cb + j_begin, gslab.at(k, r), cols);
       }
     }
+    stream_fence();  // copy_streaming's stores, before the caller reads dw
   });
-  std::atomic_thread_fence(std::memory_order_seq_cst);  // copy_streaming's stores
   if (nthreads > 1) db.add_(db_extra.sum(0));
   at::Tensor dbias = gl.sum(0);
   return {da.view(a.sizes()), db.view(b.sizes()), dw, dbias};

@@ -109,8 +109,9 @@ template <typename T>
 FER_INLINE void vstore(T* p, vec<T> x) {
   *reinterpret_cast<vec<T>*>(p) = x;
 }
-// A non-temporal store to p, which must be aligned to the vector's size: the line is written without being read in
-// first (output written once and not read back soon). Plain store off x86. Fence before another thread reads p.
+// A non-temporal store to p, which must be aligned to the vector's size (valigned): the line is written without being
+// read in first (output written once and not read back soon). Plain store off x86. stream_fence() before another
+// thread reads p.
 template <typename T>
 FER_INLINE void vstream(T* p, vec<T> x) {
 #if FER_X86 && FER_VEC_BYTES == 64
@@ -126,6 +127,14 @@ FER_INLINE void vstream(T* p, vec<T> x) {
   vstore(p, x);
 #endif
 }
+// Whether p meets vstream's alignment (the vector's size).
+template <typename T>
+FER_INLINE bool valigned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % FER_VEC_BYTES == 0;
+}
+// Non-temporal stores are weakly ordered: the thread that made them runs this before other threads may read them
+// (the end of a parallel worker that used vstream).
+FER_INLINE void stream_fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 template <typename T>
 FER_INLINE vec<T> vbroadcast(T x) {
   return vec<T>{} + x;
