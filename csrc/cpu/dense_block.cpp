@@ -440,8 +440,13 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 // kWgRows output channels x 3 taps in registers: 12 accumulators, which with the 3 shifted input rows and a gradient
 // vector fill AVX2's 16 vector registers; the AVX-512 build keeps the same tile.
 constexpr int kWgRows = 4;
+// tick(i) after each of the Cin * 3 (input channel, kernel row) steps, i = 1 .. Cin * 3 (the caller's prefetching).
+struct NoTick {
+  void operator()(idx) const {}
+};
+template <typename Tick = NoTick>
 inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
-                                 idx Qr, float* dwv) {
+                                 idx Qr, float* dwv, const Tick& tick = Tick()) {
   const idx G = (Cout + kWgRows - 1) / kWgRows;
   for (idx c = 0; c < Cin; ++c) {
     for (idx dy = 0; dy < 3; ++dy) {
@@ -473,6 +478,7 @@ inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const
             vstore(d, vload(d) + acc[j][x]);
           }
       }
+      tick(c * 3 + dy + 1);
     }
   }
 }
@@ -484,10 +490,11 @@ constexpr idx wgrad_lanes() {
   return use_direct<T>() ? kLanes : 1;
 }
 
-template <typename T>
-void conv3x3_wgrad(const T* in, idx ps, idx Wp, idx Cin, const T* g, idx ldg, idx Cout, idx Pp, T* dw, T* tmp) {
+template <typename T, typename Tick = NoTick>
+void conv3x3_wgrad(const T* in, idx ps, idx Wp, idx Cin, const T* g, idx ldg, idx Cout, idx Pp, T* dw, T* tmp,
+                   const Tick& tick = Tick()) {
   if constexpr (use_direct<T>()) {
-    conv3x3_wgrad_direct(in, ps, Wp, Cin, g, ldg, Cout, round_strip(Pp), dw);
+    conv3x3_wgrad_direct(in, ps, Wp, Cin, g, ldg, Cout, round_strip(Pp), dw, tick);
     return;
   }
   for (idx tap = 0; tap < 9; ++tap) {
@@ -859,9 +866,20 @@ std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& n
     std::vector<T> gz((size_t)(k4 * ldd), T(0)), tmp((size_t)(S.k * S.B));
     T* dw2 = dw2_acc.data() + (idx)at::get_thread_num() * KB * lanes;
     double* acc = acc2.mine();
-    for (idx it; (it = next()) < total3;) {
+    for (idx it = next(), nxt; it < total3; it = nxt) {
+      // One item ahead: its rows of h and gy are prefetched during this item's weight gradient (Intel Xeon, interleaved
+      // A/B: conv2 backward 123-125 -> 116-118 ms in the AVX2 build, 102-106 -> 98-103 in the AVX-512 one).
+      nxt = next();
       const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0);
       const idx ps = (Rt + 2) * Wp, Pp = Rt * Wp - 2;
+      RowPrefetch pf;
+      if (nxt < total3) {
+        const idx n2 = nxt / ntile3, r2 = (nxt % ntile3) * R, y0 = std::max<idx>(0, r2 - 1);
+        const idx y1 = std::min(S.H, r2 + std::min(R, S.H - r2) + 1);  // the rows pad_rows reads, halo included
+        pf = RowPrefetch((y1 - y0) * S.W * (idx)sizeof(T));
+        pf.add(hl + n2 * S.B * S.HW + y0 * S.W, S.HW * (idx)sizeof(T), S.B);
+        pf.add(gbuf + (n2 * S.Ctot + C) * S.HW + y0 * S.W, S.HW * (idx)sizeof(T), S.k);
+      }
       const T* hn = hl + n * S.B * S.HW;
       pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
       pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
@@ -873,7 +891,8 @@ std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& n
         std::memcpy(gz.data() + o * ldd, gpad + o * ps + Wp + 1, sizeof(T) * Pp);
         std::memset(gz.data() + o * ldd + Pp, 0, sizeof(T) * (ldd - Pp));
       }
-      conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data());
+      conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data(),
+                       [&](idx i) { pf.progress(i, 3 * S.B); });
       conv3x3_apply<T>(gpad, ps, Wp, S.k, S.B, w2g.data(), Pp, dcp, ldd);
       // dz2 = dc * [c > 0] and its sums (<= R*W terms per tile, in T, in vectors across the tile's rows, so that
       // a tile pays one horizontal reduction, not one per row of W pixels). dz2 is read back only by the conv1
@@ -958,6 +977,12 @@ DhCoefficients<T> bn2_backward(const Backward<T>& bw, const LayerNorms<T>& nm, c
   return dh;
 }
 
+// The conv1 backward prefetches the next tile's rows of dz2, h and x in the AVX2 build only. Measured on an Intel
+// Xeon (dense block 1, interleaved A/B): AVX2 conv1 backward 98-103 -> 95-97 ms; AVX-512, whose faster FMAs leave
+// the phase bound by the core's memory bandwidth, 78-83 -> 90-92 ms (the prefetches compete with the epilogue's
+// read-modify-write of the buffer gradient).
+constexpr bool kPrefetchConv1 = FER_ISA_LEVEL == 1;
+
 // Conv1 backward with the BN1-ReLU recomputed: dh from dz2 and BN2's coefficients, dW1 (into gw1) += dh a^T,
 // da = W1^T dh, dz1 = da * [a > 0], gbuf += A1 * dz1. Returns the per-channel sums of dz1 and dz1 * xhat,
 // interleaved (2C).
@@ -988,8 +1013,17 @@ std::vector<double> conv1_backward(const Backward<T>& bw, const LayerNorms<T>& n
     double* acc = acc1.mine();
     // Per-tile float sums of v and v * xhat, a vector per channel each.
     VecBuffer<float> st1(use_direct<T>() ? (size_t)(2 * C) : 0);
-    for (idx it; (it = next()) < total1;) {
+    for (idx it = next(), nxt; it < total1; it = nxt) {
+      nxt = next();  // one item ahead: its rows of dz2, h and x are prefetched during this item's da
       const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+      RowPrefetch pf;
+      if (nxt < total1 && use_direct<T>() && kPrefetchConv1) {
+        const idx n2 = nxt / ntile1, p2 = (nxt % ntile1) * kTile1x1;
+        pf = RowPrefetch(std::min(kTile1x1, S.HW - p2) * (idx)sizeof(T));
+        pf.add(dz2 + n2 * S.B * S.HW + p2, S.HW * (idx)sizeof(T), S.B);
+        pf.add(hl + n2 * S.B * S.HW + p2, S.HW * (idx)sizeof(T), S.B);
+        pf.add(buf + n2 * S.Ctot * S.HW + p2, S.HW * (idx)sizeof(T), C);
+      }
       for (idx b = 0; b < S.B; ++b) {
         const T* d = dz2 + (n * S.B + b) * S.HW + p0;
         const T* hh = hl + (n * S.B + b) * S.HW + p0;
@@ -1007,7 +1041,9 @@ std::vector<double> conv1_backward(const Backward<T>& bw, const LayerNorms<T>& n
         // da = W1^T dh, a Block of channels x pixels at a time, finished in registers: v = da * [a > 0],
         // gbuf += A1 * v, and v's sums (columns past P: da = 0, so v = 0 there).
         st1.zero();
+        const idx nq_tile = (P + kStrip - 1) / kStrip, nblocks = (C + kRows - 1) / kRows * nq_tile;
         conv1x1_direct<true>(dh.data(), ld, S.B, C, w1tp.data(), P, [&](idx c0, idx nj, idx q, const float* r) {
+          pf.progress(c0 / kRows * nq_tile + q / kStrip + 1, nblocks);
           const idx nq = std::min<idx>(kStrip, P - q);
           for (idx j = 0; j < nj; ++j) {
             const idx c = c0 + j;

@@ -226,6 +226,38 @@ FER_INLINE void pin(V& v) {
 #endif
 }
 
+// ---- prefetching the next work item ----
+// Cache lines of up to kGroups groups of rows (a group: first row, byte stride, row count; every row row_bytes
+// long), pulled into L2 (prefetcht1) a few at a time while the current work item computes: issue_until(k) issues
+// up to the k-th line overall, progress(i, m) the share i/m of them. For the inputs a work item reads in a burst at
+// its start (a tile's rows of a large buffer), which the hardware prefetchers do not fetch ahead of the burst.
+struct RowPrefetch {
+  static constexpr int kGroups = 3;
+  const char* base[kGroups] = {};
+  idx stride[kGroups] = {}, rows[kGroups] = {};
+  idx lines = 0, total = 0, done = 0;
+  int groups = 0;
+  RowPrefetch() = default;
+  // A row may start anywhere in a line, so it spans up to one line more than row_bytes / 64.
+  explicit RowPrefetch(idx row_bytes) : lines(row_bytes > 0 ? (row_bytes + 63) / 64 + 1 : 0) {}
+  void add(const void* first, idx stride_bytes, idx count) {
+    base[groups] = static_cast<const char*>(first);
+    stride[groups] = stride_bytes;
+    rows[groups++] = count;
+    total += count * lines;
+  }
+  FER_INLINE void issue_until(idx target) {
+    for (target = std::min(target, total); done < target; ++done) {
+      idx row = done / lines;
+      int gi = 0;
+      while (row >= rows[gi]) row -= rows[gi++];
+      const char* line = base[gi] + row * stride[gi] + (done % lines) * 64;
+      __builtin_prefetch(line, 0, 2);
+    }
+  }
+  FER_INLINE void progress(idx i, idx m) { issue_until(m > 0 ? i * total / m : total); }
+};
+
 // ---- the register tile of every matrix product ----
 // acc[r][v] += p[r * ps] * q[v*n .. v*n + n) for r < R, v < NV: R broadcast scalars times NV vectors, R*NV
 // accumulators. One step per reduction index; the NV vectors are loaded once and pinned in registers.
