@@ -174,7 +174,10 @@ def test_inner_loops_keep_their_accumulators_in_registers():
     run-time row count. The kernels stayed correct and ran at half speed. Here every innermost loop (a backward
     jump with no other inside it) with at least 8 FMAs may hold at most 3 stack accesses (FMA operands read from
     the stack, vector stores to it) per 4 FMAs; the faults measured 1 to 2.2 per FMA, a single spilled accumulator
-    (the AVX2 3x3 kernel, 16 registers) about 0.08. Heuristic and compiler-specific: checked on GCC builds only.
+    (the AVX2 3x3 kernel, 16 registers) about 0.08. A loop of 32 FMAs or more (a deep tile) may hold at most 1 per
+    3 FMAs: session 16 met a partial fault there, the AVX2 3x3 forward inlined into its phase with a prefetcher,
+    at 0.6 (65 per 108 FMAs, the forward 10% slower), while the worst sound loop of that size is at 0.19.
+    Heuristic and compiler-specific: checked on GCC builds only.
     """
     so = _extension._C.__file__
     if not _compiled_by_gcc(so):
@@ -204,7 +207,7 @@ def test_inner_loops_keep_their_accumulators_in_registers():
                 continue
             checked += 1
             stack = sum(bool(_STACK_FMA.match(t) or _STACK_STORE.match(t)) for t in body)
-            if stack > 0.75 * fmas:
+            if stack > (0.75 if fmas < 32 else 1 / 3) * fmas:
                 bad.append(f"{name[:100]} at {lo:#x}: {stack} stack accesses, {fmas} FMAs")
     assert checked > 50, checked
     assert not bad, f"{len(bad)} inner loop(s) with their tile on the stack:\n" + "\n".join(bad[:5])

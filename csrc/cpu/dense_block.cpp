@@ -203,13 +203,15 @@ inline void conv1x1_direct(const float* in, idx ld, idx Cin, idx Cout, const flo
 // each h channel's sum and sum of squares to acc[2b], acc[2b+1] (float within the tile, double across tiles). With
 // stream, h goes out through non-temporal stores where aligned (h of the whole batch, read back only after the
 // phase; the worker runs stream_fence() at its end).
-template <typename T>
+template <typename T, typename Tick = NoTick>
 void conv1x1_forward_tile(const T* a, idx lda, idx C, idx P, idx B, const T* w1, const T* w1p, T* out, idx ldo,
-                          double* acc, bool stream = false) {
+                          double* acc, bool stream = false, Tick&& tick = Tick()) {
   if constexpr (use_direct<T>()) {
     // The tile's sums in float, a vector per channel for sum and one for the sum of squares.
     VecBuffer<float> st(acc ? (size_t)(2 * B) : 0);
+    const idx G = (B + kRows - 1) / kRows, NQ = (P + kStrip - 1) / kStrip;
     conv1x1_direct<false>(a, lda, C, B, w1p, P, [&](idx o0, idx nj, idx q, const float* r) {
+      tick(q / kStrip * G + o0 / kRows + 1, G * NQ);  // blocks run pixels outermost
       const idx nq = std::min<idx>(kStrip, P - q);
       if (nq == kStrip) {  // vector copies: a memcpy call per row cost up to a fifth of the 1x1 time (AVX2)
         for (idx j = 0; j < nj; ++j) {
@@ -349,11 +351,18 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
     const idx lda = tile1x1_ld(S.HW);
     std::vector<T> a((size_t)(C * lda));
     double* acc = hstats ? hstats->mine() : nullptr;
-    for (idx it; (it = next()) < total_items;) {
+    for (idx it = next(), nxt; it < total_items; it = nxt) {
+      nxt = next();  // one item ahead: its rows of the buffer are prefetched during this item's convolution
       const idx n = it / ntile, p0 = (it % ntile) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
+      RowPrefetch pf;
+      if (nxt < total_items) {
+        const idx n2 = nxt / ntile, p2 = (nxt % ntile) * kTile1x1;
+        pf = RowPrefetch(std::min(kTile1x1, S.HW - p2) * (idx)sizeof(T));
+        pf.add(buf + n2 * S.Ctot * S.HW + p2, S.HW * (idx)sizeof(T), C);
+      }
       pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, s1, t1, a.data(), lda);
       conv1x1_forward_tile(a.data(), lda, C, P, S.B, w1, w1p.data(), hdst + n * S.B * S.HW + p0, S.HW, acc,
-                           /*stream=*/true);
+                           /*stream=*/true, pf);
     }
     stream_fence();
   });
@@ -398,8 +407,12 @@ std::vector<T> pack3x3(const at::Tensor& w2, bool grad) {
   return out;
 }
 
-inline void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, const float* wp, idx Pp, float* out,
-                           idx ldo) {
+// tick: a step per block (group of kRows output channels x strip). Not inlined: inlined into conv3x3_phase with a
+// RowPrefetch as its tick, GCC 12 kept part of the AVX2 tile on the stack (65 stack accesses per 108 FMAs, the
+// forward 10% slower; tests/test_cpu_isa.py now catches it).
+template <typename Tick = NoTick>
+__attribute__((noinline)) void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, const float* wp, idx Pp, float* out,
+                           idx ldo, Tick&& tick = Tick()) {
   const idx G = (Cout + kRows - 1) / kRows, Qr = round_strip(Pp);
   idx offs[9];
   for (int tap = 0; tap < 9; ++tap) offs[tap] = (tap / 3) * Wp + tap % 3;
@@ -415,14 +428,16 @@ inline void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, c
         for (int tap = 0; tap < 9; ++tap) blk.step(sc + offs[tap], wc + tap * kRows);
       }
       blk.store(nj, kStrip, out + g * kRows * ldo + q, ldo);  // out's rows hold Qr columns
+      tick(g * (Qr / kStrip) + q / kStrip + 1, G * (Qr / kStrip));
     }
   }
 }
 
-template <typename T>
-void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk, idx Pp, T* out, idx ldo) {
+template <typename T, typename Tick = NoTick>
+void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk, idx Pp, T* out, idx ldo,
+                   Tick&& tick = Tick()) {
   if constexpr (use_direct<T>()) {
-    conv3x3_direct(in, ps, Wp, Cin, Cout, wpk, Pp, out, ldo);
+    conv3x3_direct(in, ps, Wp, Cin, Cout, wpk, Pp, out, ldo, tick);
     return;
   }
   for (idx tap = 0; tap < 9; ++tap)
@@ -440,13 +455,10 @@ void conv3x3_apply(const T* in, idx ps, idx Wp, idx Cin, idx Cout, const T* wpk,
 // kWgRows output channels x 3 taps in registers: 12 accumulators, which with the 3 shifted input rows and a gradient
 // vector fill AVX2's 16 vector registers; the AVX-512 build keeps the same tile.
 constexpr int kWgRows = 4;
-// tick(i) after each of the Cin * 3 (input channel, kernel row) steps, i = 1 .. Cin * 3 (the caller's prefetching).
-struct NoTick {
-  void operator()(idx) const {}
-};
+// tick: a step per (input channel, kernel row), Cin * 3 in all.
 template <typename Tick = NoTick>
 inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const float* g, idx ldg, idx Cout,
-                                 idx Qr, float* dwv, const Tick& tick = Tick()) {
+                                 idx Qr, float* dwv, Tick&& tick = Tick()) {
   const idx G = (Cout + kWgRows - 1) / kWgRows;
   for (idx c = 0; c < Cin; ++c) {
     for (idx dy = 0; dy < 3; ++dy) {
@@ -478,7 +490,7 @@ inline void conv3x3_wgrad_direct(const float* in, idx ps, idx Wp, idx Cin, const
             vstore(d, vload(d) + acc[j][x]);
           }
       }
-      tick(c * 3 + dy + 1);
+      tick(c * 3 + dy + 1, Cin * 3);
     }
   }
 }
@@ -492,7 +504,7 @@ constexpr idx wgrad_lanes() {
 
 template <typename T, typename Tick = NoTick>
 void conv3x3_wgrad(const T* in, idx ps, idx Wp, idx Cin, const T* g, idx ldg, idx Cout, idx Pp, T* dw, T* tmp,
-                   const Tick& tick = Tick()) {
+                   Tick&& tick = Tick()) {
   if constexpr (use_direct<T>()) {
     conv3x3_wgrad_direct(in, ps, Wp, Cin, g, ldg, Cout, round_strip(Pp), dw, tick);
     return;
@@ -513,13 +525,13 @@ struct Tile3x3 {
       : ld(round_strip(R * (W + 2))), pad((size_t)(Cin * (R + 2) * (W + 2) + kSlack), T(0)), out((size_t)(Cout * ld)) {}
 };
 
-// 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2) into yout (channel stride HW).
-template <typename T>
+// 3x3 tile: rows r0 .. r0+R-1 of y = W2 * relu(s2 * h + t2) into yout (channel stride HW); tick as conv3x3_direct's.
+template <typename T, typename Tick = NoTick>
 void conv3x3_tile(const Shape& S, const T* hn, const T* w2p, const T* s2, const T* t2, idx r0, idx R,
-                  Tile3x3<T>& tile, T* yout) {
+                  Tile3x3<T>& tile, T* yout, Tick&& tick = Tick()) {
   const idx Wp = S.W + 2, ps = (R + 2) * Wp, Pp = R * Wp - 2;
   pad_rows(hn, S.HW, S.B, S.H, S.W, r0, R, s2, t2, true, tile.pad.data());
-  conv3x3_apply<T>(tile.pad.data(), ps, Wp, S.B, S.k, w2p, Pp, tile.out.data(), tile.ld);
+  conv3x3_apply<T>(tile.pad.data(), ps, Wp, S.B, S.k, w2p, Pp, tile.out.data(), tile.ld, tick);
   for (idx o = 0; o < S.k; ++o)
     for (idx r = 0; r < R; ++r)
       std::memcpy(yout + o * S.HW + r * S.W, tile.out.data() + o * tile.ld + r * Wp, sizeof(T) * S.W);
@@ -534,10 +546,18 @@ void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, co
   dynamic_for(total_items, [&](auto next) {
     Tile3x3<T> tile(S.B, S.k, R, S.W);
     double* acc = ystats ? ystats->mine() : nullptr;
-    for (idx it; (it = next()) < total_items;) {
+    for (idx it = next(), nxt; it < total_items; it = nxt) {
+      nxt = next();  // one item ahead: its rows of h are prefetched during this item's convolution
       const idx n = it / ntile, r0 = (it % ntile) * R, Rt = std::min(R, S.H - r0);
+      RowPrefetch pf;
+      if (nxt < total_items) {
+        const idx n2 = nxt / ntile, r2 = (nxt % ntile) * R, y0 = std::max<idx>(0, r2 - 1);
+        const idx y1 = std::min(S.H, r2 + std::min(R, S.H - r2) + 1);  // the rows pad_rows reads, halo included
+        pf = RowPrefetch((y1 - y0) * S.W * (idx)sizeof(T));
+        pf.add(hsrc + n2 * S.B * S.HW + y0 * S.W, S.HW * (idx)sizeof(T), S.B);
+      }
       T* yout = buf + (n * S.Ctot + C) * S.HW + r0 * S.W;
-      conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, tile, yout);
+      conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, tile, yout, pf);
       if (acc) accumulate_stats(yout, S.HW, S.k, Rt * S.W, acc);
     }
   });
@@ -891,8 +911,7 @@ std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& n
         std::memcpy(gz.data() + o * ldd, gpad + o * ps + Wp + 1, sizeof(T) * Pp);
         std::memset(gz.data() + o * ldd + Pp, 0, sizeof(T) * (ldd - Pp));
       }
-      conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data(),
-                       [&](idx i) { pf.progress(i, 3 * S.B); });
+      conv3x3_wgrad<T>(pad.data(), ps, Wp, S.B, gz.data(), ldd, S.k, Pp, dw2, tmp.data(), pf);
       conv3x3_apply<T>(gpad, ps, Wp, S.k, S.B, w2g.data(), Pp, dcp, ldd);
       // dz2 = dc * [c > 0] and its sums (<= R*W terms per tile, in T, in vectors across the tile's rows, so that
       // a tile pays one horizontal reduction, not one per row of W pixels). dz2 is read back only by the conv1

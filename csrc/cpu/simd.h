@@ -229,14 +229,17 @@ FER_INLINE void pin(V& v) {
 // ---- prefetching the next work item ----
 // Cache lines of up to kGroups groups of rows (a group: first row, byte stride, row count; every row row_bytes
 // long), pulled into L2 (prefetcht1) a few at a time while the current work item computes: issue_until(k) issues
-// up to the k-th line overall, progress(i, m) the share i/m of them. For the inputs a work item reads in a burst at
-// its start (a tile's rows of a large buffer), which the hardware prefetchers do not fetch ahead of the burst.
+// up to the k-th line overall, progress(i, m) (or the object called as a tick, below) the share i/m of them. For the
+// inputs a work item reads in a burst at its start (a tile's rows of a large buffer), which the hardware
+// prefetchers do not fetch ahead of the burst.
 struct RowPrefetch {
   static constexpr int kGroups = 3;
   const char* base[kGroups] = {};
   idx stride[kGroups] = {}, rows[kGroups] = {};
   idx lines = 0, total = 0, done = 0;
   int groups = 0;
+  int cur_group = 0;  // the next line to issue: line cur_line of row cur_row of group cur_group
+  idx cur_row = 0, cur_line = 0;
   RowPrefetch() = default;
   // A row may start anywhere in a line, so it spans up to one line more than row_bytes / 64.
   explicit RowPrefetch(idx row_bytes) : lines(row_bytes > 0 ? (row_bytes + 63) / 64 + 1 : 0) {}
@@ -246,16 +249,27 @@ struct RowPrefetch {
     rows[groups++] = count;
     total += count * lines;
   }
+  // (A cursor, not a division per line: at a few dozen lines per call, two divisions each cost as much as the
+  // 3x3 forward's block of FMAs between the calls.)
   FER_INLINE void issue_until(idx target) {
     for (target = std::min(target, total); done < target; ++done) {
-      idx row = done / lines;
-      int gi = 0;
-      while (row >= rows[gi]) row -= rows[gi++];
-      const char* line = base[gi] + row * stride[gi] + (done % lines) * 64;
-      __builtin_prefetch(line, 0, 2);
+      __builtin_prefetch(base[cur_group] + cur_row * stride[cur_group] + cur_line * 64, 0, 2);
+      if (++cur_line == lines) {
+        cur_line = 0;
+        if (++cur_row == rows[cur_group]) {
+          cur_row = 0;
+          ++cur_group;
+        }
+      }
     }
   }
   FER_INLINE void progress(idx i, idx m) { issue_until(m > 0 ? i * total / m : total); }
+  FER_INLINE void operator()(idx i, idx m) { progress(i, m); }
+};
+// A kernel with a tick parameter calls tick(i, m) after step i = 1 .. m of its m steps (for a RowPrefetch to keep
+// pace); NoTick, the default, does nothing.
+struct NoTick {
+  FER_INLINE void operator()(idx, idx) const {}
 };
 
 // ---- the register tile of every matrix product ----
