@@ -237,6 +237,11 @@ inline int64_t l2_cache_bytes() {
 // fixed 128 KiB before (12 x 256 tiles once the AVX-512 micro-tile grew to 12 rows) was 3% slower fwd+bwd on an
 // Intel Xeon with 2 MiB L2 (session 14, 2 threads, interleaved A/B: 19.05 against 18.43 ms).
 inline int64_t classifier_backward_bytes() { return std::max<int64_t>(128 * 1024, l2_cache_bytes() / 6); }
+// The backward's tiles keep at least this many rows (their columns halve until the slab fits): dB += dY^T A runs a
+// k-loop over the tile's rows. In the AVX2 build (6-row micro-tiles) 32 gave 18 -> 42-row tiles at EIFN's shape and
+// backward 9.6-9.8 -> 9.3 ms (Intel Xeon, 2 threads, interleaved A/B; 48 the same, 64 and 96 slower); the AVX-512
+// build (a one-vector dA / dB tile) measured 16 and 32 within 1%, 48 2% slower, and keeps 16.
+constexpr int64_t kBackwardMinRows = FER_ISA_LEVEL == 1 ? 32 : 16;
 
 // Tile of the classifier: RB rows x CBc columns of Y; the K <= kRegisterClasses weight rows of a tile
 // (K * RB * CBc elements) take at most `bytes` of L2 (a slab is re-read for every sample).
@@ -771,7 +776,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   const at::Tensor w = weight.contiguous(), gl = grad_logits.contiguous();
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_panels<T>(b3, cbp);
-  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, classifier_backward_bytes(), 16);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, classifier_backward_bytes(), kBackwardMinRows);
   const int nthreads = at::get_num_threads();
   const T eps = (T)eps_d;
 
