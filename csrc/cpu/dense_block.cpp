@@ -48,6 +48,7 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <tuple>
 #include <vector>
 
@@ -537,6 +538,25 @@ void conv3x3_tile(const Shape& S, const T* hn, const T* w2p, const T* s2, const 
       std::memcpy(yout + o * S.HW + r * S.W, tile.out.data() + o * tile.ld + r * Wp, sizeof(T) * S.W);
 }
 
+// Channels of a (N, ..., H, W) tensor: from base (image 0's first channel), image stride, count.
+template <typename T>
+struct ImageChannels {
+  const T* base;
+  idx image_stride, channels;
+};
+// A RowPrefetch of the rows pad_rows reads (halo included) for 3x3 row tile `item` (ntile tiles of R rows per
+// image), in each of the given channel ranges.
+template <typename T>
+RowPrefetch prefetch_tile_rows(const Shape& S, idx item, idx ntile, idx R,
+                               std::initializer_list<ImageChannels<T>> sources) {
+  const idx n = item / ntile, r0 = (item % ntile) * R;
+  const idx y0 = std::max<idx>(0, r0 - 1), y1 = std::min(S.H, r0 + std::min(R, S.H - r0) + 1);
+  RowPrefetch pf((y1 - y0) * S.W * (idx)sizeof(T));
+  for (const ImageChannels<T>& src : sources)
+    pf.add(src.base + n * src.image_stride + y0 * S.W, S.HW * (idx)sizeof(T), src.channels);
+  return pf;
+}
+
 template <typename T>
 void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, const T* s2, const T* t2,
                    ThreadAcc* ystats) {
@@ -550,12 +570,7 @@ void conv3x3_phase(const Shape& S, const T* hsrc, T* buf, idx C, const T* w2, co
       nxt = next();  // one item ahead: its rows of h are prefetched during this item's convolution
       const idx n = it / ntile, r0 = (it % ntile) * R, Rt = std::min(R, S.H - r0);
       RowPrefetch pf;
-      if (nxt < total_items) {
-        const idx n2 = nxt / ntile, r2 = (nxt % ntile) * R, y0 = std::max<idx>(0, r2 - 1);
-        const idx y1 = std::min(S.H, r2 + std::min(R, S.H - r2) + 1);  // the rows pad_rows reads, halo included
-        pf = RowPrefetch((y1 - y0) * S.W * (idx)sizeof(T));
-        pf.add(hsrc + n2 * S.B * S.HW + y0 * S.W, S.HW * (idx)sizeof(T), S.B);
-      }
+      if (nxt < total_items) pf = prefetch_tile_rows<T>(S, nxt, ntile, R, {{hsrc, S.B * S.HW, S.B}});
       T* yout = buf + (n * S.Ctot + C) * S.HW + r0 * S.W;
       conv3x3_tile(S, hsrc + n * S.B * S.HW, w2, s2, t2, r0, Rt, tile, yout, pf);
       if (acc) accumulate_stats(yout, S.HW, S.k, Rt * S.W, acc);
@@ -893,13 +908,8 @@ std::vector<double> conv2_backward(const Backward<T>& bw, const LayerNorms<T>& n
       const idx n = it / ntile3, r0 = (it % ntile3) * R, Rt = std::min(R, S.H - r0);
       const idx ps = (Rt + 2) * Wp, Pp = Rt * Wp - 2;
       RowPrefetch pf;
-      if (nxt < total3) {
-        const idx n2 = nxt / ntile3, r2 = (nxt % ntile3) * R, y0 = std::max<idx>(0, r2 - 1);
-        const idx y1 = std::min(S.H, r2 + std::min(R, S.H - r2) + 1);  // the rows pad_rows reads, halo included
-        pf = RowPrefetch((y1 - y0) * S.W * (idx)sizeof(T));
-        pf.add(hl + n2 * S.B * S.HW + y0 * S.W, S.HW * (idx)sizeof(T), S.B);
-        pf.add(gbuf + (n2 * S.Ctot + C) * S.HW + y0 * S.W, S.HW * (idx)sizeof(T), S.k);
-      }
+      if (nxt < total3)
+        pf = prefetch_tile_rows<T>(S, nxt, ntile3, R, {{hl, S.B * S.HW, S.B}, {gbuf + C * S.HW, S.Ctot * S.HW, S.k}});
       const T* hn = hl + n * S.B * S.HW;
       pad_rows(hn, S.HW, S.B, S.H, S.W, r0, Rt, s2.data(), t2.data(), true, pad.data());
       pad_rows(gbuf + (n * S.Ctot + C) * S.HW, S.HW, S.k, S.H, S.W, r0, Rt, (const T*)nullptr, (const T*)nullptr,
