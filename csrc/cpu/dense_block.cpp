@@ -339,6 +339,37 @@ std::vector<double> to_double(const at::Tensor& t) {
   return std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
 }
 
+// ---- what a tile will read, for RowPrefetch ----
+// Channels of a (N, ..., H, W) tensor: from base (image 0's first channel), image stride, count.
+template <typename T>
+struct ImageChannels {
+  const T* base;
+  idx image_stride, channels;
+};
+// The span [first, first + count) of every channel of the sources, in image n: one RowPrefetch group per source.
+template <typename T>
+RowPrefetch prefetch_span(const Shape& S, idx n, idx first, idx count,
+                          std::initializer_list<ImageChannels<T>> sources) {
+  RowPrefetch pf(count * (idx)sizeof(T));
+  for (const ImageChannels<T>& src : sources)
+    pf.add(src.base + n * src.image_stride + first, S.HW * (idx)sizeof(T), src.channels);
+  return pf;
+}
+// 1x1 pixel tile `item` (ntile tiles of kTile1x1 pixels per image): its pixels.
+template <typename T>
+RowPrefetch prefetch_pixel_tile(const Shape& S, idx item, idx ntile, std::initializer_list<ImageChannels<T>> sources) {
+  const idx p0 = (item % ntile) * kTile1x1;
+  return prefetch_span<T>(S, item / ntile, p0, std::min(kTile1x1, S.HW - p0), sources);
+}
+// 3x3 row tile `item` (ntile tiles of R rows per image): the rows pad_rows reads, halo included.
+template <typename T>
+RowPrefetch prefetch_tile_rows(const Shape& S, idx item, idx ntile, idx R,
+                               std::initializer_list<ImageChannels<T>> sources) {
+  const idx r0 = (item % ntile) * R;
+  const idx y0 = std::max<idx>(0, r0 - 1), y1 = std::min(S.H, r0 + std::min(R, S.H - r0) + 1);
+  return prefetch_span<T>(S, item / ntile, y0 * S.W, (y1 - y0) * S.W, sources);
+}
+
 // 1x1 phase over all images: hdst (N, B, HW) = W1 @ relu(s1 * buf[:, :C] + t1); optional h statistics. hdst is read
 // back only after the phase, so it is written with non-temporal stores (AVX2 on an Intel Xeon: the block's training
 // forward 115 -> 110 ms).
@@ -356,11 +387,7 @@ void conv1x1_phase(const Shape& S, const T* buf, idx C, const T* w1, const T* s1
       nxt = next();  // one item ahead: its rows of the buffer are prefetched during this item's convolution
       const idx n = it / ntile, p0 = (it % ntile) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
       RowPrefetch pf;
-      if (nxt < total_items) {
-        const idx n2 = nxt / ntile, p2 = (nxt % ntile) * kTile1x1;
-        pf = RowPrefetch(std::min(kTile1x1, S.HW - p2) * (idx)sizeof(T));
-        pf.add(buf + n2 * S.Ctot * S.HW + p2, S.HW * (idx)sizeof(T), C);
-      }
+      if (nxt < total_items) pf = prefetch_pixel_tile<T>(S, nxt, ntile, {{buf, S.Ctot * S.HW, C}});
       pack_bnrelu(buf + n * S.Ctot * S.HW, S.HW, C, p0, P, s1, t1, a.data(), lda);
       conv1x1_forward_tile(a.data(), lda, C, P, S.B, w1, w1p.data(), hdst + n * S.B * S.HW + p0, S.HW, acc,
                            /*stream=*/true, pf);
@@ -412,8 +439,8 @@ std::vector<T> pack3x3(const at::Tensor& w2, bool grad) {
 // RowPrefetch as its tick, GCC 12 kept part of the AVX2 tile on the stack (65 stack accesses per 108 FMAs, the
 // forward 10% slower; tests/test_cpu_isa.py now catches it).
 template <typename Tick = NoTick>
-__attribute__((noinline)) void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, const float* wp, idx Pp, float* out,
-                           idx ldo, Tick&& tick = Tick()) {
+__attribute__((noinline)) void conv3x3_direct(const float* in, idx ps, idx Wp, idx Cin, idx Cout, const float* wp,
+                                              idx Pp, float* out, idx ldo, Tick&& tick = Tick()) {
   const idx G = (Cout + kRows - 1) / kRows, Qr = round_strip(Pp);
   idx offs[9];
   for (int tap = 0; tap < 9; ++tap) offs[tap] = (tap / 3) * Wp + tap % 3;
@@ -536,25 +563,6 @@ void conv3x3_tile(const Shape& S, const T* hn, const T* w2p, const T* s2, const 
   for (idx o = 0; o < S.k; ++o)
     for (idx r = 0; r < R; ++r)
       std::memcpy(yout + o * S.HW + r * S.W, tile.out.data() + o * tile.ld + r * Wp, sizeof(T) * S.W);
-}
-
-// Channels of a (N, ..., H, W) tensor: from base (image 0's first channel), image stride, count.
-template <typename T>
-struct ImageChannels {
-  const T* base;
-  idx image_stride, channels;
-};
-// A RowPrefetch of the rows pad_rows reads (halo included) for 3x3 row tile `item` (ntile tiles of R rows per
-// image), in each of the given channel ranges.
-template <typename T>
-RowPrefetch prefetch_tile_rows(const Shape& S, idx item, idx ntile, idx R,
-                               std::initializer_list<ImageChannels<T>> sources) {
-  const idx n = item / ntile, r0 = (item % ntile) * R;
-  const idx y0 = std::max<idx>(0, r0 - 1), y1 = std::min(S.H, r0 + std::min(R, S.H - r0) + 1);
-  RowPrefetch pf((y1 - y0) * S.W * (idx)sizeof(T));
-  for (const ImageChannels<T>& src : sources)
-    pf.add(src.base + n * src.image_stride + y0 * S.W, S.HW * (idx)sizeof(T), src.channels);
-  return pf;
 }
 
 template <typename T>
@@ -1046,13 +1054,9 @@ std::vector<double> conv1_backward(const Backward<T>& bw, const LayerNorms<T>& n
       nxt = next();  // one item ahead: its rows of dz2, h and x are prefetched during this item's da
       const idx n = it / ntile1, p0 = (it % ntile1) * kTile1x1, P = std::min(kTile1x1, S.HW - p0);
       RowPrefetch pf;
-      if (nxt < total1 && use_direct<T>() && kPrefetchConv1) {
-        const idx n2 = nxt / ntile1, p2 = (nxt % ntile1) * kTile1x1;
-        pf = RowPrefetch(std::min(kTile1x1, S.HW - p2) * (idx)sizeof(T));
-        pf.add(dz2 + n2 * S.B * S.HW + p2, S.HW * (idx)sizeof(T), S.B);
-        pf.add(hl + n2 * S.B * S.HW + p2, S.HW * (idx)sizeof(T), S.B);
-        pf.add(buf + n2 * S.Ctot * S.HW + p2, S.HW * (idx)sizeof(T), C);
-      }
+      if (nxt < total1 && use_direct<T>() && kPrefetchConv1)
+        pf = prefetch_pixel_tile<T>(S, nxt, ntile1,
+                                    {{dz2, S.B * S.HW, S.B}, {hl, S.B * S.HW, S.B}, {buf, S.Ctot * S.HW, C}});
       for (idx b = 0; b < S.B; ++b) {
         const T* d = dz2 + (n * S.B + b) * S.HW + p0;
         const T* hh = hl + (n * S.B + b) * S.HW + p0;

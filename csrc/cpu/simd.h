@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
@@ -244,6 +245,7 @@ struct RowPrefetch {
   // A row may start anywhere in a line, so it spans up to one line more than row_bytes / 64.
   explicit RowPrefetch(idx row_bytes) : lines(row_bytes > 0 ? (row_bytes + 63) / 64 + 1 : 0) {}
   void add(const void* first, idx stride_bytes, idx count) {
+    TORCH_INTERNAL_ASSERT(groups < kGroups, "RowPrefetch holds at most ", kGroups, " groups of rows");
     base[groups] = static_cast<const char*>(first);
     stride[groups] = stride_bytes;
     rows[groups++] = count;
