@@ -174,13 +174,13 @@ def test_cpp_pool_forward_schedules(dtype, n):
         torch.set_num_threads(threads)
 
 
-def _check_classifier_two_threads(a, b, weight, bias, backend):
-    """fer_kernels.bilinear_classifier on 2 threads against the float64 composition, forward and backward."""
+def _check_classifier_threads(a, b, weight, bias, backend, nthreads=2):
+    """fer_kernels.bilinear_classifier on nthreads threads against the float64 composition, forward and backward."""
     ins = [a, b, weight, bias]
     mine = [t.clone().requires_grad_() for t in ins]
     ref = [t.double().requires_grad_() for t in ins]
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(nthreads)
     try:
         out = fk.bilinear_classifier(*mine, backend=backend)
         g = torch.randn_like(out)
@@ -208,7 +208,7 @@ def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
     torch.manual_seed(7)
     a, b = make_ab(35, 13, 10, *hw, "relu", dtype)
     weight = torch.randn(classes, 130, dtype=dtype) / 130 ** 0.5
-    _check_classifier_two_threads(a, b, weight, torch.randn(classes, dtype=dtype), "cpp")
+    _check_classifier_threads(a, b, weight, torch.randn(classes, dtype=dtype), "cpp")
 
 
 @pytest.mark.parametrize("backend", backend_params("cpp"))
@@ -220,7 +220,21 @@ def test_cpp_classifier_several_column_tiles(backend, dtype):
     torch.manual_seed(11)
     a, b = make_ab(3, 30, 2000, 4, 4, "relu", dtype)
     weight = torch.randn(7, 30 * 2000, dtype=dtype) / 245.0
-    _check_classifier_two_threads(a, b, weight, torch.randn(7, dtype=dtype), backend)
+    _check_classifier_threads(a, b, weight, torch.randn(7, dtype=dtype), backend)
+
+
+@pytest.mark.parametrize("backend", backend_params("cpp"))
+@pytest.mark.parametrize("nthreads", [3, 4])
+@pytest.mark.parametrize("ca", [13, 100])
+def test_cpp_classifier_row_blocks_across_threads(backend, nthreads, ca):
+    """The C++ classifier's row blocks split the micro-tile rows evenly, their count a multiple of the thread count
+    where there are enough (100 rows: 9 to 17 micro-tile rows). With 13 rows there are fewer blocks than threads
+    (2 or 3), so some threads take no block and their dB accumulators must not enter the sum. Every instruction
+    set, float64."""
+    torch.manual_seed(5)
+    a, b = make_ab(6, ca, 9, 4, 4, "relu", torch.float64)
+    weight = torch.randn(7, ca * 9, dtype=torch.float64) / (ca * 9) ** 0.5
+    _check_classifier_threads(a, b, weight, torch.randn(7, dtype=torch.float64), backend, nthreads)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
