@@ -894,7 +894,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
   T* DB0 = db.data_ptr<T>();
   const T* DBX = nthreads > 1 ? db_extra.data_ptr<T>() : nullptr;
   const int64_t db_count = N * Cb * L;
-  if (std::any_of(db_used.begin() + 1, db_used.end(), [](char u) { return u != 0; }))
+  if (nthreads > 1)
     at::parallel_for(0, db_count, 4096, [&](int64_t e0, int64_t e1) {
       for (int t = 1; t < nthreads; ++t) {
         if (!db_used[t]) continue;
