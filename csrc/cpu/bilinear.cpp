@@ -225,6 +225,17 @@ constexpr int64_t kRegisterClasses = 8;
 // shape 8 x 24 rows x 256 or 512 floats, classifier_backward_bytes).
 constexpr int64_t kChunkRegister = 8;
 
+// One core's L1 data cache in bytes, as the C library reports it (sysconf); 32 KiB where it does not.
+inline int64_t l1_cache_bytes() {
+  static const int64_t bytes = [] {
+    long v = -1;
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+    v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+#endif
+    return v > 0 ? (int64_t)v : (int64_t)32 << 10;
+  }();
+  return bytes;
+}
 // One core's L2 cache in bytes, as the C library reports it (sysconf); 1 MiB where it does not.
 inline int64_t l2_cache_bytes() {
   static const int64_t bytes = [] {
@@ -260,10 +271,10 @@ struct Tiling {
   int64_t row(int64_t blk) const { return std::min(Ca, blk * units / n_rb * MR); }
 };
 Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_t nr, int64_t bytes,
-                         int64_t min_rows) {
+                         int64_t min_rows, int64_t max_cols = INT64_MAX) {
   const int64_t budget = bytes / std::max<int64_t>(elem * std::max<int64_t>(K, 1), 1);  // elements per tile
   int64_t cbc = round_up(Cb, nr);
-  while (cbc > nr && min_rows * cbc > budget) cbc = round_up(cbc / 2, nr);
+  while (cbc > nr && (min_rows * cbc > budget || cbc > max_cols)) cbc = round_up(cbc / 2, nr);
   const int64_t units = (Ca + MR - 1) / MR, per_block = std::max<int64_t>(1, budget / cbc / MR);
   int64_t n_rb = (units + per_block - 1) / per_block;
   // Enough row blocks for every thread to have work, and a multiple of the thread count where there are enough.
@@ -272,6 +283,17 @@ Tiling classifier_tiling(int64_t Ca, int64_t Cb, int64_t K, int64_t elem, int64_
   if (n_rb >= threads) n_rb = std::min(units, round_up(n_rb, threads));
   const int64_t rb = (units + n_rb - 1) / n_rb * MR;  // the largest block
   return {rb, cbc, n_rb, (round_up(Cb, nr) + cbc - 1) / cbc, units, Ca};
+}
+
+// The forward's tile columns: the weights of one micro-tile row (MR rows, K classes) in half of L1, so they stay
+// there while the samples go by; unbounded (the L2 budget alone) where that leaves fewer than 4 column panels, too
+// few micro-tiles per sample to pay for saving and restoring its K + 1 vector sums. In the AVX2 build at EIFN's shape
+// (K = 7, 48 KiB L1) that is 128 columns: forward 3.60-3.73 -> 3.41-3.49 ms against 512-column tiles with the samples
+// outer (Intel Xeon, 2 threads, interleaved A/B, 5 rounds); the AVX-512 build (12-row micro-tiles) would get 2
+// panels, and measured no gain from 64 or 128 columns.
+inline int64_t forward_max_cols(int64_t K, int64_t elem, int64_t nr) {
+  const int64_t cols = l1_cache_bytes() / 2 / (MR * std::max<int64_t>(K, 1) * elem) / nr * nr;
+  return cols >= 4 * nr ? cols : INT64_MAX;
 }
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -639,10 +661,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_g
 }
 
 // Classifier forward: logits[n, k] = (W_k . s_n) / max(||s_n||, 1e-12) + bias_k, and norms[n] = ||s_n||.
-// Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once and loops over all
-// samples, accumulating ||s||^2 and the K <= kRegisterClasses dot products in vector registers (a kernel per K), each
-// vector of s multiplied into them as soon as it is made, folded into per-block double partials. Saves (in Python):
-// a, b, norms, logits.
+// Threads take whole row blocks from a shared counter; per tile it copies the K weight slabs once, then for each
+// micro-tile row loops over all samples (the row's weights stay in L1, forward_max_cols), accumulating ||s||^2 and
+// the K <= kRegisterClasses dot products in vector registers (a kernel per K), each vector of s multiplied into them
+// as soon as it is made; between micro-tile rows the sums wait in a per-sample vector buffer, and per tile they are
+// folded into per-block double partials. Saves (in Python): a, b, norms, logits.
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, const at::Tensor& b,
                                                            const at::Tensor& weight,
@@ -653,7 +676,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   const at::Tensor w = weight.contiguous();
   const int64_t cbp = round_up(Cb, nr);
   const at::Tensor bt = transpose_panels<T>(b3, cbp);
-  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR);
+  const Tiling tl = classifier_tiling(Ca, Cb, K, sizeof(T), nr, 224 * 1024, MR, forward_max_cols(K, sizeof(T), nr));
   // Per row block: [N][K dots, ||s||^2], both of 2 s (signed_sqrt2_v), reduced in block order afterwards (deterministic
   // for any schedule).
   std::vector<double> part((size_t)tl.n_rb * N * (K + 1), 0.0);
@@ -664,6 +687,7 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
   dynamic_for(tl.n_rb, [&](auto next_block) {  // row blocks, dynamically
     WeightSlab<T> slab(K, tl.rb, tl.cbc);
     YTile<T> yt(A, Bt, Ca, L, cbp);
+    VecBuffer<T> dkb((size_t)(N * (K + 1)));  // per sample: the K dot products and ||2 s||^2 of the tile so far
     vec<T> acc[MR][2];
     for (int64_t blk; (blk = next_block()) < tl.n_rb;) {
       double* mine = part.data() + (size_t)blk * N * (K + 1);
@@ -671,21 +695,24 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
       for (int64_t cb = 0; cb < tl.n_cb; ++cb) {
         const int64_t j_begin = cb * tl.cbc, j_end = std::min(cbp, j_begin + tl.cbc);
         slab.load(W, K, Ca, Cb, i_begin, i_end - i_begin, j_begin, std::min(Cb, j_end) - j_begin);
+        dkb.zero();
         const T* ws = slab.buf.data();
         const int64_t ld = slab.ld, kst = slab.kst;
-        // One sample's tile with KB classes: the KB dot products and ||2 s||^2 stay in registers for the whole
-        // tile; each vector of s meets its KB weight vectors as soon as it is made (one weight load per FMA).
-        auto sample = [&](int64_t s_n, auto KB) FER_INLINE_LAMBDA {
+        // One micro-tile row of the tile for every sample, with KB classes: its weight rows stay in L1 across the
+        // samples; each vector of s meets its KB weight vectors as soon as it is made (one weight load per FMA).
+        auto group = [&](int64_t i0, auto KB) FER_INLINE_LAMBDA {
           constexpr int kb = KB.value;
-          vec<T> dk[kb > 0 ? kb : 1], sq{};
+          const int rows = (int)std::min<int64_t>(MR, i_end - i0);
+          const T* wg = ws + (i0 - i_begin) * ld;
+          for (int64_t s_n = 0; s_n < N; ++s_n) {
+            vec<T>* dkp = dkb.data() + s_n * (K + 1);
+            vec<T> dk[kb > 0 ? kb : 1], sq = dkp[K];
 #pragma GCC unroll 8
-          for (int k = 0; k < kb; ++k) dk[k] = vec<T>{};
-          yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
-          for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
-            const int rows = (int)std::min<int64_t>(MR, i_end - i0);
+            for (int k = 0; k < kb; ++k) dk[k] = dkp[k];
+            yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
             for (int64_t j0 = j_begin; j0 < j_end; j0 += nr) {
               yt.get(i0, rows, j0, acc);
-              const T* w0 = ws + (i0 - i_begin) * ld + (j0 - j_begin);
+              const T* w0 = wg + (j0 - j_begin);
               for (int r = 0; r < rows; ++r)
                 for (int v = 0; v < 2; ++v) {
                   const vec<T> s2 = signed_sqrt2_v(acc[r][v], eps);  // 2 s; padded columns: Y = 0 -> s = 0
@@ -695,15 +722,17 @@ std::tuple<at::Tensor, at::Tensor> classifier_forward_impl(const at::Tensor& a, 
                   for (int k = 0; k < kb; ++k) dk[k] += vload(wv + k * kst) * s2;
                 }
             }
+            dkp[K] = sq;
+#pragma GCC unroll 8
+            for (int k = 0; k < kb; ++k) dkp[k] = dk[k];
           }
-          double* p = mine + s_n * (K + 1);
-          p[K] += (double)hsum<T>(sq);
-          for (int k = 0; k < kb; ++k) p[k] += (double)hsum<T>(dk[k]);
         };
-        for (int64_t s_n = 0; s_n < N; ++s_n) {
-          if (K == 0) sample(s_n, std::integral_constant<int, 0>{});
-          else with_count<kRegisterClasses>((int)K, [&](auto KB) { sample(s_n, KB); });
+        for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
+          if (K == 0) group(i0, std::integral_constant<int, 0>{});
+          else with_count<kRegisterClasses>((int)K, [&](auto KB) { group(i0, KB); });
         }
+        for (int64_t s_n = 0; s_n < N; ++s_n)
+          for (int64_t k = 0; k <= K; ++k) mine[s_n * (K + 1) + k] += (double)hsum<T>(dkb[s_n * (K + 1) + k]);
       }
     }
   });
