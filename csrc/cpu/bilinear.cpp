@@ -225,26 +225,21 @@ constexpr int64_t kRegisterClasses = 8;
 // shape 8 x 24 rows x 256 or 512 floats, classifier_backward_bytes).
 constexpr int64_t kChunkRegister = 8;
 
-// One core's L1 data cache in bytes, as the C library reports it (sysconf); 32 KiB where it does not.
-inline int64_t l1_cache_bytes() {
-  static const int64_t bytes = [] {
-    long v = -1;
-#ifdef _SC_LEVEL1_DCACHE_SIZE
-    v = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+// One core's L1 data (level 1) or L2 (level 2) cache in bytes, as the C library reports it (sysconf); fallback
+// where it does not.
+inline int64_t cache_bytes(int level, int64_t fallback) {
+  long v = -1;
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+  v = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : _SC_LEVEL2_CACHE_SIZE);
 #endif
-    return v > 0 ? (int64_t)v : (int64_t)32 << 10;
-  }();
+  return v > 0 ? (int64_t)v : fallback;
+}
+inline int64_t l1_cache_bytes() {
+  static const int64_t bytes = cache_bytes(1, (int64_t)32 << 10);
   return bytes;
 }
-// One core's L2 cache in bytes, as the C library reports it (sysconf); 1 MiB where it does not.
 inline int64_t l2_cache_bytes() {
-  static const int64_t bytes = [] {
-    long v = -1;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return v > 0 ? (int64_t)v : (int64_t)1 << 20;
-  }();
+  static const int64_t bytes = cache_bytes(2, (int64_t)1 << 20);
   return bytes;
 }
 
@@ -260,7 +255,8 @@ inline int64_t classifier_backward_bytes() { return std::max<int64_t>(128 * 1024
 constexpr int64_t kBackwardMinRows = FER_ISA_LEVEL == 1 ? 32 : 16;
 
 // Tile of the classifier: up to RB rows x CBc columns of Y; the K <= kRegisterClasses weight rows of a tile
-// (K * RB * CBc elements) take at most `bytes` of L2 (a slab is re-read for every sample).
+// (K * RB * CBc elements) take at most `bytes` of L2 (a slab is re-read for every sample), and CBc is at most
+// max_cols where that is given (the forward's L1 bound, forward_max_cols).
 // The row blocks split the ceil(Ca / MR) micro-tile rows as evenly as whole micro-tiles allow, and their count is a
 // multiple of the thread count where there are enough: with equal blocks of RB rows the last one was short and one
 // thread idled for up to a block at the end (EIFN's backward in the AVX2 build: 11 blocks of 48 rows, the second
