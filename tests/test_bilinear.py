@@ -198,13 +198,14 @@ def _check_classifier_threads(a, b, weight, bias, backend, nthreads=2):
 
 @requires_cpp
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("classes", [5, 11])
+@pytest.mark.parametrize("classes", [5, 8, 11])
 @pytest.mark.parametrize("hw", [(3, 3), (12, 11)], ids=["3x3", "12x11"])
 def test_cpp_classifier_many_samples_and_classes(dtype, classes, hw):
     """The C++ classifier's paths: up to 8 classes and 8x8 locations, register tiles (the class products in
-    registers, dW summed over chunks of 8 samples, 4 classes at a time: 5 classes make groups of 4 and 1); past 8
-    classes (11) or 64 locations (a 12x11 map), the C++ pool (a batched GEMM and a fused pass) and a linear layer.
-    35 samples make chunks of 8 (x4) and 3; 2 threads (per-thread dB sums)."""
+    registers, dW summed over chunks of 8 samples, 4 classes at a time: 5 classes make groups of 4 and 1; dz of
+    two samples per pass over the weights up to 7 classes, the odd last sample alone; 8 classes one sample per
+    pass); past 8 classes (11) or 64 locations (a 12x11 map), the C++ pool (a batched GEMM and a fused pass) and
+    a linear layer. 35 samples make chunks of 8 (x4) and 3; 2 threads (per-thread dB sums)."""
     torch.manual_seed(7)
     a, b = make_ab(35, 13, 10, *hw, "relu", dtype)
     weight = torch.randn(classes, 130, dtype=dtype) / 130 ** 0.5
