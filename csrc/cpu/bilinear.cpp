@@ -783,47 +783,29 @@ inline void wgrad_classes(const T* z, int64_t zst, int64_t ns, const T* g, int64
   }
 }
 
-// out[o] = sum_{k < KB} g[k] W[k * kst + o] for o < count (a multiple of the vector width): dz = W^T dlogits of
-// KB classes over a tile, with the KB broadcasts held in registers.
-template <typename T, int KB>
-inline void combine_classes(const T* W, int64_t kst, const T* g, T* out, int64_t count) {
-  constexpr int n = Simd<T>::n;
-  vec<T> gv[KB];
-  for (int k = 0; k < KB; ++k) gv[k] = vbroadcast(g[k]);
-  for (int64_t o = 0; o < count; o += n) {
-    vec<T> d = gv[0] * vload(W + o);
-    for (int k = 1; k < KB; ++k) d += gv[k] * vload(W + k * kst + o);
-    vstore(out + o, d);
-  }
-}
-
-// Up to this many classes combine_classes2 runs (2 K broadcasts and 2 sums in registers).
+// out[s * ost + o] = sum_{k < KB} g[s * gst + k] W[k * kst + o] for o < count (a multiple of the vector width) and
+// each of S samples: dz = W^T dlogits of KB classes over a tile, with the S * KB broadcasts held in registers. With
+// S = 2 each weight vector, read from L2 once, feeds both samples' FMAs as a memory operand; 2 KB broadcasts and 2
+// sums fit AVX2's 16 registers up to kPairClasses. At EIFN's shape (S = 2 against 1) the AVX-512 backward went
+// 7.20-7.55 -> 6.89-7.10 ms, the AVX2 one 9.22-9.60 -> 9.14-9.49 (Intel Xeon, 2 threads, interleaved A/B, 5 rounds).
 constexpr int kPairClasses = 7;
-// combine_classes for two samples at once (dl rows g0, g1; outputs out0, out1): each weight vector, read from L2
-// once, feeds both samples' FMAs as a memory operand (2 KB broadcasts and 2 sums in registers: KB <= 7 fits AVX2's
-// 16). At EIFN's shape the AVX-512 backward went 7.20-7.55 -> 6.89-7.10 ms; the AVX2 one 9.22-9.60 -> 9.14-9.49
-// (Intel Xeon, 2 threads, interleaved A/B, 5 rounds).
-template <typename T, int KB>
-inline void combine_classes2(const T* W, int64_t kst, const T* g0, const T* g1, T* out0, T* out1, int64_t count) {
+template <typename T, int KB, int S>
+inline void combine_classes(const T* W, int64_t kst, const T* g, int64_t gst, T* out, int64_t ost, int64_t count) {
   constexpr int n = Simd<T>::n;
-  vec<T> ga[KB], gb[KB];
-  for (int k = 0; k < KB; ++k) {
-    ga[k] = vbroadcast(g0[k]);
-    gb[k] = vbroadcast(g1[k]);
-  }
+  vec<T> gv[S][KB];
+  for (int s = 0; s < S; ++s)
+    for (int k = 0; k < KB; ++k) gv[s][k] = vbroadcast(g[s * gst + k]);
   for (int64_t o = 0; o < count; o += n) {
-    vec<T> d0 = ga[0] * vload(W + o), d1 = gb[0] * vload(W + o);
-    for (int k = 1; k < KB; ++k) {
-      d0 += ga[k] * vload(W + k * kst + o);
-      d1 += gb[k] * vload(W + k * kst + o);
-    }
-    vstore(out0 + o, d0);
-    vstore(out1 + o, d1);
+    vec<T> d[S];
+    for (int s = 0; s < S; ++s) d[s] = gv[s][0] * vload(W + o);
+    for (int k = 1; k < KB; ++k)
+      for (int s = 0; s < S; ++s) d[s] += gv[s][k] * vload(W + k * kst + o);
+    for (int s = 0; s < S; ++s) vstore(out + s * ost + o, d[s]);
   }
 }
 
 // Classifier backward. Per (tile, sample): dz = sum_k dl_k W_k over the tile into the sample's tile buffer (the dl_k
-// held in registers; up to 7 classes, one pass over the weight slab for a pair of samples, combine_classes2, two
+// held in registers; up to kPairClasses classes one pass over the weight slab serves a pair of samples, in two
 // buffers); recompute the Y micro-tiles, z = s / d (d = max(norm, 1e-12)); ds = (dz - z G) / d with
 // G = <z, dz> = sum_k dl_k (logits_k - bias_k) (dz / d if norm < 1e-12); dY = ds * sign(Y)^2 * 0.5 / sqrt(|Y| + eps)
 // over dz in the tile buffer; z into a buffer of a chunk of samples, from which dW_k += sum_n dl_k z_n goes into a
@@ -896,11 +878,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> classifier_backward_i
           if (K == 0) std::fill(dy, dy + rows_blk * ld, T(0));
           else if (K <= kPairClasses && (s_n & 1) == 0 && s_n + 1 < N)  // this sample's dz and the next one's
             with_count<kPairClasses>((int)K, [&](auto KB) {
-              combine_classes2<T, KB.value>(ws, kst, gl_n, gl_n + K, dy, dy + dyst, rows_blk * ld);
+              combine_classes<T, KB.value, 2>(ws, kst, gl_n, K, dy, dyst, rows_blk * ld);
             });
           else if (K > kPairClasses || (s_n & 1) == 0)  // (an odd sample's dz came with the even one before it)
             with_count<kRegisterClasses>((int)K, [&](auto KB) {
-              combine_classes<T, KB.value>(ws, kst, gl_n, dy, rows_blk * ld);
+              combine_classes<T, KB.value, 1>(ws, kst, gl_n, K, dy, dyst, rows_blk * ld);
             });
           yt.prepare(s_n, i_begin, i_end, j_begin, j_end);
           for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
